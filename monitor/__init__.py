@@ -1,0 +1,4 @@
+"""monitor: a real-time camera monitoring daemon."""
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,12 @@
+"""Strip credentials from camera URLs before they reach logs, errors, the API or metrics."""
+from __future__ import annotations
+
+import re
+
+# scheme://user:pass@host  or  scheme://user@host
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+
+
+def redact_url(text: str) -> str:
+    """Replace the user:password part of every URL in `text` with `***`."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
