@@ -1,4 +1,10 @@
 """monitor: a real-time camera monitoring daemon."""
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# torch 2.13 prints a C++ deprecation warning for every quantized tensor creation path (torch.ao moves to
+# torchao); it says nothing about our run and would repeat in every journal line. Real errors still print.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

@@ -1,0 +1,169 @@
+"""`monitor` command line: run the daemon, check its config, manage weights, classify files, benchmark."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from monitor import __version__
+
+DEFAULT_CONFIG = "config.yaml"
+EXIT_CONFIG = 2  # bad configuration: systemd's RestartPreventExitStatus names it
+
+
+def _add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="FILE", help="runtime artifact (default: the config's model.weights)")
+    p.add_argument("-c", "--config", metavar="FILE", help=f"config file for defaults (default: {DEFAULT_CONFIG} if present)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monitor", description="Real-time camera monitoring daemon")
+    parser.add_argument("--version", action="version", version=f"monitor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument("--weights", metavar="FILE", help="override model.weights")
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE")
+
+    w = sub.add_parser("weights", help="fetch, build, verify model weights").add_subparsers(
+        dest="weights_command", required=True, metavar="ACTION")
+    p = w.add_parser("fetch", help="download the official checkpoint (and build the INT8 artifact)")
+    p.add_argument("--variant", choices=["int8", "fp32"], default="int8")
+    p.add_argument("--base-url", metavar="URL", help="mirror holding the official file names "
+                                                     "(also $MONITOR_WEIGHTS_BASE_URL)")
+    p.add_argument("--dir", default="weights", metavar="DIR", help="where checkpoints go (default: weights)")
+    p.add_argument("--out", metavar="FILE", help="artifact path (default: DIR/resnet18-int8.pt)")
+    p = w.add_parser("build", help="build the runtime artifact from a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE")
+    p.add_argument("--calibrate", nargs="+", default=[], metavar="PATH",
+                   help="images, folders, video files or camera URLs (FP32 checkpoints only)")
+    p.add_argument("--frames", type=int, default=200, metavar="N", help="calibration frames (default 200)")
+    p.add_argument("--fp32", action="store_true", help="keep the model in float (for comparisons)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p = w.add_parser("demo", help="write a deterministic untrained network (tests, demos)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--seed", type=int, default=0)
+    p = w.add_parser("verify", help="re-hash, load and run one inference")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("-c", "--config", metavar="FILE")
+
+    p = sub.add_parser("classify", help="classify image files and folders")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+
+    b = sub.add_parser("bench", help="print benchmark figures").add_subparsers(
+        dest="bench_command", required=True, metavar="WHAT")
+    p = b.add_parser("classify", help="preprocessing + inference per frame: PIL + FP32 baseline vs INT8")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: ../shared/data/videos)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    p = b.add_parser("pipeline", help="capture threads + worker on files or RTSP URLs vs the naive loop")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--native-rate", action="store_true", help="pace files at their frame rate (live cameras)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the naive single-thread loop")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    p = b.add_parser("stream", help="MJPEG fan-out: process CPU with 1 viewer vs 20 viewers")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--viewers", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    return parser
+
+
+def resolve_weights(weights: str | None, config: str | None) -> Path:
+    """--weights, else the config's model.weights, else weights/resnet18-int8.pt."""
+    if weights:
+        return Path(weights)
+    path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        from monitor.config import ConfigError, load_config
+        try:
+            return Path(load_config(path).model.weights)
+        except ConfigError as e:
+            raise SystemExit(f"monitor: {path}: invalid config, cannot read model.weights:\n{e}") from None
+    from monitor.weights import DEFAULT_ARTIFACT
+    return DEFAULT_ARTIFACT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("monitor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from monitor.artifact import ArtifactError
+    from monitor.frames import FrameSourceError
+    from monitor.weights import WeightsError
+
+    try:
+        if args.command == "run":
+            from monitor.daemon import run_main
+            return run_main(args.config, args.weights)
+        if args.command == "check-config":
+            from monitor.config import check_config_main
+            return check_config_main(args.config)
+        if args.command == "weights":
+            return _weights(args)
+        if args.command == "classify":
+            from monitor.classify_cmd import classify_main
+            return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json)
+        if args.command == "bench":
+            from monitor.bench import bench_main
+            return bench_main(args)
+    except (WeightsError, ArtifactError, FrameSourceError) as e:
+        print(f"monitor: {e}", file=sys.stderr)
+        return 1
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from monitor import weights
+
+    action = args.weights_command
+    if action == "fetch":
+        checkpoint, built = weights.fetch(args.variant, args.dir, out=args.out, base_url=args.base_url)
+        print(f"verified {checkpoint} (sha256 prefix {weights.OFFICIAL[args.variant].sha256_prefix})")
+        if built:
+            print(f"built {built}")
+        else:
+            print(f"next: monitor weights build --checkpoint {checkpoint} --calibrate VIDEO_OR_IMAGES "
+                  f"--out weights/resnet18-int8.pt")
+        return 0
+    if action == "build":
+        meta = weights.build(args.checkpoint, args.out, calibrate=args.calibrate, frames=args.frames, fp32=args.fp32)
+        print(f"built {args.out}: {meta.name} ({meta.precision}, engine {meta.engine or '-'}), "
+              f"calibration {json.dumps(meta.calibration)}")
+        return 0
+    if action == "demo":
+        meta = weights.demo(args.out, seed=args.seed)
+        print(f"built {args.out}: {meta.name} — UNTRAINED random-init network (seed {args.seed}), "
+              f"its predictions are meaningless; for tests and demos only")
+        return 0
+    if action == "verify":
+        summary = weights.verify(resolve_weights(args.file, args.config))
+        for key, value in summary.items():
+            print(f"{key:>18}: {value}")
+        if summary["untrained"]:
+            print("warning: untrained demo model: predictions are meaningless", file=sys.stderr)
+        return 0
+    raise AssertionError(action)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""BGR frame -> the model's uint8 input: only the crop region is resized; normalisation happens in the graph."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+
+# "center" (ImageNet convention: shorter side to `resize`, centre crop `size`), "full" (whole frame squashed
+# to size x size) or (x, y, w, h): that region of interest, squashed to size x size.
+Crop = Union[str, tuple[int, int, int, int]]
+
+
+def crop_box(height: int, width: int, crop: Crop, resize: int = 256, size: int = 224) -> tuple[int, int, int, int]:
+    """The source-pixel box (x, y, w, h) whose resize gives the model input."""
+    if crop == "center":
+        # Resize(shorter=256) then CenterCrop(224) reads a square of side 224/256 of the shorter side.
+        side = max(1, round(min(height, width) * size / resize))
+        return (width - side) // 2, (height - side) // 2, side, side
+    if crop == "full":
+        return 0, 0, width, height
+    if isinstance(crop, (tuple, list)) and len(crop) == 4:
+        x, y, w, h = (int(v) for v in crop)
+        x0, y0 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+        x1, y1 = min(x + w, width), min(y + h, height)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"crop {tuple(crop)} lies outside the {width}x{height} frame")
+        return x0, y0, x1 - x0, y1 - y0
+    raise ValueError(f"crop must be 'center', 'full' or [x, y, w, h], got {crop!r}")
+
+
+def prepare_into(frame: np.ndarray, out: np.ndarray, crop: Crop = "center", resize: int = 256) -> None:
+    """Resize the crop region of a BGR uint8 frame into `out` (size x size x 3 uint8), in place."""
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    size = out.shape[0]
+    x, y, w, h = crop_box(frame.shape[0], frame.shape[1], crop, resize, size)
+    region = frame[y:y + h, x:x + w]
+    # INTER_AREA anti-aliases when shrinking (like PIL's antialiased resize); linear when enlarging.
+    interp = cv2.INTER_AREA if w > size or h > size else cv2.INTER_LINEAR
+    cv2.resize(region, (size, size), dst=out, interpolation=interp)
+
+
+def prepare_batch(frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None, size: int = 224,
+                  resize: int = 256) -> np.ndarray:
+    """(N, size, size, 3) uint8 BGR batch, the artifact's input layout."""
+    batch = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        prepare_into(frame, batch[i], "center" if crops is None else crops[i], resize)
+    return batch
