@@ -16,7 +16,7 @@ class AuthConfig:
     password_file: Optional[Path] = None    # basic: file holding the password
     token_file: Optional[Path] = None       # bearer: file holding the token
     protect_metrics: bool = True            # /metrics behind auth too
-    secret: str = ""                        # loaded from the file at validation time, never logged
+    secret: str = field(default="", repr=False)  # read from the file at validation time, never logged
 
 
 @dataclass(frozen=True)

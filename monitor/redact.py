@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 
-# scheme://user:pass@host  or  scheme://user@host
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+# scheme://user:pass@host, scheme://user@host, and the malformed scheme:/user:pass@host. Greedy up to the
+# last "@" before the path, so a password holding a raw "@" is hidden whole.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/{1,3})(?P<userinfo>[^/\s]*)@")
 
 
 def redact_url(text: str) -> str:

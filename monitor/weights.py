@@ -250,8 +250,8 @@ def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.
     engine = engine or model.default_engine()
     torch.manual_seed(seed)
     net = model.quantizable_resnet18()
-    _reestimate_batchnorm(net, synthetic_batches(64, seed=seed))
-    _sharpen_logits(net, next(iter(synthetic_batches(16, batch=16, seed=seed + 2))))
+    reestimate_batchnorm(net, synthetic_batches(64, seed=seed))
+    sharpen_logits(net, next(iter(synthetic_batches(16, batch=16, seed=seed + 2))))
     net = calibrated_int8(net, synthetic_batches(32, seed=seed + 1), engine)
     meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"random-init seed {seed}"},
                  {"needed": True, "frames": 32, "sources": ["synthetic"]})
@@ -259,7 +259,7 @@ def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.
     return meta
 
 
-def _reestimate_batchnorm(net: torch.nn.Module, batches: Iterable[np.ndarray]) -> None:
+def reestimate_batchnorm(net: torch.nn.Module, batches: Iterable[np.ndarray]) -> None:
     # Random init with identity BN statistics lets activations grow layer by layer, which makes INT8 error
     # large; real statistics give the untrained network a well-scaled, quantization-friendly range.
     normalize = model.Normalize()
@@ -274,7 +274,7 @@ def _reestimate_batchnorm(net: torch.nn.Module, batches: Iterable[np.ndarray]) -
     net.eval()
 
 
-def _sharpen_logits(net: torch.nn.Module, batch: np.ndarray, spread: float = 4.0) -> None:
+def sharpen_logits(net: torch.nn.Module, batch: np.ndarray, spread: float = 4.0) -> None:
     # A random head gives near-uniform softmax (~0.1 % per class); scaling it gives confident (meaningless)
     # top classes, so overlays, bars and alert thresholds behave in demos and tests as with real weights.
     with torch.no_grad():

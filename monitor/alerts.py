@@ -1,0 +1,253 @@
+"""AlertEngine: the per (rule, camera) event state machine fed with every classification result.
+
+    idle --hit--> counting --min_frames consecutive hits, cooldown over--> active --no hit for end_after--> idle
+                    ^  miss resets the count                                 (cooldown starts at the end)
+
+A rule entry is a class or a group of classes; its score is the SUM of its classes' probabilities (two dog breeds
+at 0.35 each make "dog" 0.70). A frame hits when the best entry reaches min_score; that entry names the event.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from monitor.config_types import RuleConfig
+    from monitor.events import EventStore
+    from monitor.metrics import Metrics
+    from monitor.results import Result
+    from monitor.sinks import SinkSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    cfg: RuleConfig
+    names: tuple[str, ...]
+    indices: tuple[np.ndarray, ...]
+
+
+@dataclass
+class _Active:
+    event: dict                      # the event dict handed to sinks (copied on every emit)
+    peak: float
+    last_hit: float
+    persisted_at: float
+
+
+@dataclass
+class _State:
+    cfg: RuleConfig
+    camera: str
+    streak: int = 0
+    streak_peak: float = 0.0
+    cooldown_until: float = float("-inf")
+    active: _Active | None = None
+
+
+@dataclass
+class _Pending:
+    """Store/sink work decided under the state lock, done after it (active() readers never wait on SQLite)."""
+    kind: str                        # start | end | persist
+    act: _Active
+    image: np.ndarray | None = None
+    predictions: list = field(default_factory=list)
+
+
+class AlertEngine:
+    """Turns results into events: SQLite commits at start and end, emits to the sinks, counts alerts.
+
+    observe() runs on the inference worker thread for every result, so it does numpy sums over a handful of
+    indices per rule and nothing else, except the commits at event start/end and, while an event lasts, a
+    last_seen/peak refresh every `persist_every` seconds (None disables it) so a crash loses at most that much
+    of the event's duration.
+    """
+
+    def __init__(self, rules: Sequence[RuleConfig], store: EventStore | None, sinks: SinkSet | None,
+                 metrics: Metrics, clock: Callable[[], float] = time.time,
+                 persist_every: float | None = 60.0) -> None:
+        self._rules = tuple(_compile(r) for r in rules)
+        self._store = store
+        self._sinks = sinks
+        self._metrics = metrics
+        self._clock = clock
+        self._persist_every = persist_every
+        self._lock = threading.Lock()            # guards the state machines
+        # Side effects run outside _lock but in decision order: _io_lock is taken before _lock is released, so
+        # a close_all() racing an observe() cannot write an event's end before its start.
+        self._io_lock = threading.Lock()
+        self._states: dict[tuple[str, str], _State] = {}
+        self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {}
+        self._active_view: dict[str, tuple[str, ...]] = {}   # replaced whole, read without the lock
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def observe(self, result: Result) -> None:
+        now = self._clock()
+        camera = result.camera
+        probs = np.asarray(result.probabilities).reshape(-1)
+        pending: list[_Pending] = []
+        with self._lock:
+            rules = self._rules_for.get(camera)
+            if rules is None:
+                rules = self._rules_for[camera] = tuple(
+                    r for r in self._rules if not r.cfg.cameras or camera in r.cfg.cameras)
+            for rule in rules:
+                label, score = _best(rule, probs)
+                st = self._states.get((rule.cfg.name, camera))
+                if st is None:
+                    st = self._states[(rule.cfg.name, camera)] = _State(cfg=rule.cfg, camera=camera)
+                self._step(st, label, score, now, result, pending)
+            self._end_stale(now, pending)
+            if not pending:
+                return
+            self._refresh_view()
+            self._io_lock.acquire()
+        self._run(pending)
+
+    def tick(self) -> None:
+        """End events whose camera stopped delivering results (a dead camera never calls observe())."""
+        pending: list[_Pending] = []
+        with self._lock:
+            self._end_stale(self._clock(), pending)
+            if not pending:
+                return
+            self._refresh_view()
+            self._io_lock.acquire()
+        self._run(pending)
+
+    def active(self, camera: str) -> list[str]:
+        """Labels of the events active on `camera`, oldest first (for the overlay banner)."""
+        return list(self._active_view.get(camera, ()))
+
+    def close_all(self) -> None:
+        """End every open event now (shutdown), so the history shows no event open past the process's life."""
+        now = self._clock()
+        pending: list[_Pending] = []
+        with self._lock:
+            for st in self._states.values():
+                if st.active is not None:
+                    self._end(st, now, pending)
+                st.streak = 0
+            self._refresh_view()
+            self._io_lock.acquire()
+        self._run(pending)
+
+    # -- state machine (under the lock) ----------------------------------------------------------------------
+
+    def _step(self, st: _State, label: str, score: float, now: float, result: Result,
+              pending: list[_Pending]) -> None:
+        cfg = st.cfg
+        hit = score >= cfg.min_score
+        act = st.active
+        if act is not None:
+            if hit:
+                act.last_hit = now
+                if score > act.peak:
+                    act.peak = score
+                if self._persist_every is not None and now - act.persisted_at >= self._persist_every:
+                    act.persisted_at = now
+                    pending.append(_Pending("persist", act))
+            elif now - act.last_hit >= cfg.end_after:
+                self._end(st, now, pending)
+            return
+        if hit:
+            st.streak += 1
+            st.streak_peak = max(st.streak_peak, score) if st.streak > 1 else score
+        else:
+            st.streak = 0
+            st.streak_peak = 0.0
+        # Hits during the cooldown keep counting, so a class still present when it expires alerts at once.
+        if hit and st.streak >= max(1, cfg.min_frames) and now >= st.cooldown_until:
+            event = {"id": None, "camera": st.camera, "rule": cfg.name, "label": label, "score": float(score),
+                     "peak_score": float(st.streak_peak), "started_at": now, "ended_at": None, "snapshot": None}
+            st.active = _Active(event=event, peak=st.streak_peak, last_hit=now, persisted_at=now)
+            st.streak = 0
+            st.streak_peak = 0.0
+            pending.append(_Pending("start", st.active, image=result.frame.image,
+                                    predictions=list(result.predictions)))
+
+    def _end_stale(self, now: float, pending: list[_Pending]) -> None:
+        for st in self._states.values():
+            act = st.active
+            if act is not None and now - act.last_hit >= st.cfg.end_after:
+                self._end(st, now, pending)
+
+    def _end(self, st: _State, now: float, pending: list[_Pending]) -> None:
+        act = st.active
+        assert act is not None
+        act.event["ended_at"] = now
+        act.event["peak_score"] = float(act.peak)
+        st.active = None
+        st.cooldown_until = now + st.cfg.cooldown
+        pending.append(_Pending("end", act))
+
+    def _refresh_view(self) -> None:
+        view: dict[str, list[tuple[float, str]]] = {}
+        for st in self._states.values():
+            if st.active is not None:
+                view.setdefault(st.camera, []).append((st.active.event["started_at"], st.active.event["label"]))
+        self._active_view = {cam: tuple(dict.fromkeys(lbl for _, lbl in sorted(items)))
+                             for cam, items in view.items()}
+
+    # -- side effects (outside the lock) ---------------------------------------------------------------------
+
+    def _run(self, pending: list[_Pending]) -> None:
+        """Called with _io_lock held; releases it."""
+        try:
+            for p in pending:
+                try:
+                    self._do(p)
+                except Exception:   # a bug in a side effect must not kill the inference worker
+                    log.exception("alerts: %s of event %s failed", p.kind, p.act.event.get("id"))
+        finally:
+            self._io_lock.release()
+
+    def _do(self, p: _Pending) -> None:
+        act = p.act
+        ev = act.event
+        if p.kind == "start":
+            if self._store is not None:
+                ev["id"] = self._store.start_event(ev["camera"], ev["rule"], ev["label"], ev["score"],
+                                                   ev["started_at"], None)
+            self._metrics.alerts.labels(ev["rule"], ev["label"]).inc()
+            log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
+                     ev["rule"], ev["label"], ev["score"])
+            if self._sinks is not None:
+                self._sinks.emit("start", dict(ev), p.image, predictions=p.predictions)
+        elif p.kind == "end":
+            if self._store is not None and ev["id"] is not None:
+                self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"])
+            log.info("event %s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", ev["id"],
+                     ev["camera"], ev["rule"], ev["label"], ev["peak_score"], ev["ended_at"] - ev["started_at"])
+            if self._sinks is not None:
+                self._sinks.emit("end", dict(ev), None)
+        elif p.kind == "persist":
+            if self._store is not None and ev["id"] is not None:
+                self._store.update_peak(ev["id"], act.peak, seen_at=act.last_hit)
+
+
+def _compile(rule: RuleConfig) -> _CompiledRule:
+    if not rule.indices:
+        raise ValueError(f"watchlist rule {rule.name!r}: no classes resolved (classes={list(rule.classes)})")
+    names = tuple(name for name, _ in rule.indices)
+    idx = tuple(np.asarray(ix, dtype=np.intp) for _, ix in rule.indices)
+    for name, ix in zip(names, idx):
+        if ix.size == 0:
+            raise ValueError(f"watchlist rule {rule.name!r}: class {name!r} resolved to no ImageNet index")
+    return _CompiledRule(cfg=rule, names=names, indices=idx)
+
+
+def _best(rule: _CompiledRule, probs: np.ndarray) -> tuple[str, float]:
+    best_name, best_score = rule.names[0], -1.0
+    for name, ix in zip(rule.names, rule.indices):
+        s = float(probs[ix].sum())
+        if s > best_score:
+            best_name, best_score = name, s
+    return best_name, best_score

@@ -1,0 +1,17 @@
+"""`monitor bench ...`: benchmarks that print figures measured in one run against a baseline."""
+from __future__ import annotations
+
+import argparse
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    if args.bench_command == "classify":
+        from monitor.bench.classify import bench_classify
+        return bench_classify(args)
+    if args.bench_command == "pipeline":
+        from monitor.bench.pipeline import bench_pipeline
+        return bench_pipeline(args)
+    if args.bench_command == "stream":
+        from monitor.bench.stream import bench_stream
+        return bench_stream(args)
+    raise AssertionError(args.bench_command)

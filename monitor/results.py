@@ -1,0 +1,95 @@
+"""Classification results: the Result record and the board holding the newest one per camera."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # runtime imports would create cycles (capture/classifier import heavier modules)
+    from monitor.capture import Frame
+    from monitor.classifier import Prediction
+
+
+@dataclass(frozen=True)
+class Result:
+    camera: str
+    frame: Frame
+    predictions: list[Prediction]     # top-k, best first
+    probabilities: np.ndarray         # (1000,) float32, softmax
+    classified_at: float              # time.time()
+    latency: float                    # seconds, capture to result
+
+
+class _CameraTrack:
+    __slots__ = ("latest", "times")
+
+    def __init__(self, maxlen: int) -> None:
+        self.latest: Result | None = None
+        self.times: deque[float] = deque(maxlen=maxlen)
+
+
+class ResultBoard:
+    """Newest Result per camera plus its output rate, shared by the worker (writer) and web/alerts (readers).
+
+    fps_out is measured over a sliding window of publish times on the monotonic clock, so wall-clock jumps do
+    not distort it, and it falls to 0 once a camera has published nothing for a whole window.
+    """
+
+    def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 max_samples: int = 1024) -> None:
+        if window <= 0:
+            raise ValueError(f"ResultBoard window must be > 0 seconds (got {window})")
+        self._window = window
+        self._clock = clock
+        self._max_samples = max_samples       # bounds memory at very high rates; the rate stays exact
+        self._lock = threading.Lock()
+        self._tracks: dict[str, _CameraTrack] = {}
+
+    def publish(self, result: Result) -> None:
+        now = self._clock()
+        with self._lock:
+            track = self._tracks.get(result.camera)
+            if track is None:
+                track = self._tracks[result.camera] = _CameraTrack(self._max_samples)
+            track.latest = result
+            track.times.append(now)
+            self._trim(track, now)
+
+    def get(self, camera: str) -> Result | None:
+        with self._lock:
+            track = self._tracks.get(camera)
+            return track.latest if track is not None else None
+
+    def fps_out(self, camera: str) -> float:
+        """Results per second over the last `window` seconds (0.0 with fewer than two results in it)."""
+        now = self._clock()
+        with self._lock:
+            track = self._tracks.get(camera)
+            if track is None:
+                return 0.0
+            self._trim(track, now)
+            times = track.times
+            if len(times) < 2:
+                return 0.0
+            span = times[-1] - times[0]
+            return (len(times) - 1) / span if span > 0 else 0.0
+
+    def latency(self, camera: str) -> float | None:
+        """Capture-to-result latency of the newest result, or None before the first one."""
+        with self._lock:
+            track = self._tracks.get(camera)
+            return track.latest.latency if track is not None and track.latest is not None else None
+
+    def cameras(self) -> list[str]:
+        with self._lock:
+            return list(self._tracks)
+
+    def _trim(self, track: _CameraTrack, now: float) -> None:
+        cutoff = now - self._window
+        times = track.times
+        while times and times[0] < cutoff:
+            times.popleft()

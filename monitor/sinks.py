@@ -1,0 +1,401 @@
+"""Alert sinks (log, snapshot, webhook, command), each a thread behind a bounded queue, off the hot path.
+
+Snapshot ordering: emit() computes the snapshot's path up front (cheap string formatting) and hands every sink of
+that event a shared ticket. The snapshot sink writes the JPEG and marks the ticket done; the webhook and command
+sinks wait on the ticket for at most `snapshot_wait` seconds before sending, then include the path only if the
+file was really written. Why not chain snapshot -> webhook/command: a slow or broken snapshot disk would then
+stall or drop every delivery behind it; with the ticket the sinks stay independent queues and the worst case
+is a bounded delay, while a consumer that gets a path can always open the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+
+from monitor import __version__
+from monitor.overlay import draw_overlay
+from monitor.redact import redact_url
+
+if TYPE_CHECKING:
+    from monitor.classifier import Prediction
+    from monitor.config_types import AlertsConfig
+    from monitor.events import EventStore
+    from monitor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.25                    # sink loops wake this often to check the stop event
+_DROP_LOG_EVERY = 10.0          # seconds between "queue full" warnings per sink
+_BACKOFF_CAP = 30.0
+_JPEG_QUALITY = 90
+_PLACEHOLDER = re.compile(r"\{(camera|rule|label|score|event_id|snapshot)\}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_REMEMBERED_STARTS = 256        # start tickets kept so the matching "end" reports the same snapshot
+
+
+class _SnapshotTicket:
+    """Where the snapshot of one event goes, and whether it got there."""
+
+    __slots__ = ("path", "done", "ok")
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.done = threading.Event()
+        self.ok = False
+        if path is None:
+            self.done.set()
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+    def result(self, wait: float) -> str | None:
+        self.done.wait(wait)
+        return self.path if self.ok else None
+
+
+@dataclass
+class _Delivery:
+    kind: str                                # "start" | "end"
+    event: dict
+    image: np.ndarray | None
+    predictions: list = field(default_factory=list)
+    ticket: _SnapshotTicket = field(default_factory=lambda: _SnapshotTicket(None))
+
+
+class _Sink:
+    """One delivery channel: a thread draining a bounded queue. Subclasses implement handle()."""
+
+    name = "sink"
+    kinds: tuple[str, ...] = ("start", "end")
+
+    def __init__(self, owner: SinkSet, queue_size: int) -> None:
+        self.owner = owner
+        self.metrics = owner.metrics
+        self.queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(1, queue_size))
+        self.thread: threading.Thread | None = None
+        self._dropped_since_log = 0
+        self._last_drop_log = float("-inf")
+
+    def offer(self, d: _Delivery) -> bool:
+        try:
+            self.queue.put_nowait(d)
+            return True
+        except queue.Full:
+            self.metrics.sink_dropped.labels(self.name).inc()
+            self._dropped_since_log += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= _DROP_LOG_EVERY:
+                log.warning("alert sink %s: queue full (%d), dropped %d deliveries", self.name,
+                            self.queue.maxsize, self._dropped_since_log)
+                self._dropped_since_log = 0
+                self._last_drop_log = now
+            return False
+
+    def fail(self, message: str, *args: object) -> None:
+        self.metrics.sink_failures.labels(self.name).inc()
+        log.warning("alert sink %s: " + message, self.name, *args)
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name=f"sink-{self.name}", daemon=True)
+            self.thread.start()
+
+    def _loop(self) -> None:
+        stop = self.owner._stop
+        while True:
+            if stop.is_set() and (self.queue.empty() or time.monotonic() >= self.owner._deadline):
+                return
+            try:
+                d = self.queue.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(d)
+            except Exception as exc:   # a sink bug costs one delivery, never the thread
+                self.metrics.sink_failures.labels(self.name).inc()
+                log.exception("alert sink %s: delivery of event %s failed: %s", self.name, d.event.get("id"), exc)
+
+    def handle(self, d: _Delivery) -> None:
+        raise NotImplementedError
+
+
+class _LogSink(_Sink):
+    name = "log"
+
+    def handle(self, d: _Delivery) -> None:
+        ev = d.event
+        if d.kind == "start":
+            log.info("ALERT start: event %s camera=%s rule=%s label=%s score=%.3f", ev.get("id"), ev.get("camera"),
+                     ev.get("rule"), ev.get("label"), ev.get("score") or 0.0)
+        else:
+            log.info("ALERT end: event %s camera=%s rule=%s label=%s peak=%.3f", ev.get("id"), ev.get("camera"),
+                     ev.get("rule"), ev.get("label"), ev.get("peak_score") or 0.0)
+
+
+class _SnapshotSink(_Sink):
+    name = "snapshot"
+    kinds = ("start",)
+
+    def __init__(self, owner: SinkSet, queue_size: int, root: Path) -> None:
+        super().__init__(owner, queue_size)
+        self.root = Path(root)
+
+    def path_for(self, ev: dict) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(float(ev.get("started_at") or time.time())))
+        event_id = ev.get("id") if ev.get("id") is not None else "noid"
+        name = f"{stamp}-{event_id}-{_safe(str(ev.get('rule', 'rule')))}.jpg"
+        return str(self.root / _safe(str(ev.get("camera", "camera"))) / name)
+
+    def handle(self, d: _Delivery) -> None:
+        ok = False
+        try:
+            ok = self._write(d)
+        finally:
+            d.ticket.finish(ok)
+
+    def _write(self, d: _Delivery) -> bool:
+        ev = d.event
+        path = Path(d.ticket.path) if d.ticket.path else None
+        if path is None or d.image is None:
+            return False
+        img = draw_overlay(d.image, str(ev.get("camera", "")), d.predictions, None, [str(ev.get("label", ""))],
+                           self.owner.untrained, when=ev.get("started_at"))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        if not ok:
+            self.fail("cannot encode JPEG for event %s", ev.get("id"))
+            return False
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(buf.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)   # readers see the whole JPEG or nothing
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.fail("cannot write snapshot %s: %s", path, exc)
+            return False
+        store = self.owner.store
+        if store is not None and ev.get("id") is not None:
+            store.set_snapshot(int(ev["id"]), str(path))
+        return True
+
+
+class _WebhookSink(_Sink):
+    name = "webhook"
+
+    def __init__(self, owner: SinkSet, queue_size: int, url: str, timeout: float, retries: int) -> None:
+        super().__init__(owner, queue_size)
+        self.url = url
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.safe_url = redact_url(url)
+
+    def handle(self, d: _Delivery) -> None:
+        payload = dict(d.event, kind=d.kind, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        body = json.dumps(payload, default=str).encode("utf-8")
+        stop = self.owner._stop
+        last_error = ""
+        attempts = 0
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(_BACKOFF_CAP, self.owner.retry_backoff * (2 ** (attempt - 1)))
+                if stop.wait(delay):    # shutting down: do not sit out the backoff
+                    last_error += " (gave up retrying: stopping)"
+                    break
+            attempts += 1
+            error, permanent = self._post(body)
+            if error is None:
+                return
+            last_error = error
+            if permanent:
+                break
+        self.fail("POST %s for event %s (%s) failed after %d attempt(s): %s", self.safe_url, d.event.get("id"),
+                  d.kind, attempts, last_error)
+
+    def _post(self, body: bytes) -> tuple[str | None, bool]:
+        """One attempt: (None, _) on success, else (error text, whether retrying is pointless)."""
+        req = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": f"monitor/{__version__}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                resp.read(65536)
+                return None, False
+        except urllib.error.HTTPError as exc:
+            # Client errors will not fix themselves, except timeouts and rate limiting.
+            permanent = 400 <= exc.code < 500 and exc.code not in (408, 425, 429)
+            return f"HTTP {exc.code} {exc.reason}", permanent
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return redact_url(f"{type(exc).__name__}: {reason}"), isinstance(exc, ValueError)
+        except Exception as exc:   # http.client.HTTPException and friends: a broken server, worth a retry
+            return f"{type(exc).__name__}: {exc}", False
+
+
+class _CommandSink(_Sink):
+    name = "command"
+    kinds = ("start",)
+
+    def __init__(self, owner: SinkSet, queue_size: int, argv: Sequence[str], timeout: float) -> None:
+        super().__init__(owner, queue_size)
+        self.argv = tuple(argv)
+        self.timeout = timeout
+
+    def handle(self, d: _Delivery) -> None:
+        ev = d.event
+        snapshot = d.ticket.result(self.owner.snapshot_wait)
+        values = {
+            "camera": str(ev.get("camera", "")), "rule": str(ev.get("rule", "")), "label": str(ev.get("label", "")),
+            "score": f"{float(ev.get('score') or 0.0):.3f}",
+            "event_id": "" if ev.get("id") is None else str(ev["id"]),
+            "snapshot": snapshot or "",
+        }
+        # Per argument, no shell: a label can never become shell syntax. str.format is avoided so other braces
+        # in the argv (a jq filter, JSON) stay as written.
+        argv = [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in self.argv]
+        try:
+            # A session of its own: on timeout the whole process group dies, children of a shell included.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            self.fail("cannot run %s: %s", argv[0], exc)
+            return
+        deadline = time.monotonic() + self.timeout
+        stop = self.owner._stop
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (stop.is_set() and time.monotonic() >= self.owner._deadline):
+                self._kill(proc)
+                self.fail("%s for event %s killed after %.1f s (timeout %.1f s)", argv[0], ev.get("id"),
+                          self.timeout - max(0.0, remaining), self.timeout)
+                return
+            try:
+                _, err = proc.communicate(timeout=min(_POLL, remaining))
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.returncode != 0:
+            tail = (err or b"").decode("utf-8", "replace").strip()[-500:]
+            self.fail("%s for event %s exited with %s%s", argv[0], ev.get("id"), proc.returncode,
+                      f": {tail}" if tail else "")
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        try:
+            proc.communicate(timeout=2.0)
+        except subprocess.TimeoutExpired:   # pipe held by a process outside the group; reap and move on
+            proc.wait(timeout=2.0)
+
+
+class SinkSet:
+    """The configured sinks. emit() only enqueues (put_nowait), so it never blocks the inference worker.
+
+    The log sink always exists; snapshot, webhook and command exist when configured. Snapshots and commands
+    run for "start" only; log and webhook get "start" and "end".
+    """
+
+    def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
+                 retry_backoff: float = 0.5, snapshot_wait: float = 2.0) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.store = store
+        self.untrained = untrained
+        self.retry_backoff = retry_backoff
+        self.snapshot_wait = snapshot_wait
+        self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._lock = threading.Lock()
+        self._starts: OrderedDict[tuple, _SnapshotTicket] = OrderedDict()
+        size = cfg.queue_size
+        self._snapshot: _SnapshotSink | None = _SnapshotSink(self, size, cfg.snapshots) if cfg.snapshots else None
+        sinks: list[_Sink] = [_LogSink(self, size)]
+        if self._snapshot is not None:
+            sinks.append(self._snapshot)
+        if cfg.webhook is not None:
+            sinks.append(_WebhookSink(self, size, cfg.webhook.url, cfg.webhook.timeout, cfg.webhook.retries))
+        if cfg.command:
+            sinks.append(_CommandSink(self, size, cfg.command, cfg.command_timeout))
+        self._sinks = tuple(sinks)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self._sinks]
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._deadline = float("inf")
+        for s in self._sinks:
+            s.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued until `timeout`, then give up; sink threads are daemons, a hung one is left."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        for s in self._sinks:
+            if s.thread is None:
+                continue
+            s.thread.join(max(0.0, self._deadline - time.monotonic()))
+            if s.thread.is_alive():
+                log.warning("alert sink %s: still busy at shutdown, %d deliveries abandoned", s.name,
+                            s.queue.qsize())
+            else:
+                s.thread = None
+
+    def emit(self, kind: str, event: dict, frame: np.ndarray | None,
+             predictions: Sequence[Prediction] = ()) -> None:
+        """Queue `event` for every sink (kind "start" | "end"); never blocks, drops are counted per sink."""
+        if kind not in ("start", "end"):
+            raise ValueError(f"SinkSet.emit: kind must be 'start' or 'end' (got {kind!r})")
+        ev = dict(event)
+        key = (ev.get("camera"), ev.get("rule"), ev.get("started_at"))
+        snap = self._snapshot
+        if kind == "start":
+            ticket = _SnapshotTicket(snap.path_for(ev) if snap is not None and frame is not None else None)
+            with self._lock:
+                self._starts[key] = ticket
+                while len(self._starts) > _REMEMBERED_STARTS:
+                    self._starts.popitem(last=False)
+        else:
+            with self._lock:
+                ticket = self._starts.pop(key, None) or _SnapshotTicket(None)
+            if ticket.path is None and ev.get("snapshot"):
+                ticket = _SnapshotTicket(str(ev["snapshot"]))
+                ticket.finish(True)
+        d = _Delivery(kind, ev, frame, list(predictions), ticket)
+        for s in self._sinks:
+            if kind not in s.kinds:
+                continue
+            if not s.offer(d) and s is snap:
+                ticket.path = None       # never written: nobody should wait for it or be told about it
+                ticket.finish(False)
+
+
+def _safe(name: str) -> str:
+    """A path component from a camera or rule name (no separators, no dot-dot)."""
+    cleaned = _UNSAFE.sub("_", name).strip(".") or "_"
+    return cleaned[:64]
