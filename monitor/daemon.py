@@ -1,0 +1,251 @@
+"""The daemon: assembles the components, starts and stops them in dependency order, handles signals."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from monitor import __version__
+from monitor.alerts import AlertEngine
+from monitor.artifact import ArtifactError
+from monitor.capture import Camera
+from monitor.classifier import Classifier
+from monitor.config import ConfigError, format_errors, load_config
+from monitor.config_types import Config
+from monitor.events import EventStore, EventStoreError
+from monitor.logsetup import setup_logging
+from monitor.metrics import Metrics
+from monitor.results import ResultBoard
+from monitor.sdnotify import SystemdNotifier, watchdog_interval
+from monitor.sinks import SinkSet
+from monitor.worker import InferenceWorker
+
+log = logging.getLogger("monitor")
+
+EXIT_CONFIG = 2
+HEARTBEAT_FRESH = 15.0   # seconds: a component loop older than this is hung (the watchdog stops pinging)
+PRUNE_EVERY = 3600.0     # seconds between retention passes
+
+
+class Daemon:
+    """Every component of one running monitor. Web handlers read the attributes below."""
+
+    def __init__(self, config: Config, weights: Path | None = None, pace: bool = True,
+                 metrics: Metrics | None = None) -> None:
+        if weights is not None:
+            config = replace(config, model=replace(config.model, weights=Path(weights)))
+        self.config = config
+        self.pace = pace
+        self.metrics = metrics or Metrics()
+        self.classifier = Classifier(config.model.weights, threads=config.model.threads)
+        meta = self.classifier.meta
+        self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
+                                      "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
+        self.events = EventStore(config.events.database, self.metrics)
+        self.results = ResultBoard()
+        self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+        self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics)
+        self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
+                                      top_k=config.model.top_k, batch_max=config.model.batch_max)
+        self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
+        self.worker.set_cameras(list(self.cameras.values()))
+        self.web: Any = None
+        self.started_at = time.time()
+        self._started = False
+
+    def _camera(self, cfg: Any) -> Camera:
+        return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self, web: bool = True) -> None:
+        """Start consumers before producers: sinks, worker, cameras, then the HTTP port."""
+        self.sinks.start()
+        self.worker.start()
+        for cam in self.cameras.values():
+            cam.start()
+        if web:
+            from monitor.web.server import WebServer
+            self.web = WebServer(self, self.config.server.host, self.config.server.port)
+            self.web.start()
+        self.started_at = time.time()
+        self._started = True
+        log.info("monitor %s running: %d cameras, %d rules, model %s%s%s", __version__, len(self.cameras),
+                 len(self.config.watchlist), self.classifier.meta.name,
+                 " (UNTRAINED demo weights: predictions are meaningless)" if self.classifier.untrained else "",
+                 f", http://{self.config.server.host}:{self.web.port}/" if self.web else "")
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop producers first (HTTP, cameras), then the worker, close open events, drain sinks, close SQLite."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        if self.web is not None:
+            self.web.stop(timeout=min(1.0, left()))
+        cameras = list(self.cameras.values())
+        for cam in cameras:
+            cam._stop.set()  # signal all first so they wind down in parallel
+        for cam in cameras:
+            cam.stop(timeout=min(1.0, left()))
+        self.worker.stop(timeout=min(1.5, left()))
+        self.alerts.close_all()
+        self.sinks.stop(timeout=min(1.5, left()))
+        self.events.close()
+        self._started = False
+        log.info("monitor stopped")
+
+    def ready(self) -> bool:
+        return self._started and time.monotonic() - self.worker.heartbeat < HEARTBEAT_FRESH
+
+    def healthy(self) -> bool:
+        """Heartbeats of the worker and every capture loop are fresh (the systemd watchdog condition)."""
+        now = time.monotonic()
+        beats = [self.worker.heartbeat] + [c.heartbeat for c in self.cameras.values()]
+        return self._started and all(now - b < HEARTBEAT_FRESH for b in beats)
+
+    def status_line(self) -> str:
+        up = sum(1 for c in self.cameras.values() if c.status()["state"] == "up")
+        return f"{up}/{len(self.cameras)} cameras up, {self.worker.classified} frames classified"
+
+    # -- reload ---------------------------------------------------------------------------------------------
+
+    def reload(self, new: Config) -> None:
+        """Apply a validated config: cameras, watch-list, alert sinks and logging change in place."""
+        old = self.config
+        for key in ("server", "model", "events"):
+            if getattr(old, key) != getattr(new, key):
+                log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
+        new = replace(new, server=old.server, model=old.model, events=old.events)
+        setup_logging(new.logging.level, new.logging.format)
+        if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
+            self.worker.set_alerts(None)
+            self.alerts.close_all()
+            self.sinks.stop(timeout=2.0)
+            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+            self.sinks.start()
+            self.alerts = AlertEngine(new.watchlist, self.events, self.sinks, self.metrics)
+            self.worker.set_alerts(self.alerts)
+        old_cams = {c.name: c for c in old.cameras}
+        new_cams = {c.name: c for c in new.cameras}
+        for name, cam in list(self.cameras.items()):
+            if new_cams.get(name) != old_cams.get(name):
+                cam.stop(timeout=2.0)
+                del self.cameras[name]
+                self.metrics.camera_connected.labels(camera=name).set(0)
+        for name, cfg in new_cams.items():
+            if name not in self.cameras:
+                self.cameras[name] = self._camera(cfg)
+                self.cameras[name].start()
+        # Keep the config's camera order (the status page lists them in it).
+        self.cameras = {name: self.cameras[name] for name in new_cams}
+        self.worker.set_cameras(list(self.cameras.values()))
+        self.config = new
+        log.info("reloaded config: %d cameras, %d rules", len(self.cameras), len(new.watchlist))
+
+
+class _Signals:
+    """Handlers only set flags (uvicorn style); a second SIGTERM/SIGINT forces exit."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stop.is_set():
+            os.write(2, b"monitor: second signal, forcing exit\n")
+            os._exit(128 + signum)
+        self.stop.set()
+        self.wake.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
+def run_main(config_path: str, weights: str | None = None) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(format_errors(e, config_path), file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.logging.level, config.logging.format)
+    signals = _Signals()
+    signals.install()
+    try:
+        daemon = Daemon(config, Path(weights) if weights else None)
+    except (ArtifactError, EventStoreError) as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    try:
+        daemon.start()
+    except OSError as e:  # e.g. the HTTP port is taken
+        log.error("cannot start: %s", e)
+        daemon.stop()
+        return 1
+    log.info("versions: monitor %s, python %s, torch %s, opencv %s", __version__, sys.version.split()[0],
+             torch.__version__, cv2.__version__)
+    notifier = SystemdNotifier()
+    notifier.notify("READY=1", f"STATUS={daemon.status_line()}")
+    _supervise(daemon, signals, notifier, config_path)
+    notifier.notify("STOPPING=1", "STATUS=stopping")
+    daemon.stop()
+    notifier.close()
+    return 0
+
+
+def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, config_path: str) -> None:
+    """The main thread: watchdog pings while heartbeats are fresh, status, retention, reloads."""
+    interval = watchdog_interval()
+    tick = min(1.0, interval) if interval else 1.0
+    next_prune = 0.0
+    last_status = ""
+    while not signals.stop.is_set():
+        signals.wake.wait(tick)
+        signals.wake.clear()
+        if signals.stop.is_set():
+            break
+        if signals.reload.is_set():
+            signals.reload.clear()
+            _reload(daemon, config_path)
+        now = time.monotonic()
+        if now >= next_prune:
+            next_prune = now + PRUNE_EVERY
+            pruned = daemon.events.prune(daemon.config.events.retention)
+            if pruned:
+                log.info("retention: removed %d events older than %.0f days", pruned,
+                         daemon.config.events.retention / 86400)
+        status = daemon.status_line()
+        if daemon.healthy():
+            notifier.notify("WATCHDOG=1", *([f"STATUS={status}"] if status != last_status else []))
+        elif interval:
+            log.warning("heartbeat stale: not pinging the systemd watchdog")
+        last_status = status
+
+
+def _reload(daemon: Daemon, config_path: str) -> None:
+    try:
+        new = load_config(config_path)
+    except ConfigError as e:
+        log.error("reload refused, keeping the running config:\n%s", format_errors(e, config_path))
+        return
+    try:
+        daemon.reload(new)
+    except Exception:
+        log.exception("reload failed part-way; the daemon keeps running")
