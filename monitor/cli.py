@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(also $MONITOR_WEIGHTS_BASE_URL)")
     p.add_argument("--dir", default="weights", metavar="DIR", help="where checkpoints go (default: weights)")
     p.add_argument("--out", metavar="FILE", help="artifact path (default: DIR/resnet18-int8.pt)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if the artifact exists and verifies")
     p = w.add_parser("build", help="build the runtime artifact from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
     p.add_argument("--calibrate", nargs="+", default=[], metavar="PATH",
@@ -137,6 +138,12 @@ def _weights(args: argparse.Namespace) -> int:
 
     action = args.weights_command
     if action == "fetch":
+        target = Path(args.out) if args.out else Path(args.dir) / "resnet18-int8.pt"
+        if args.if_missing and args.variant == "int8" and target.exists():
+            from monitor.artifact import read
+            meta, _, _ = read(target)  # re-hashes: a damaged file is reported, not silently kept
+            print(f"{target} is present ({meta.name}{', UNTRAINED demo' if meta.untrained else ''}): not fetching")
+            return 0
         checkpoint, built = weights.fetch(args.variant, args.dir, out=args.out, base_url=args.base_url)
         print(f"verified {checkpoint} (sha256 prefix {weights.OFFICIAL[args.variant].sha256_prefix})")
         if built:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
 from monitor.classifier import top_k_predictions
@@ -36,6 +37,8 @@ class InferenceWorker:
         self.idle_wake = idle_wake
         self.heartbeat = time.monotonic()
         self.classified = 0
+        # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
+        self.latencies: deque[float] = deque(maxlen=20000)
         self._cameras: tuple[Camera, ...] = ()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -107,6 +110,7 @@ class InferenceWorker:
             self.board.publish(result)
             self.metrics.frames_classified.labels(camera=cam.name).inc()
             self.metrics.capture_to_result_seconds.observe(latency)
+            self.latencies.append(latency)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("classified camera=%s seq=%d top=%s latency_ms=%.1f", cam.name, frame.seq,
                           ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
