@@ -1,0 +1,438 @@
+"""Camera: one thread per camera owning its cv2.VideoCapture; newest-frame slot, fps sampling, reconnects."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import cv2
+import numpy as np
+
+from monitor.config_types import CameraConfig
+from monitor.metrics import Metrics
+from monitor.motion import MotionGate
+from monitor.redact import redact_url
+
+log = logging.getLogger(__name__)
+
+CONNECTING, UP, DOWN = "connecting", "up", "down"
+END_OF_FILE = "end of file"
+
+BACKOFF_INITIAL = 0.5       # seconds before the first retry; doubles per consecutive failure up to backoff_max
+BACKOFF_JITTER = 0.2        # +-20 %: cameras that failed together (switch reboot) do not retry in lockstep
+STABLE_AFTER = 10.0         # a connection that delivered frames this long resets the backoff
+FPS_WINDOW = 5.0            # seconds of frame timestamps behind status()["fps_in"]
+DEFAULT_FILE_FPS = 25.0     # pace of a file whose container does not state a usable frame rate
+TICK = 0.25                 # longest sleep without a heartbeat and a look at the stop event
+_FALL_BEHIND = 1.0          # a paced file this far behind its clock restarts the clock instead of bursting
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_DEVICE = re.compile(r"^/dev/video(\d+)$")
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray        # BGR uint8, as read
+    seq: int                 # 1, 2, 3 ... per camera (monotonic, never reused across reconnects)
+    captured_at: float       # time.time() when read
+    captured_mono: float     # time.monotonic() when read (latency uses this)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a camera reads from, classified once from the config string."""
+    kind: str                       # "device" | "url" | "file"
+    target: Union[int, str]         # device index, device path, URL or file path as given to OpenCV
+    shown: str                      # credentials redacted: the only form that reaches logs and status
+
+    @property
+    def is_rtsp(self) -> bool:
+        return self.kind == "url" and str(self.target).lower().startswith(("rtsp://", "rtsps://"))
+
+
+def parse_source(source: str | int) -> Source:
+    """"0" / 0 / "/dev/video0" / "/dev/v4l/by-id/..." -> device; "scheme://..." -> URL; anything else -> file."""
+    text = str(source).strip()
+    if text.isdigit():
+        return Source("device", int(text), f"/dev/video{int(text)}")
+    if text.startswith("/dev/"):
+        m = _DEVICE.match(text)
+        return Source("device", int(m.group(1)) if m else text, text)
+    if _URL.match(text):
+        return Source("url", text, redact_url(text))
+    return Source("file", text, text)
+
+
+class _Failure(Exception):
+    """A connection attempt or stream ended; the message is the (redacted) reason shown in status()."""
+
+    def __init__(self, reason: str, stable: bool = False) -> None:
+        super().__init__(reason)
+        self.stable = stable                # the connection had delivered frames for STABLE_AFTER seconds
+
+
+class Camera:
+    """One capture thread per camera. Keeps reading so the stream never queues up latency, keeps only the
+    newest frame, marks frames due at `cfg.fps` and offers the newest due frame to the worker via take_due().
+
+    pace=True plays files at their native rate (as a camera would deliver them). pace=False is for benchmarks
+    and batch runs over files: no sleeping, and the reader waits until the previous due frame was taken before
+    it reads on, so no due frame of a file is ever dropped; due sampling then follows the file's own timeline
+    (frame index / file fps) instead of the wall clock. Live sources ignore pace=False: they cannot be slowed
+    down, and holding frames back would only build latency.
+
+    `heartbeat` is refreshed at least every TICK seconds, also while down and waiting to reconnect, except while
+    OpenCV itself blocks: up to open_timeout in open, up to min(read_timeout, stale_after) in read. A watchdog
+    must allow for that. stop() does not wait for such a call: the daemon thread finishes it, then releases
+    its capture and ends. A Camera is started once; make a new one to start again.
+    """
+
+    def __init__(self, cfg: CameraConfig, metrics: Metrics, on_due: Callable[[], None] | None = None,
+                 pace: bool = True) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.pace = pace
+        self.source = parse_source(cfg.source)
+        self._on_due = on_due
+        self._gate = MotionGate(cfg.motion) if cfg.motion.enabled else None
+        self._no_drop = not pace and self.source.kind == "file"
+
+        self._cond = threading.Condition()      # guards every field below that status()/take_due() read
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._latest: Frame | None = None
+        self._due: Frame | None = None
+        self._seq = 0
+        self._state = CONNECTING
+        self._reason = ""
+        self._frames = 0
+        self._reconnects = 0
+        self._backoff = 0.0
+        self._width = 0
+        self._height = 0
+        self._stamps: deque[float] = deque(maxlen=512)
+        self._logged_reason = ""                # capture-thread only: the last reason logged at warning level
+        self._next_due: float | None = None     # capture-thread only
+        self._file_frames = 0                   # capture-thread only: frames read from a file over all loops
+
+        self.heartbeat = time.monotonic()
+
+        self._m_captured = metrics.frames_captured.labels(camera=self.name)
+        self._m_dropped = metrics.frames_dropped.labels(camera=self.name)
+        self._m_skipped = metrics.frames_skipped_still.labels(camera=self.name)
+        self._m_connected = metrics.camera_connected.labels(camera=self.name)
+        self._m_reconnects = metrics.camera_reconnects.labels(camera=self.name)
+        self._m_last_frame = metrics.camera_last_frame.labels(camera=self.name)
+        self._m_connected.set(0)
+
+    # ---------------------------------------------------------------- public API
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"camera {self.name}: already started")
+        # A daemon thread: a capture blocked inside OpenCV's open/read cannot be interrupted from outside, and
+        # must not keep the process alive; it releases its capture itself once OpenCV returns.
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to end and wait up to `timeout` seconds; returns in time even if OpenCV is blocked."""
+        self._stop.set()
+        with self._cond:
+            self._state, self._reason = DOWN, "stopped"
+            self._backoff = 0.0
+            self._cond.notify_all()
+        self._m_connected.set(0)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("camera %s: capture still blocked in open/read; it exits when OpenCV returns "
+                            "(open_timeout %g s, read_timeout %g s)", self.name, self.cfg.open_timeout,
+                            self.cfg.read_timeout)
+
+    def is_alive(self) -> bool:
+        """True while the capture thread runs (it may still be finishing a blocked open/read after stop())."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def latest(self) -> Frame | None:
+        with self._cond:
+            return self._latest
+
+    def wait_newer(self, seq: int, timeout: float) -> Frame | None:
+        """Block until a frame with .seq > seq exists (return it) or `timeout` passes / the camera stops (None)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.seq <= seq:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(remaining)
+            return self._latest
+
+    def take_due(self) -> Frame | None:
+        """The newest due frame, handed out once; None if no frame became due since the last call."""
+        with self._cond:
+            frame, self._due = self._due, None
+            if frame is not None and self._no_drop:
+                self._cond.notify_all()         # the reader waits for this slot to empty
+            return frame
+
+    def status(self) -> dict:
+        with self._cond:
+            latest = self._latest
+            return {
+                "name": self.name,
+                "source": self.source.shown,
+                "state": self._state,
+                "reason": self._reason,
+                "fps_in": round(self._fps_in_locked(), 2),
+                "frames": self._frames,
+                "reconnects": self._reconnects,
+                "last_frame_at": latest.captured_at if latest is not None else None,
+                "width": self._width,
+                "height": self._height,
+                "backoff": round(self._backoff, 3),     # delay before the next reconnect attempt (0 while up)
+            }
+
+    # ---------------------------------------------------------------- capture thread
+
+    def _run(self) -> None:
+        failures = 0
+        attempt = 0
+        reason = ""
+        while not self._stop.is_set():
+            self._beat()
+            if attempt:
+                self._reconnects_inc()
+            attempt += 1
+            # While reconnecting, status() keeps the reason of the last failure: the page shows why.
+            self._set_state(CONNECTING, reason)
+            stable = False
+            try:
+                cap = self._open()
+                try:
+                    self._read(cap)
+                finally:
+                    # Released here, by the thread that owns it: releasing from another thread while read() runs
+                    # is undefined behaviour in OpenCV.
+                    cap.release()
+                continue                        # only reached on stop
+            except _Failure as e:
+                reason, stable = str(e), e.stable
+            except Exception as e:              # never let one camera's thread die; it retries like any failure
+                reason = f"unexpected error: {redact_url(repr(e))}"     # logged by _set_state below
+            if self._stop.is_set():
+                break
+            self._m_connected.set(0)
+            if reason == END_OF_FILE and not self.cfg.loop:
+                self._set_state(DOWN, reason)
+                self._idle_until_stop()         # a finished file stays down without reopening or spinning
+                break
+            failures = 1 if stable else failures + 1
+            delay = self._backoff_delay(failures)
+            self._set_state(DOWN, reason, backoff=delay)
+            log.debug("camera %s: retry in %.1f s", self.name, delay)
+            self._sleep(delay)
+        self._m_connected.set(0)
+
+    def _open(self) -> cv2.VideoCapture:
+        src = self.source
+        open_ms = int(self.cfg.open_timeout * 1000)
+        # A read may block at most until the stream counts as stale: a silent camera is then reopened.
+        read_ms = int(min(self.cfg.read_timeout, self.cfg.stale_after) * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
+        if src.kind == "device":
+            path = f"/dev/video{src.target}" if isinstance(src.target, int) else str(src.target)
+            if not os.path.exists(path):
+                raise _Failure(f"device {path} not found")
+            cap = cv2.VideoCapture(src.target, cv2.CAP_V4L2, params)
+            what = f"device {src.shown}"
+        elif src.kind == "file":
+            if not Path(src.target).is_file():
+                raise _Failure(f"file not found: {src.shown}")
+            cap = cv2.VideoCapture(str(src.target), cv2.CAP_FFMPEG, params)
+            what = f"file {src.shown}"
+        else:
+            if src.is_rtsp:
+                # FFmpeg reads its options from this process-wide variable at every open. RTSP over UDP loses
+                # packets under load (grey smeared frames); TCP is lossless. Left alone when the operator set it.
+                os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+            started = time.monotonic()
+            cap = cv2.VideoCapture(str(src.target), cv2.CAP_FFMPEG, params)
+            what = src.shown
+            if not cap.isOpened() and time.monotonic() - started >= 0.9 * self.cfg.open_timeout:
+                cap.release()
+                raise _Failure(f"cannot open {what} (no answer within {self.cfg.open_timeout:g} s)")
+        if not cap.isOpened():
+            cap.release()
+            raise _Failure(f"cannot open {what}")
+        return cap
+
+    def _read(self, cap: cv2.VideoCapture) -> None:
+        """Read until stop (returns) or failure (raises _Failure)."""
+        is_file = self.source.kind == "file"
+        file_fps = _usable_fps(cap.get(cv2.CAP_PROP_FPS)) if is_file else 0.0
+        read_limit = min(self.cfg.read_timeout, self.cfg.stale_after)
+        opened = time.monotonic()
+        up_since: float | None = None
+        last_frame = opened
+        clock_start = opened                    # pacing: when frame number `paced` of this open is due
+        paced = 0
+        since_rewind = 0
+        while not self._stop.is_set():
+            self._beat()
+            if is_file and self.pace:
+                behind = time.monotonic() - (clock_start + paced / file_fps)
+                if behind > _FALL_BEHIND:
+                    clock_start, paced = time.monotonic(), 0
+                elif behind < 0:
+                    self._sleep(-behind)
+                    continue                    # re-check stop and the clock after sleeping
+            if self._no_drop and not self._wait_slot_free():
+                break
+            started = time.monotonic()
+            ok, image = cap.read()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            stable = up_since is not None and now - up_since >= STABLE_AFTER
+            if not is_file and now - started >= read_limit:
+                # OpenCV's read timeout fired. It then drains the decoder, so this read may still return one of
+                # the few frames held there (old ones), but the capture cannot deliver new frames any more.
+                raise _Failure(f"no frame for {now - last_frame:.0f} s", stable)
+            if not ok or image is None:
+                if is_file:
+                    # Seeking is cheaper than reopening. A file that yields nothing after a rewind ends up in
+                    # the backoff path (reopen later), never in a busy loop.
+                    if self.cfg.loop and since_rewind > 0 and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                        since_rewind = 0
+                        continue
+                    raise _Failure(END_OF_FILE, stable)
+                raise _Failure("stream ended (read failed)", stable)
+            last_frame = now
+            paced += 1
+            since_rewind += 1
+            if is_file:
+                self._file_frames += 1
+            if up_since is None:
+                up_since = now
+                self._set_state(UP, "")
+                self._m_connected.set(1)
+                log.info("camera %s: up (%dx%d, %s)", self.name, image.shape[1], image.shape[0], self.source.shown)
+            # Due sampling runs on the wall clock, except for unpaced files, whose own timeline is the clock.
+            clock = self._file_frames / file_fps if self._no_drop else now
+            self._publish(image, clock)
+
+    def _publish(self, image: np.ndarray, clock: float) -> None:
+        due = self._is_due(clock)
+        if due and self._gate is not None and not self._gate.should_classify(image, clock):
+            due = False
+            self._m_skipped.inc()
+        wall, mono = time.time(), time.monotonic()
+        with self._cond:
+            self._seq += 1
+            frame = Frame(image=image, seq=self._seq, captured_at=wall, captured_mono=mono)
+            self._latest = frame
+            self._frames += 1
+            self._stamps.append(mono)
+            self._height, self._width = image.shape[:2]
+            dropped = due and self._due is not None
+            if due:
+                self._due = frame
+            self._cond.notify_all()
+        self._m_captured.inc()
+        self._m_last_frame.set(wall)
+        if dropped:
+            self._m_dropped.inc()
+        if due and self._on_due is not None:
+            self._on_due()
+
+    def _is_due(self, clock: float) -> bool:
+        if self.cfg.fps <= 0:
+            return True
+        if self._next_due is not None and clock < self._next_due:
+            return False
+        interval = 1.0 / self.cfg.fps
+        # Step from the previous due time so the average rate is exact; after a gap (reconnect) restart the
+        # schedule instead of declaring a burst of frames due.
+        nxt = (self._next_due if self._next_due is not None else clock) + interval
+        self._next_due = nxt if nxt > clock else clock + interval
+        return True
+
+    def _wait_slot_free(self) -> bool:
+        """No-drop mode: wait until the worker took the pending due frame. False when stopping."""
+        with self._cond:
+            while self._due is not None:
+                if self._stop.is_set():
+                    return False
+                self._cond.wait(TICK)
+                self.heartbeat = time.monotonic()
+        return not self._stop.is_set()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _backoff_delay(self, failures: int) -> float:
+        cap = max(float(self.cfg.backoff_max), 0.0)
+        base = min(cap, BACKOFF_INITIAL * 2 ** min(failures - 1, 30))
+        return min(cap, base * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER))
+
+    def _set_state(self, state: str, reason: str, backoff: float = 0.0) -> None:
+        with self._cond:
+            if self._stop.is_set():
+                return                          # stop() already reported "stopped"
+            self._state, self._reason, self._backoff = state, reason, backoff
+        if state == UP:
+            self._logged_reason = ""
+        elif state == DOWN and reason != self._logged_reason:
+            # Once per distinct reason: a camera that stays unreachable must not flood the log at every retry.
+            self._logged_reason = reason
+            where = "" if self.source.shown in reason else f" ({self.source.shown})"
+            if reason == END_OF_FILE:
+                log.info("camera %s: %s%s", self.name, reason, where)
+            else:
+                log.warning("camera %s: down: %s%s", self.name, reason, where)
+
+    def _reconnects_inc(self) -> None:
+        with self._cond:
+            self._reconnects += 1
+        self._m_reconnects.inc()
+
+    def _fps_in_locked(self) -> float:
+        now = time.monotonic()
+        stamps = self._stamps
+        while stamps and now - stamps[0] > FPS_WINDOW:
+            stamps.popleft()
+        if len(stamps) < 2:
+            return 0.0
+        # Measured up to now, not to the last frame, so a stalled stream decays towards 0.
+        return (len(stamps) - 1) / max(now - stamps[0], 1e-6)
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early on stop, keeping the heartbeat fresh (the watchdog checks the thread, not the
+        camera)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self._beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, TICK))
+
+    def _idle_until_stop(self) -> None:
+        while not self._stop.wait(TICK):
+            self._beat()
+
+
+def _usable_fps(value: float) -> float:
+    # Containers report 0, NaN or absurd values (e.g. 90000 for a timebase) when they do not know.
+    return value if 0 < value <= 240 else DEFAULT_FILE_FPS
