@@ -142,6 +142,10 @@ class Camera:
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Signal the thread without waiting (the daemon signals every camera first, then joins each)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to end and wait up to `timeout` seconds; returns in time even if OpenCV is blocked."""
         self._stop.set()

@@ -95,7 +95,7 @@ class Daemon:
             self.web.stop(timeout=min(1.0, left()))
         cameras = list(self.cameras.values())
         for cam in cameras:
-            cam._stop.set()  # signal all first so they wind down in parallel
+            cam.request_stop()  # all first, so they wind down in parallel
         for cam in cameras:
             cam.stop(timeout=min(1.0, left()))
         self.worker.stop(timeout=min(1.5, left()))
