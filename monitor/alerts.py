@@ -9,8 +9,10 @@ at 0.35 each make "dog" 0.70). A frame hits when the best entry reaches min_scor
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
     from monitor.sinks import SinkSet
 
 log = logging.getLogger(__name__)
+
+
+_IO_QUEUE = 1024          # background mode: decisions waiting for the io thread (each a few hundred bytes) ...
+_IO_IMAGES = 8            # ... of which only the first few keep their frame (a frame is ~1-6 MB)
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,19 @@ class AlertEngine:
     indices per rule and nothing else, except the commits at event start/end and, while an event lasts, a
     last_seen/peak refresh every `persist_every` seconds (None disables it) so a crash loses at most that much
     of the event's duration.
+
+    background=True (the daemon) moves those commits and the sink hand-off to a thread of the engine's own: a
+    database locked by another process (each write then waits out the store's busy timeout) must not stall
+    classification. Decisions are queued in order under the state lock, so an event's end is never written before
+    its start. The queue is bounded (_IO_QUEUE decisions; a full queue drops and counts in
+    monitor_sink_dropped_total{sink="events"}), and only the first _IO_IMAGES queued starts keep their frame for
+    the snapshot, so a long backlog holds no frames. close_all() drains the queue (at most `drain_timeout`
+    seconds) and ends the thread; whatever comes after it runs inline. background=False runs everything inline.
     """
 
     def __init__(self, rules: Sequence[RuleConfig], store: EventStore | None, sinks: SinkSet | None,
                  metrics: Metrics, clock: Callable[[], float] = time.time,
-                 persist_every: float | None = 60.0) -> None:
+                 persist_every: float | None = 60.0, background: bool = False, drain_timeout: float = 3.0) -> None:
         self._rules = tuple(_compile(r) for r in rules)
         self._store = store
         self._sinks = sinks
@@ -85,6 +99,15 @@ class AlertEngine:
         self._states: dict[tuple[str, str], _State] = {}
         self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {}
         self._active_view: dict[str, tuple[str, ...]] = {}   # replaced whole, read without the lock
+        self._io_queue: queue.Queue[list[_Pending]] | None = queue.Queue(_IO_QUEUE) if background else None
+        self._io_thread: threading.Thread | None = None     # started at the first decision (under _lock)
+        self._io_stop = threading.Event()
+        self._drain_timeout = drain_timeout
+        self._io_dropped = 0                                 # since the last warning
+        # Ends of committed events whose write failed (database locked): retried, oldest first, before the next
+        # side effects and while the io thread idles, so a transient lock does not leave the row open for good.
+        self._unwritten_ends: deque[dict] = deque(maxlen=1024)
+        self._io_drop_logged = float("-inf")
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -108,6 +131,8 @@ class AlertEngine:
             if not pending:
                 return
             self._refresh_view()
+            if self._enqueue(pending):
+                return
             self._io_lock.acquire()
         self._run(pending)
 
@@ -119,6 +144,8 @@ class AlertEngine:
             if not pending:
                 return
             self._refresh_view()
+            if self._enqueue(pending):
+                return
             self._io_lock.acquire()
         self._run(pending)
 
@@ -127,7 +154,9 @@ class AlertEngine:
         return list(self._active_view.get(camera, ()))
 
     def close_all(self) -> None:
-        """End every open event now (shutdown), so the history shows no event open past the process's life."""
+        """End every open event now (shutdown), so the history shows no event open past the process's life.
+
+        With io_queue, returns once the queued writes are done (at most drain_timeout) and ends the io thread."""
         now = self._clock()
         pending: list[_Pending] = []
         with self._lock:
@@ -136,8 +165,37 @@ class AlertEngine:
                     self._end(st, now, pending)
                 st.streak = 0
             self._refresh_view()
-            self._io_lock.acquire()
-        self._run(pending)
+            q, thread = self._io_queue, self._io_thread
+            self._io_queue = None        # decisions made from now on (a reload's last worker round) run inline
+            if q is None or thread is None:
+                self._io_lock.acquire()
+            else:
+                try:
+                    q.put_nowait(pending)
+                    pending = []
+                except queue.Full:
+                    pass                 # waited for below, outside the lock
+        if q is None or thread is None:
+            self._run(pending)
+            return
+        self._drain(q, thread, pending)
+
+    def _drain(self, q: queue.Queue[list[_Pending]], thread: threading.Thread, pending: list[_Pending]) -> None:
+        deadline = time.monotonic() + self._drain_timeout
+        if pending:
+            try:
+                q.put(pending, timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Full:
+                self._drop(pending)
+        with q.all_tasks_done:
+            while q.unfinished_tasks and deadline - time.monotonic() > 0:
+                q.all_tasks_done.wait(deadline - time.monotonic())
+            left = q.unfinished_tasks
+        self._io_stop.set()
+        thread.join(max(0.05, deadline - time.monotonic()))
+        if left:
+            log.warning("alerts: %d event decisions still not written after %.1f s (event database slow or "
+                        "locked); abandoned", left, self._drain_timeout)
 
     # -- state machine (under the lock) ----------------------------------------------------------------------
 
@@ -198,9 +256,54 @@ class AlertEngine:
 
     # -- side effects (outside the lock) ---------------------------------------------------------------------
 
+    def _enqueue(self, pending: list[_Pending]) -> bool:
+        """Called under _lock: hand `pending` to the io thread (True), or False to run it inline (no io queue)."""
+        q = self._io_queue
+        if q is None:
+            return False
+        if self._io_thread is None:
+            self._io_thread = threading.Thread(target=self._io_loop, args=(q,), name="alert-io", daemon=True)
+            self._io_thread.start()
+        if q.qsize() >= _IO_IMAGES:
+            for p in pending:
+                p.image = None           # a backlog (database locked): no snapshot rather than frames piling up
+        try:
+            q.put_nowait(pending)
+        except queue.Full:
+            self._drop(pending)
+        return True
+
+    def _drop(self, pending: list[_Pending]) -> None:
+        self._metrics.sink_dropped.labels("events").inc(len(pending))
+        self._io_dropped += len(pending)
+        now = time.monotonic()
+        if now - self._io_drop_logged >= 10.0:
+            log.warning("alerts: event write queue full (event database slow or locked): dropped %d decisions "
+                        "(%s)", self._io_dropped, ", ".join(p.kind for p in pending))
+            self._io_dropped = 0
+            self._io_drop_logged = now
+
+    def _io_loop(self, q: queue.Queue[list[_Pending]]) -> None:
+        while True:
+            try:
+                pending = q.get(timeout=0.25)
+            except queue.Empty:
+                if self._unwritten_ends:
+                    with self._io_lock:
+                        self._retry_ends()
+                if self._io_stop.is_set():
+                    return
+                continue
+            try:
+                self._io_lock.acquire()
+                self._run(pending)
+            finally:
+                q.task_done()
+
     def _run(self, pending: list[_Pending]) -> None:
         """Called with _io_lock held; releases it."""
         try:
+            self._retry_ends()
             for p in pending:
                 try:
                     self._do(p)
@@ -208,6 +311,21 @@ class AlertEngine:
                     log.exception("alerts: %s of event %s failed", p.kind, p.act.event.get("id"))
         finally:
             self._io_lock.release()
+
+    def _retry_ends(self) -> None:
+        """With _io_lock held: write the ends that failed before, oldest first; stop at the first failure (the
+        database is still locked: one busy timeout per attempt is enough)."""
+        while self._unwritten_ends and self._store is not None:
+            ev = self._unwritten_ends[0]
+            try:
+                written = self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"])
+            except Exception:
+                log.exception("alerts: retrying the end of event %s failed", ev["id"])
+                written = False
+            if not written:
+                return
+            self._unwritten_ends.popleft()
+            log.info("event %s: end written late (the event database was unavailable when it ended)", ev["id"])
 
     def _do(self, p: _Pending) -> None:
         act = p.act
@@ -223,7 +341,8 @@ class AlertEngine:
                 self._sinks.emit("start", dict(ev), p.image, predictions=p.predictions)
         elif p.kind == "end":
             if self._store is not None and ev["id"] is not None:
-                self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"])
+                if not self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"]):
+                    self._unwritten_ends.append(dict(ev))
             log.info("event %s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", ev["id"],
                      ev["camera"], ev["rule"], ev["label"], ev["peak_score"], ev["ended_at"] - ev["started_at"])
             if self._sinks is not None:

@@ -22,6 +22,11 @@ from monitor.redact import redact_url
 
 log = logging.getLogger(__name__)
 
+# OpenCV's FFmpeg backend otherwise holds one process-wide lock for the whole of open(): a camera hanging in
+# open (up to its open_timeout) would stop every other camera from opening or reconnecting. FFmpeg itself is
+# thread-safe for separate contexts. OpenCV reads this at each open.
+os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
+
 CONNECTING, UP, DOWN = "connecting", "up", "down"
 END_OF_FILE = "end of file"
 
@@ -244,7 +249,8 @@ class Camera:
             self._set_state(DOWN, reason, backoff=delay)
             log.debug("camera %s: retry in %.1f s", self.name, delay)
             self._sleep(delay)
-        self._m_connected.set(0)
+        # No final gauge reset here: after a reload a late-ending old thread would zero the new camera's
+        # gauge (same label); stop() and the failure paths above already set it.
 
     def _open(self) -> cv2.VideoCapture:
         src = self.source

@@ -53,7 +53,8 @@ class Daemon:
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
-        self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics)
+        # io_queue: event commits off the inference thread (a locked database must not stall classification)
+        self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
                                       top_k=config.model.top_k, batch_max=config.model.batch_max)
         self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
@@ -137,7 +138,7 @@ class Daemon:
             self.sinks.stop(timeout=2.0)
             self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
             self.sinks.start()
-            self.alerts = AlertEngine(new.watchlist, self.events, self.sinks, self.metrics)
+            self.alerts = AlertEngine(new.watchlist, self.events, self.sinks, self.metrics, background=True)
             self.worker.set_alerts(self.alerts)
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
@@ -210,6 +211,13 @@ def run_main(config_path: str, weights: str | None = None) -> int:
     notifier.notify("STOPPING=1", "STATUS=stopping")
     daemon.stop()
     notifier.close()
+    blocked = [t.name for t in threading.enumerate() if t.name.startswith("camera-") and t.is_alive()]
+    if blocked:
+        # A capture still blocked inside OpenCV (its open/read timeout not yet run out) would abort the
+        # process if it returned during interpreter finalization; everything of ours is stopped and flushed.
+        log.info("not waiting for capture threads still blocked in OpenCV: %s", ", ".join(blocked))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -101,11 +101,12 @@ class EventStore:
                     " WHERE id = ?",
                     (float(score), seen_at, int(event_id)))
 
-    def end_event(self, event_id: int, ended_at: float, peak_score: float) -> None:
-        self._write("end event",
-                    "UPDATE events SET ended_at = ?, peak_score = MAX(peak_score, ?), last_seen = MAX(last_seen, ?)"
-                    " WHERE id = ?",
-                    (float(ended_at), float(peak_score), float(ended_at), int(event_id)))
+    def end_event(self, event_id: int, ended_at: float, peak_score: float) -> bool:
+        """Close the event; False when the write failed (counted and logged), so the caller can try again."""
+        return self._write("end event",
+                           "UPDATE events SET ended_at = ?, peak_score = MAX(peak_score, ?),"
+                           " last_seen = MAX(last_seen, ?) WHERE id = ?",
+                           (float(ended_at), float(peak_score), float(ended_at), int(event_id))) is not None
 
     def set_snapshot(self, event_id: int, path: str | Path) -> None:
         self._write("set snapshot", "UPDATE events SET snapshot = ? WHERE id = ?", (str(path), int(event_id)))

@@ -78,8 +78,9 @@ class InferenceWorker:
                 break
             try:
                 self.run_once()
-                if self.alerts is not None:
-                    self.alerts.tick()
+                alerts = self.alerts  # read once: a reload may swap it between two reads
+                if alerts is not None:
+                    alerts.tick()
             except Exception:  # a bad frame or a sink bug must not kill the only worker
                 log.exception("inference worker: round failed; continuing")
 
@@ -102,6 +103,7 @@ class InferenceWorker:
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(batch))
         tops = top_k_predictions(probs, clf.labels, self.top_k)
+        alerts = self.alerts  # read once: a reload may swap it mid-batch
         now = time.time()
         for (cam, frame), row, preds in zip(batch, probs, tops):
             latency = done - frame.captured_mono
@@ -116,6 +118,6 @@ class InferenceWorker:
                           ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
                           extra={"camera": cam.name, "seq": frame.seq, "latency": latency,
                                  "predictions": [(p.label, round(p.probability, 4)) for p in preds]})
-            if self.alerts is not None:
-                self.alerts.observe(result)
+            if alerts is not None:
+                alerts.observe(result)
         self.classified += len(batch)

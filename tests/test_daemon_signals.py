@@ -1,0 +1,366 @@
+"""The real process, `python -m monitor run -c cfg.yaml`: signals, SIGHUP reload, sd_notify, bad configs.
+
+Every test runs the CLI in a subprocess with stderr captured (the daemon logs there), the demo weights and
+`server.port: 0`, and kills the process at teardown whatever happened.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 40.0          # interpreter + torch import + model load, on a busy 2-core machine
+RUNNING = r"monitor \S+ running: "
+
+
+class Monitor:
+    """One `python -m monitor run` process; its stderr is read line by line into `lines` by a thread."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "-c", str(config)], cwd=REPO,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**base, **(env or {})}, start_new_session=True)
+        self.lines: list[str] = []
+        self.stdout = b""
+        self._cond = threading.Condition()
+        self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
+                         threading.Thread(target=self._read_stdout, daemon=True)]
+        for t in self._readers:
+            t.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout.read()
+
+    def wait_line(self, pattern: str, timeout: float, start: int = 0) -> int:
+        """Index of the first stderr line from `start` on matching `pattern` (regex); fails after `timeout`."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if rx.search(self.lines[i]):
+                        return i
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._readers[0].is_alive()):
+                    pytest.fail(f"no stderr line matching {pattern!r} within {timeout:g} s "
+                                f"(exit code {self.proc.poll()}):\n{self.text}", pytrace=False)
+                self._cond.wait(min(remaining, 0.2))
+
+    @property
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def started(self) -> None:
+        self.wait_line(RUNNING, START_TIMEOUT)
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process still running {timeout:g} s later:\n{self.text}", pytrace=False)
+        for t in self._readers:
+            t.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for t in self._readers:
+            t.join(5)
+
+
+@pytest.fixture
+def monitors() -> Iterator[list[Monitor]]:
+    started: list[Monitor] = []
+    yield started
+    for m in started:
+        m.kill()
+
+
+def write_config(path: Path, doc: dict) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, path)           # the daemon never reads a half-written file
+    return path
+
+
+def base_doc(tmp_path: Path, weights: Path, videos_dir: Path, level: str = "debug") -> dict:
+    return {
+        "server": {"port": 0},
+        "model": {"weights": str(weights)},
+        "cameras": [{"name": "cars", "source": str(videos_dir / "car-detection.mp4"), "loop": True, "fps": 5}],
+        "events": {"database": str(tmp_path / "events.db")},
+        "logging": {"level": level},
+    }
+
+
+def launch(monitors: list[Monitor], config: Path, env: dict[str, str] | None = None) -> Monitor:
+    m = Monitor(config, env)
+    monitors.append(m)
+    return m
+
+
+class HungServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (an RTSP camera hung on connect)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self._held: list[socket.socket] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self._held.append(conn)
+            self.accepted.set()
+
+    def release(self) -> None:
+        """Close the held connections: a client blocked on them gets EOF at once."""
+        for conn in self._held:
+            conn.close()
+
+    def __enter__(self) -> HungServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(2)
+        self.listener.close()
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stop signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_exits_0_within_5_s(sig: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
+                                        monitors: list[Monitor]) -> None:
+    m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir)))
+    m.started()
+    m.wait_line(r"classified camera=cars ", 10)       # working, not just started
+    t0 = time.monotonic()
+    m.send(sig)
+    code = m.wait(10)
+    elapsed = time.monotonic() - t0
+    assert code == 0, m.text
+    assert elapsed < 5.0, f"stopping took {elapsed:.2f} s"
+    assert any(line.endswith("monitor stopped") for line in m.lines), m.text
+    assert "Traceback" not in m.text and "KeyboardInterrupt" not in m.text
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["one-SIGTERM", "second-SIGTERM-forces"])
+def test_stop_with_a_camera_hung_in_open(signals: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
+                                         monitors: list[Monitor]) -> None:
+    """A camera stuck in OpenCV's open (open_timeout 30 s) cannot be interrupted: one SIGTERM still exits 0 in
+    time (the capture thread is abandoned after its join timeout of 1 s); a second SIGTERM sent during that second
+    forces the exit at once with 128 + SIGTERM."""
+    with HungServer() as hung:
+        doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
+        doc["cameras"].append({"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30})
+        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+        m.started()
+        assert hung.accepted.wait(10), "the camera never connected to the hung server"
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        m.send(signal.SIGTERM)
+        if signals == 2:
+            # Stopping takes at least the 1 s join of the hung capture thread: 0.3 s later it is still going on.
+            time.sleep(0.3)
+            m.send(signal.SIGTERM)
+        code = m.wait(10)
+        elapsed = time.monotonic() - t0
+    if signals == 1:
+        assert code == 0, m.text
+        assert elapsed < 5.0, f"stopping took {elapsed:.2f} s"
+        assert any("camera hung: capture still blocked" in line for line in m.lines), m.text
+        assert "monitor stopped" in m.text
+    else:
+        assert code == 128 + signal.SIGTERM, m.text
+        assert elapsed < 1.5, f"forced exit took {elapsed:.2f} s"
+        assert "second signal, forcing exit" in m.text
+        assert "monitor stopped" not in m.text
+    assert "Traceback" not in m.text
+
+
+def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: Path, demo_weights: Path,
+                                                                     videos_dir: Path,
+                                                                     monitors: list[Monitor]) -> None:
+    """stop() abandons a capture thread still blocked in OpenCV (it cannot be interrupted). When that call returns
+    while the interpreter is finalizing, Python tears the thread down inside OpenCV's C++ frames and the process
+    dies with SIGABRT ("terminate called without an active exception") instead of exiting 0: under systemd a
+    plain `systemctl stop` then ends as a failure with a core dump. Real trigger: a camera's open_timeout or
+    read_timeout expiring in the ~0.7 s of finalization after "monitor stopped". Here the hung server lets go of
+    the connection 0.2 s after that line, which lands in the same window every time."""
+    with HungServer() as hung:
+        doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
+        doc["cameras"] = [{"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30}]
+        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+        m.started()
+        assert hung.accepted.wait(10), "the camera never connected to the hung server"
+        time.sleep(0.3)
+        m.send(signal.SIGTERM)
+        m.wait_line(r"monitor stopped", 5)
+        time.sleep(0.2)
+        hung.release()                     # the blocked open returns now, during interpreter shutdown
+        code = m.wait(10)
+    assert "terminate called" not in m.text, m.text
+    assert code == 0, m.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SIGHUP
+
+
+def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[Monitor]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    doc = base_doc(tmp_path, demo_weights, videos_dir)
+    m = launch(monitors, write_config(cfg, doc))
+    m.started()
+    m.wait_line(r"classified camera=cars ", 10)
+
+    # a broken file: refused with the key path, the old config keeps running
+    broken = base_doc(tmp_path, demo_weights, videos_dir)
+    broken["cameras"][0]["fps"] = -1
+    write_config(cfg, broken)
+    m.send(signal.SIGHUP)
+    refused = m.wait_line(r"reload refused", 10)
+    assert "cameras[0].fps: must be >= 0 (got -1)" in "\n".join(m.lines[refused:refused + 4]), m.text
+    m.wait_line(r"classified camera=cars ", 5, start=refused + 1)
+    time.sleep(0.5)
+    assert m.proc.poll() is None, m.text
+
+    # a valid file with a camera added: applied in place
+    doc["cameras"].append({"name": "bottles", "source": str(videos_dir / "bottle-detection.mp4"), "loop": True,
+                           "fps": 5})
+    write_config(cfg, doc)
+    m.send(signal.SIGHUP)
+    reloaded = m.wait_line(r"reloaded config: 2 cameras", 10, start=refused + 1)
+    m.wait_line(r"classified camera=bottles ", 10, start=reloaded)
+    m.wait_line(r"classified camera=cars ", 5, start=reloaded)
+    assert not any(re.search(r"camera cars: up", line) for line in m.lines[reloaded:]), \
+        "the unchanged camera was restarted"
+
+    m.send(signal.SIGTERM)
+    assert m.wait(10) == 0, m.text
+    assert "Traceback" not in m.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sd_notify
+
+
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Path, videos_dir: Path,
+                                               monitors: list[Monitor]) -> None:
+    address = str(tmp_path / "notify.sock")
+    assert len(address) < 100, address          # sun_path limit
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    received: list[tuple[float, list[str]]] = []
+
+    def receive_until(predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                continue
+            received.append((time.monotonic(), data.decode().split("\n")))
+            if predicate(received[-1][1]):
+                return True
+        return False
+
+    try:
+        m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir, "info")),
+                   env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+        assert receive_until(lambda f: "READY=1" in f, START_TIMEOUT), (received, m.text)
+        ready = received[-1][1]
+        assert any(f.startswith("STATUS=") and "cameras up" in f for f in ready), ready
+        assert len(received) == 1, "something was sent before READY=1"
+
+        # WATCHDOG=1 every WATCHDOG_USEC / 2 = 1 s while the heartbeats are fresh
+        receive_until(lambda f: False, 4.0)
+        pings = [t for t, fields in received if "WATCHDOG=1" in fields]
+        assert len(pings) >= 3, received
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) < 1.6, gaps            # well inside the 2 s watchdog
+        statuses = [f for _, fields in received for f in fields if f.startswith("STATUS=")]
+        assert any(s.startswith("STATUS=1/1 cameras up") for s in statuses), statuses
+
+        m.send(signal.SIGTERM)
+        assert receive_until(lambda f: "STOPPING=1" in f, 5.0), received
+        assert m.wait(10) == 0, m.text
+        assert "STATUS=stopping" in received[-1][1]
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad configuration through the real CLI
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda doc: doc["cameras"][0].update(fps=-3), "cameras[0].fps: must be >= 0 (got -3)"),
+    (lambda doc: doc.update(watchlist=[{"name": "r", "classes": ["dgo"]}]), "watchlist[0].classes[0]: unknown class"),
+    (lambda doc: doc["cameras"].append({"name": "cars", "source": "0"}), "cameras[1].name: duplicate camera name"),
+], ids=["negative-fps", "misspelled-class", "duplicate-camera"])
+def test_bad_config_exits_2_naming_the_key(mutate, expected: str, tmp_path: Path, demo_weights: Path,
+                                           videos_dir: Path, monitors: list[Monitor]) -> None:
+    doc = base_doc(tmp_path, demo_weights, videos_dir)
+    mutate(doc)
+    cfg = write_config(tmp_path / "bad.yaml", doc)
+    m = launch(monitors, cfg)
+    assert m.wait(30) == 2, m.text
+    assert expected in m.text
+    assert str(cfg) in m.text                   # which file
+    assert "Traceback" not in m.text
+    assert not (tmp_path / "events.db").exists(), "nothing may start on a bad config"
+
+
+def test_missing_weights_exits_2_naming_the_file(tmp_path: Path, demo_weights: Path, videos_dir: Path,
+                                                 monitors: list[Monitor]) -> None:
+    missing = tmp_path / "no-such-dir" / "resnet18-int8.pt"
+    doc = base_doc(tmp_path, demo_weights, videos_dir)
+    doc["model"]["weights"] = str(missing)
+    m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+    assert m.wait(30) == 2, m.text
+    assert str(missing) in m.text and "no such weights file" in m.text, m.text
+    assert "Traceback" not in m.text
+    assert not any(re.search(RUNNING, line) for line in m.lines), m.text
