@@ -1,0 +1,243 @@
+// Status page: polls /api/status and /api/events, shows the live views, classifies uploads.
+// Same-origin fetches carry the browser's cached basic-auth credentials; no secret ever goes into a URL.
+'use strict';
+
+const STATUS_EVERY = 1500;       // ms
+const EVENTS_EVERY = 5000;       // ms
+const SNAPSHOT_EVERY = 2000;     // ms, cameras shown as refreshed snapshots
+// Browsers open about 6 connections per host and every MJPEG view holds one for good: past this many
+// cameras the rest refresh snapshots instead, so polling and uploads still get a connection.
+const MAX_LIVE = 4;
+
+const cards = new Map();
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function fmt(value, digits, unit) {
+  if (value === null || value === undefined || Number.isNaN(value)) return '–';
+  return Number(value).toFixed(digits) + (unit || '');
+}
+
+function fmtDuration(seconds) {
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+  return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + m + 'm ' + (s % 60) + 's';
+}
+
+function fmtTime(unix) {
+  return unix ? new Date(unix * 1000).toLocaleString() : '–';
+}
+
+function renderPredictions(ol, predictions) {
+  ol.replaceChildren(...predictions.map((p) => {
+    const pct = Math.max(0, Math.min(100, p.probability * 100));
+    const fill = el('span', { class: 'fill' });
+    fill.style.width = pct.toFixed(1) + '%';
+    return el('li', { 'data-label': p.label, 'data-index': String(p.index) },
+      el('span', { class: 'label', text: p.label }),
+      el('span', { class: 'bar' }, fill),
+      el('span', { class: 'score', text: pct.toFixed(1) + '%' }));
+  }));
+}
+
+function liveSource(name, live) {
+  const base = encodeURIComponent(name);
+  return live ? `/stream/${base}.mjpg?v=${Date.now()}` : `/snapshot/${base}.jpg?t=${Date.now()}`;
+}
+
+function makeCard(cam, index) {
+  const live = index < MAX_LIVE;
+  const img = el('img', { class: 'live', alt: `live view of ${cam.name}` });
+  img.dataset.mode = live ? 'mjpeg' : 'snapshot';
+  // A dropped stream (daemon restart, camera down for long) is retried; snapshots refresh on a timer.
+  img.addEventListener('error', () => { setTimeout(() => { img.src = liveSource(cam.name, live); }, 3000); });
+  img.src = liveSource(cam.name, live);
+  if (!live) setInterval(() => { img.src = liveSource(cam.name, false); }, SNAPSHOT_EVERY);
+  const card = {
+    root: el('article', { class: 'camera', 'data-camera': cam.name }),
+    state: el('span', { class: 'state' }),
+    reason: el('p', { class: 'reason' }),
+    active: el('p', { class: 'active-events', hidden: '' }),
+    figures: el('dl', { class: 'figures' }),
+    preds: el('ol', { class: 'preds' }),
+    img,
+  };
+  card.root.append(
+    el('h2', {}, el('span', { class: 'name', text: cam.name }), card.state),
+    el('div', { class: 'view' }, img),
+    card.active, card.reason, card.figures, card.preds);
+  return card;
+}
+
+function updateCard(card, cam) {
+  const img = card.img;
+  if (img.naturalWidth) {
+    // Where the live picture is drawn and at what size it arrived: lets a user (or a test) tell a painted
+    // view from an empty box without looking at the pixels.
+    const r = img.getBoundingClientRect();
+    img.dataset.natural = `${img.naturalWidth}x${img.naturalHeight}`;
+    img.dataset.box = [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(',');
+  }
+  card.root.dataset.state = cam.state;
+  card.state.textContent = cam.state;
+  card.state.className = 'state ' + cam.state;
+  card.reason.textContent = cam.state === 'up' ? '' : (cam.reason || '');
+  card.reason.hidden = !card.reason.textContent;
+  const figures = [
+    ['fps in', fmt(cam.fps_in, 1)], ['fps out', fmt(cam.fps_out, 1)],
+    ['latency', cam.latency === null ? '–' : fmt(cam.latency * 1000, 0, ' ms')],
+    ['size', cam.width ? `${cam.width}×${cam.height}` : '–'], ['frames', String(cam.frames)],
+    ['reconnects', String(cam.reconnects)], ['last frame', fmtTime(cam.last_frame_at)],
+  ];
+  card.figures.replaceChildren(...figures.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
+  renderPredictions(card.preds, cam.predictions || []);
+  const active = cam.active || [];
+  card.root.classList.toggle('alerting', active.length > 0);
+  card.active.hidden = active.length === 0;
+  card.active.textContent = active.length ? 'EVENT: ' + active.join(', ') : '';
+}
+
+function renderStatus(status) {
+  const box = document.getElementById('cameras');
+  const seen = new Set();
+  status.cameras.forEach((cam, index) => {
+    seen.add(cam.name);
+    let card = cards.get(cam.name);
+    if (!card) {
+      card = makeCard(cam, index);
+      cards.set(cam.name, card);
+      box.append(card.root);
+    }
+    updateCard(card, cam);
+  });
+  for (const [name, card] of cards) {
+    if (!seen.has(name)) { card.img.removeAttribute('src'); card.root.remove(); cards.delete(name); }
+  }
+  if (!status.cameras.length) box.replaceChildren(el('p', { class: 'muted', text: 'no cameras configured' }));
+  const m = status.model;
+  document.getElementById('model').textContent =
+    `${m.name} · ${m.precision}${m.engine ? ' / ' + m.engine : ''} · sha256 ${(m.sha256 || '').slice(0, 12)}`;
+  document.getElementById('untrained').hidden = !m.untrained;
+  document.body.classList.toggle('untrained', !!m.untrained);
+  document.getElementById('uptime').textContent = 'up ' + fmtDuration(status.uptime);
+  const v = status.versions;
+  document.getElementById('versions').textContent =
+    `monitor ${v.monitor} · Python ${v.python} · torch ${v.torch} · OpenCV ${v.opencv}`;
+}
+
+function setConn(ok, text) {
+  const conn = document.getElementById('conn');
+  conn.dataset.state = ok ? 'ok' : 'error';
+  conn.textContent = text;
+}
+
+// Resolved against location.origin, never the page URL: opened with user:pass@ in the address, the page URL
+// carries credentials and fetch() refuses such URLs; the browser's auth cache supplies them instead.
+function api(path) {
+  return new URL(path, window.location.origin).href;
+}
+
+async function getJSON(path, options) {
+  const response = await fetch(api(path), Object.assign({ cache: 'no-store', credentials: 'same-origin' }, options));
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+async function pollStatus() {
+  try {
+    renderStatus(await getJSON('/api/status'));
+    setConn(true, 'live');
+  } catch (e) {
+    setConn(false, 'daemon unreachable: ' + e.message);
+  } finally {
+    setTimeout(pollStatus, STATUS_EVERY);
+  }
+}
+
+async function pollEvents() {
+  try {
+    const { events } = await getJSON('/api/events?limit=12');
+    const list = document.getElementById('events');
+    if (!events.length) {
+      list.replaceChildren(el('li', { class: 'muted', text: 'no events yet' }));
+    } else {
+      list.replaceChildren(...events.map((ev) => {
+        const item = el('li', { class: 'event' + (ev.ended_at ? '' : ' open'), 'data-event': String(ev.id) });
+        if (ev.snapshot_url) {
+          item.append(el('a', { href: ev.snapshot_url, target: '_blank', rel: 'noopener' },
+            el('img', { class: 'thumb', src: ev.snapshot_url, alt: `snapshot of event ${ev.id}`, loading: 'lazy' })));
+        }
+        item.append(el('div', {},
+          el('strong', { text: `${ev.label} ` }),
+          el('span', { text: `${(ev.peak_score * 100).toFixed(0)}% on ${ev.camera}` }),
+          el('br'),
+          el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` })));
+        return item;
+      }));
+    }
+  } catch (e) {
+    // the status poll reports an unreachable daemon; events just keep their last content
+  } finally {
+    setTimeout(pollEvents, EVENTS_EVERY);
+  }
+}
+
+let previewUrl = null;
+
+async function classify(file) {
+  const error = document.getElementById('upload-error');
+  const result = document.getElementById('upload-result');
+  const preview = document.getElementById('preview');
+  error.hidden = true;
+  result.replaceChildren(el('li', { class: 'muted', text: 'classifying…' }));
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  preview.src = previewUrl;
+  preview.hidden = false;
+  const form = new FormData();
+  form.append('file', file, file.name || 'upload');
+  try {
+    const body = await getJSON('/api/classify', { method: 'POST', body: form });
+    renderPredictions(result, body.predictions.slice(0, 3));
+    result.classList.toggle('untrained', !!body.model.untrained);
+  } catch (e) {
+    result.replaceChildren();
+    error.textContent = 'Not classified: ' + e.message;
+    error.hidden = false;
+  }
+}
+
+function setupUpload() {
+  const drop = document.getElementById('drop');
+  const input = document.getElementById('file');
+  input.addEventListener('change', () => { if (input.files.length) classify(input.files[0]); });
+  for (const name of ['dragenter', 'dragover']) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add('over'); });
+  }
+  for (const name of ['dragleave', 'drop']) {
+    drop.addEventListener(name, () => drop.classList.remove('over'));
+  }
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) classify(file);
+  });
+  // Dropping next to the box must not navigate away from the page.
+  window.addEventListener('dragover', (e) => e.preventDefault());
+  window.addEventListener('drop', (e) => e.preventDefault());
+}
+
+setupUpload();
+pollStatus();
+pollEvents();
