@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewers", type=int, default=20)
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
+    p = b.add_parser("soak", help="N RTSP streams for M minutes: RSS growth, latency p99 per window, alerts in "
+                                  "the log vs SQLite")
+    p.add_argument("--minutes", type=float, default=30.0, help="measured duration (default 30)")
+    p.add_argument("--window", type=float, default=300.0, metavar="S", help="latency window in seconds (default 300)")
+    p.add_argument("--streams", type=int, default=4, help="RTSP cameras (default 4)")
+    p.add_argument("--fps", type=float, default=5.0, help="classifications per second per camera (default 5)")
+    p.add_argument("--warmup", type=float, default=None, metavar="S",
+                   help="seconds before the first window, not measured (default: the window, at most 60)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
     return parser
 
 

@@ -53,7 +53,7 @@ class Daemon:
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
-        # io_queue: event commits off the inference thread (a locked database must not stall classification)
+        # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
                                       top_k=config.model.top_k, batch_max=config.model.batch_max)
@@ -97,8 +97,11 @@ class Daemon:
         cameras = list(self.cameras.values())
         for cam in cameras:
             cam.request_stop()  # all first, so they wind down in parallel
+        # One shared deadline: cameras blocked in OpenCV's open/read cannot wind down, and a join of 1 s each in
+        # turn would spend the whole budget on them (four hung cameras: 4 s) and starve the worker and the sinks.
+        cams_deadline = time.monotonic() + min(1.0, left())
         for cam in cameras:
-            cam.stop(timeout=min(1.0, left()))
+            cam.stop(timeout=max(0.0, cams_deadline - time.monotonic()))
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))

@@ -30,11 +30,12 @@ def _time(run: Callable[[Sequence[np.ndarray]], object], frames: Sequence[np.nda
 
 
 _RSS_PROBE = """
-import resource, sys, numpy as np
+import sys, numpy as np
+from monitor.bench.common import peak_rss_mb
 from monitor.classifier import Classifier
 c = Classifier(sys.argv[1], threads=int(sys.argv[2]))
 c.classify([np.zeros((432, 768, 3), np.uint8)] * 4)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+print(peak_rss_mb())
 """
 
 

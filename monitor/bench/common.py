@@ -87,5 +87,16 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    VmHWM belongs to the address space, so it starts afresh at exec; ru_maxrss would carry the RSS of the
+    parent that forked us (a child started from a big benchmark process would report the parent's size)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / (1024.0 * 1024.0)
