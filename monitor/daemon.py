@@ -23,6 +23,7 @@ from monitor.config import ConfigError, format_errors, load_config
 from monitor.config_types import Config
 from monitor.events import EventStore, EventStoreError
 from monitor.logsetup import setup_logging
+from monitor.memory import limit_malloc_arenas
 from monitor.metrics import Metrics
 from monitor.results import ResultBoard
 from monitor.sdnotify import SystemdNotifier, watchdog_interval
@@ -41,6 +42,7 @@ class Daemon:
 
     def __init__(self, config: Config, weights: Path | None = None, pace: bool = True,
                  metrics: Metrics | None = None) -> None:
+        limit_malloc_arenas()
         if weights is not None:
             config = replace(config, model=replace(config.model, weights=Path(weights)))
         self.config = config
