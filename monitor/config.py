@@ -388,7 +388,10 @@ def _url(schemes: tuple[str, ...]) -> Check:
             parts = urlsplit(text)
             host, _ = parts.hostname, parts.port     # .port raises on a bad port
         except ValueError as exc:
-            raise _Invalid(f"malformed URL: {exc}") from None
+            # urlsplit quotes the bad part, which may be a piece of the password: never echo it.
+            reason = "bad port" if "port" in str(exc).lower() else "cannot be parsed"
+            raise _Invalid(f"malformed URL ({reason}; a password holding '/', '@' or ':' must be "
+                           f"percent-encoded)") from None
         if not host:
             raise _Invalid("URL has no host")
         return text

@@ -25,7 +25,9 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exc"] = redact_url(self.formatException(record.exc_info))
-        return json.dumps(doc, default=str)
+        # The whole line once more: `extra=` fields (any type) are written as they are. JSON puts a space after
+        # every separator, so a redaction never spans two values and the line stays valid JSON.
+        return redact_url(json.dumps(doc, default=str))
 
 
 class TextFormatter(logging.Formatter):

@@ -283,6 +283,19 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9" and len(self.requestline.split()) == 2:
+            # http.server would answer this HTTP/0.9 request with a bare body: no status line, no headers.
+            self.send_error(400, "request line has no HTTP version (HTTP/0.9 is not supported)")
+            return False
+        if self.request_version.partition("/")[2].partition(".")[0].lstrip("0") == "":
+            # HTTP/0.x spelled out: http.server takes any version below 2.0 (and answers "HTTP/0.9" bare too)
+            self.send_error(505, f"HTTP version {self.request_version[5:]!r} is not supported (use HTTP/1.x)")
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
 
@@ -303,6 +316,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:  # noqa: N802
         self._dispatch("OPTIONS")
+
+    # Every method HTTP defines gets the route's 405 (or 404, 401); http.server's 501 is left for unknown ones.
+    def do_TRACE(self) -> None:  # noqa: N802
+        self._dispatch("TRACE")
+
+    def do_CONNECT(self) -> None:  # noqa: N802
+        self._dispatch("CONNECT")
 
     def _dispatch(self, method: str) -> None:
         try:
