@@ -8,6 +8,9 @@ import pytest
 
 from tests.footage import read_video_frames
 
+# The `daemons` fixture (stops every daemon a test started) for the daemon and fault suites.
+pytest_plugins = ["tests.daemon_helpers"]
+
 
 @pytest.fixture(scope="session")
 def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 from prometheus_client import generate_latest
@@ -17,36 +17,9 @@ from monitor.config import parse_config
 from monitor.config_types import Config
 from monitor.daemon import Daemon
 
+from tests.daemon_helpers import classified, wait_until
 from tests.rtsp import RtspServer
 from tests.test_daemon_signals import HungServer
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Daemons a test starts; every one is stopped at teardown, whatever the test did."""
-    started: list[Daemon] = []
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield started
-    for d in started:
-        if d._started:
-            d.stop()
-    # Daemon.reload() sets up the CLI's logging (a stderr handler on the root logger): undo it.
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def classified(d: Daemon, camera: str) -> float:
-    return d.metrics.registry.get_sample_value("monitor_frames_classified_total", {"camera": camera}) or 0.0
 
 
 def connected(d: Daemon, camera: str) -> float | None:

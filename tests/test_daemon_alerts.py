@@ -7,12 +7,10 @@ pipeline: capture thread -> inference worker -> alert engine -> store and sinks,
 from __future__ import annotations
 
 import collections
-import logging
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -23,6 +21,7 @@ from monitor.config import parse_config
 from monitor.config_types import Config
 from monitor.daemon import Daemon
 
+from tests.daemon_helpers import classified, wait_until
 from tests.footage import read_video_frames
 from tests.helpers_http import Receiver
 
@@ -61,34 +60,6 @@ def footage(demo_weights: Path, videos_dir: Path) -> Footage:
     changes = int(np.sum(hits[1:] != hits[:-1]))
     assert changes >= 10, f"{label!r} at min_score {flicker:.3f} changes only {changes} times in 6 s"
     return Footage(label, flicker, videos_dir / f"{CARS}.mp4", videos_dir / f"{BOTTLES}.mp4")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Daemons a test starts; every one is stopped at teardown, whatever the test did."""
-    started: list[Daemon] = []
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield started
-    for d in started:
-        if d._started:
-            d.stop()
-    # Daemon.reload() sets up the CLI's logging (a stderr handler on the root logger): undo it.
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def classified(d: Daemon, camera: str) -> float:
-    return d.metrics.registry.get_sample_value("monitor_frames_classified_total", {"camera": camera}) or 0.0
 
 
 def sink_count(d: Daemon, metric: str, sink: str) -> float:

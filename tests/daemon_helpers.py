@@ -1,0 +1,38 @@
+"""Shared pieces of the daemon tests: a fixture that always stops what a test started, and small waits."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from monitor.daemon import Daemon
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts; every one is stopped at teardown, whatever the test did."""
+    started: list[Daemon] = []
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield started
+    for d in started:
+        if d._started:
+            d.stop()
+    # Daemon.reload() sets up the CLI's logging (a stderr handler on the root logger): undo it.
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def classified(d: Daemon, camera: str) -> float:
+    return d.metrics.registry.get_sample_value("monitor_frames_classified_total", {"camera": camera}) or 0.0
