@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -23,15 +22,6 @@ def daemons() -> Iterator[list[Daemon]]:
     # Daemon.reload() sets up the CLI's logging (a stderr handler on the root logger): undo it.
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def classified(d: Daemon, camera: str) -> float:

@@ -21,7 +21,8 @@ from monitor.config import parse_config
 from monitor.config_types import Config
 from monitor.daemon import Daemon
 
-from tests.daemon_helpers import classified, wait_until
+from tests.daemon_helpers import classified
+from tests.waiting import wait_until
 from tests.footage import read_video_frames
 from tests.helpers_http import Receiver
 

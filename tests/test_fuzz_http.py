@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, Phase, find, given, seed, settings
 from hypothesis import strategies as st
 
 from monitor.web.server import ROUTES
+from tests.waiting import wait_until as wait_for
 from tests.webapp import Served, file_camera, make_config, request
 
 CAP = 32 * 1024                    # server.upload_max_bytes here: oversized bodies stay cheap to send
@@ -572,15 +573,6 @@ def vm_rss_mb() -> float:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 class ErrorLog(logging.Handler):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from monitor.web.multipart import MultipartError, parse_multipart
 from monitor.web.upload import image_size
+from tests.waiting import wait_until as _wait
 from tests.webapp import (MjpegReader, Served, demo_weights, file_camera, make_config, raw_request, raw_status,
                           request)
 
@@ -324,15 +325,6 @@ def test_idle_and_trickling_sockets_do_not_block_new_clients(served: Served) -> 
     finally:
         for s in idle:
             s.close()
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_busy_handlers_answer_503_not_hang(served: Served) -> None:

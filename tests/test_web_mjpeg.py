@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from monitor.overlay import BANNER_COLOR, banner_height
+from tests.waiting import wait_until
 from tests.webapp import MjpegReader, Served, demo_weights, file_camera, make_config, request
 
 FPS = 8
@@ -42,15 +43,6 @@ def decode(jpeg: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None, "part is not a decodable JPEG"
     return image
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_stream_parts_are_framed_jpegs_with_overlay(served: Served) -> None:
