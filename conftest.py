@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.footage import read_video_frames
+from testkit.footage import read_video_frames
 
 # The `daemons` fixture (stops every daemon a test started) for the daemon and fault suites.
 pytest_plugins = ["tests.daemon_helpers"]
@@ -15,7 +15,7 @@ pytest_plugins = ["tests.daemon_helpers"]
 @pytest.fixture(scope="session")
 def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained demo artifact (`monitor weights demo`), deterministic, built once."""
-    from monitor import weights
+    from monitor.inference import weights
 
     path = tmp_path_factory.mktemp("weights") / "demo-int8.pt"
     weights.demo(path)

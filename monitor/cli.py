@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from monitor import __version__
+from monitor.inference.weights import DEFAULT_CONFIG, resolve_weights
 
-DEFAULT_CONFIG = "config.yaml"
 EXIT_CONFIG = 2  # bad configuration: systemd's RestartPreventExitStatus names it
 
 
@@ -80,32 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewers", type=int, default=20)
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
-    p = b.add_parser("soak", help="N RTSP streams for M minutes: RSS growth, latency p99 per window, alerts in "
-                                  "the log vs SQLite")
-    p.add_argument("--minutes", type=float, default=30.0, help="measured duration (default 30)")
-    p.add_argument("--window", type=float, default=300.0, metavar="S", help="latency window in seconds (default 300)")
-    p.add_argument("--streams", type=int, default=4, help="RTSP cameras (default 4)")
-    p.add_argument("--fps", type=float, default=5.0, help="classifications per second per camera (default 5)")
-    p.add_argument("--warmup", type=float, default=None, metavar="S",
-                   help="seconds before the first window, not measured (default: the window, at most 60)")
-    p.add_argument("--json", action="store_true")
-    _add_weights_arg(p)
     return parser
-
-
-def resolve_weights(weights: str | None, config: str | None) -> Path:
-    """--weights, else the config's model.weights, else weights/resnet18-int8.pt."""
-    if weights:
-        return Path(weights)
-    path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    if path:
-        from monitor.config import ConfigError, load_config
-        try:
-            return Path(load_config(path).model.weights)
-        except ConfigError as e:
-            raise SystemExit(f"monitor: {path}: invalid config, cannot read model.weights:\n{e}") from None
-    from monitor.weights import DEFAULT_ARTIFACT
-    return DEFAULT_ARTIFACT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,21 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from monitor.artifact import ArtifactError
-    from monitor.frames import FrameSourceError
-    from monitor.weights import WeightsError
+    from monitor.inference.artifact import ArtifactError
+    from monitor.capture.frames import FrameSourceError
+    from monitor.inference.weights import WeightsError
 
     try:
         if args.command == "run":
             from monitor.daemon import run_main
             return run_main(args.config, args.weights)
         if args.command == "check-config":
-            from monitor.config import check_config_main
+            from monitor.config.loader import check_config_main
             return check_config_main(args.config)
         if args.command == "weights":
             return _weights(args)
         if args.command == "classify":
-            from monitor.classify_cmd import classify_main
+            from monitor.commands.classify import classify_main
             return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json)
         if args.command == "bench":
             from monitor.bench import bench_main
@@ -144,13 +118,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from monitor import weights
+    from monitor.inference import weights
 
     action = args.weights_command
     if action == "fetch":
         target = Path(args.out) if args.out else Path(args.dir) / "resnet18-int8.pt"
         if args.if_missing and args.variant == "int8" and target.exists():
-            from monitor.artifact import read
+            from monitor.inference.artifact import read
             meta, _, _ = read(target)  # re-hashes: a damaged file is reported, not silently kept
             print(f"{target} is present ({meta.name}{', UNTRAINED demo' if meta.untrained else ''}): not fetching")
             return 0

@@ -15,20 +15,20 @@ import cv2
 import torch
 
 from monitor import __version__
-from monitor.alerts import AlertEngine
-from monitor.artifact import ArtifactError
-from monitor.capture import Camera
-from monitor.classifier import Classifier
-from monitor.config import ConfigError, format_errors, load_config
-from monitor.config_types import Config
-from monitor.events import EventStore, EventStoreError
-from monitor.logsetup import setup_logging
-from monitor.memory import limit_malloc_arenas
-from monitor.metrics import Metrics
-from monitor.results import ResultBoard
-from monitor.sdnotify import SystemdNotifier, watchdog_interval
-from monitor.sinks import SinkSet
-from monitor.worker import InferenceWorker
+from monitor.alerts.engine import AlertEngine
+from monitor.inference.artifact import ArtifactError
+from monitor.capture.camera import Camera
+from monitor.inference.classifier import Classifier
+from monitor.config.loader import ConfigError, format_errors, load_config
+from monitor.config.types import Config
+from monitor.alerts.events import EventStore, EventStoreError
+from monitor.core.logsetup import setup_logging
+from monitor.core.memory import limit_malloc_arenas
+from monitor.core.metrics import Metrics
+from monitor.inference.results import ResultBoard
+from monitor.core.sdnotify import SystemdNotifier, watchdog_interval
+from monitor.alerts.sinks import SinkSet
+from monitor.inference.worker import InferenceWorker
 
 log = logging.getLogger("monitor")
 

@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--weights", metavar="FILE", help="runtime artifact (default: demo weights built here)")
     args = parser.parse_args()
 
-    from monitor.bench.faults import clip, flicker_rule
+    from testkit.faults import clip, flicker_rule
     from tests import test_crash_safety as suite
 
     with tempfile.TemporaryDirectory(prefix="crash-safety.") as tmp:

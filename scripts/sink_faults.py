@@ -23,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
     _setup.quiet_logging()
 
-    from monitor.bench.faults import clip, flicker_rule
+    from testkit.faults import clip, flicker_rule
     from tests import test_faults_sinks as suite
     from tests.helpers_http import Receiver
 

@@ -31,7 +31,7 @@ def main() -> int:
     _setup.quiet_logging()
 
     from tests import test_faults_stream as suite
-    from tests.rtsp import RtspServer, free_port
+    from testkit.rtsp import RtspServer, free_port
 
     with tempfile.TemporaryDirectory(prefix="stream-faults.") as tmp:
         tmp_path = Path(tmp)

@@ -6,8 +6,8 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
-from monitor.metrics import Metrics
-from tests.rtsp import SHARED, RtspServer, VideoArg, free_port
+from monitor.core.metrics import Metrics
+from testkit.rtsp import SHARED, RtspServer, VideoArg, free_port
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,25 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.alerts import AlertEngine
-from monitor.config_types import AlertsConfig, RuleConfig
-from monitor.events import EventStore
-from monitor.metrics import Metrics
-from monitor.results import Result, ResultBoard
-from monitor.sinks import SinkSet
+from monitor.alerts.engine import AlertEngine
+from monitor.config.types import AlertsConfig, RuleConfig
+from monitor.alerts.events import EventStore
+from monitor.core.metrics import Metrics
+from monitor.inference.results import Result, ResultBoard
+from monitor.alerts.sinks import SinkSet
 
 GOLDEN, LABRADOR, TABBY, TIGER_CAT, TENNIS_BALL = 207, 208, 281, 282, 852
 
 
 @dataclass(frozen=True)
-class FakeFrame:            # same attributes as monitor.capture.Frame
+class FakeFrame:            # same attributes as monitor.capture.camera.Frame
     image: np.ndarray
     seq: int
     captured_at: float
     captured_mono: float
 
 
-class Pred(NamedTuple):     # same fields as monitor.classifier.Prediction
+class Pred(NamedTuple):     # same fields as monitor.inference.classifier.Prediction
     label: str
     index: int
     probability: float

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.capture import Camera, Frame, parse_source
-from monitor.config_types import CameraConfig, MotionConfig
-from monitor.metrics import Metrics
-from tests.rtsp import RtspServer, free_port
+from monitor.capture.camera import Camera, Frame, parse_source
+from monitor.config.types import CameraConfig, MotionConfig
+from monitor.core.metrics import Metrics
+from testkit.rtsp import RtspServer, free_port
 
 CAR_FPS = 12.5          # car-detection.mp4: 768x432 at 12.5 fps, 30 s
 

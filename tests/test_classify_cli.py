@@ -46,7 +46,7 @@ def test_classify_real_frames_and_bad_files(tmp_path, real_frames, demo_weights)
 
 
 def test_classify_json_matches_library(tmp_path, real_frames, demo_weights) -> None:
-    from monitor.classifier import Classifier
+    from monitor.inference.classifier import Classifier
 
     path = tmp_path / "frame.png"
     cv2.imwrite(str(path), real_frames[0])

@@ -18,13 +18,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor import groups
-from monitor.config import (
+from monitor.core import groups
+from monitor.config.loader import (
     ConfigError, check_config_main, format_errors, key_paths, load_config, parse_config, parse_duration,
     parse_size, source_kind,
 )
-from monitor.config_types import Config
-from monitor.labels import imagenet_classes
+from monitor.config.types import Config
+from monitor.core.labels import imagenet_classes
 
 HERE = Path(__file__).parent
 REPO = HERE.parent

@@ -21,8 +21,8 @@ from typing import Iterator
 import pytest
 import yaml
 
-from monitor.bench.faults import DaemonProcess, clip, flicker_rule, read_events
-from monitor.events import CRASH_NOTE
+from testkit.faults import DaemonProcess, clip, flicker_rule, read_events
+from monitor.alerts.events import CRASH_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 60.0          # interpreter + torch + model load, on a busy 2-core machine

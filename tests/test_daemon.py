@@ -13,13 +13,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from monitor import daemon as daemon_module
-from monitor.config import parse_config
-from monitor.config_types import Config
+from monitor.config.loader import parse_config
+from monitor.config.types import Config
 from monitor.daemon import Daemon
 
 from tests.daemon_helpers import classified
-from tests.waiting import wait_until
-from tests.rtsp import RtspServer
+from testkit.waiting import wait_until
+from testkit.rtsp import RtspServer
 from tests.test_daemon_signals import HungServer
 
 

@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.classifier import Classifier
-from monitor.config import parse_config
-from monitor.config_types import Config
+from monitor.inference.classifier import Classifier
+from monitor.config.loader import parse_config
+from monitor.config.types import Config
 from monitor.daemon import Daemon
 
 from tests.daemon_helpers import classified
-from tests.waiting import wait_until
-from tests.footage import read_video_frames
+from testkit.waiting import wait_until
+from testkit.footage import read_video_frames
 from tests.helpers_http import Receiver
 
 CARS, BOTTLES = "car-detection", "bottle-detection"

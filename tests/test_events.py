@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.events import CRASH_NOTE, EventStore
-from monitor.metrics import Metrics
+from monitor.alerts.events import CRASH_NOTE, EventStore
+from monitor.core.metrics import Metrics
 
 
 def db_errors(metrics: Metrics) -> float:
@@ -58,7 +58,7 @@ def test_events_of_a_killed_process_survive_and_are_closed_once(tmp_path: Path) 
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from monitor.events import EventStore
+        from monitor.alerts.events import EventStore
         s = EventStore({str(db)!r})
         done = s.start_event("cam1", "dogs", "dog", 0.8, 100.0)
         s.end_event(done, 120.0, 0.9)
@@ -189,7 +189,7 @@ def test_writes_from_many_threads(tmp_path: Path) -> None:
 def test_unopenable_database_names_the_file(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    from monitor.events import EventStoreError
+    from monitor.alerts.events import EventStoreError
     with pytest.raises(EventStoreError, match=str(blocker / "events.db")):
         EventStore(blocker / "events.db")
 

@@ -21,19 +21,19 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from monitor.alerts import AlertEngine
-from monitor.bench.faults import (
+from monitor.alerts.engine import AlertEngine
+from testkit.faults import (
     CrashWatch, EventLog, Fault, FullFilesystem, HttpCloseServer, Window, alternate, clip, flicker_rule,
     rate_ratios,
 )
-from monitor.capture import Frame
-from monitor.classifier import Prediction
-from monitor.config import parse_config
-from monitor.config_types import Config, RuleConfig
+from monitor.capture.camera import Frame
+from monitor.inference.classifier import Prediction
+from monitor.config.loader import parse_config
+from monitor.config.types import Config, RuleConfig
 from monitor.daemon import Daemon
-from monitor.events import EventStore
-from monitor.metrics import Metrics
-from monitor.results import Result
+from monitor.alerts.events import EventStore
+from monitor.core.metrics import Metrics
+from monitor.inference.results import Result
 
 from tests.helpers_http import Receiver
 

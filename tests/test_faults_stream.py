@@ -20,15 +20,15 @@ from typing import Callable, Iterator
 import cv2
 import pytest
 
-from monitor.bench.faults import (
+from testkit.faults import (
     BadRtspServer, CrashWatch, HangServer, Resources, kill_restart_run, leaked, resources, settle, summarize,
     truncated_copy, wait_resumed,
 )
-from monitor.config import parse_config
-from monitor.config_types import Config
+from monitor.config.loader import parse_config
+from monitor.config.types import Config
 from monitor.daemon import Daemon
 
-from tests.rtsp import RtspServer
+from testkit.rtsp import RtspServer
 
 SEED = 2                 # 5 kills, 2 of them 0.1-0.4 s after a restart (before the camera resumed)
 RESUME_LIMIT = 12.0      # s from the server's restart to a result; backoff_max 1 s + open + first key frame ~ 3 s
@@ -88,7 +88,7 @@ def alive(d: Daemon) -> list[str]:
 
 def kill_restart(tmp_path: Path, weights: Path, videos_dir: Path, server: RtspServer, kills: int,
                  daemons: list[Daemon], seed: int = SEED) -> dict:
-    """`kills` SIGKILLs of the RTSP server under a daemon (see monitor.bench.faults.kill_restart_run); checks and
+    """`kills` SIGKILLs of the RTSP server under a daemon (see testkit.faults.kill_restart_run); checks and
     returns the figures. Also run by scripts/stream_faults.py."""
     cameras = [live_camera(server.url("car-detection")), witness_camera(videos_dir)]
     baseline = warm_baseline(tmp_path, weights, cameras, lambda d: classified(d, "live") >= 1)

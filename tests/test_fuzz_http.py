@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, Phase, find, given, seed, settings
 from hypothesis import strategies as st
 
 from monitor.web.server import ROUTES
-from tests.waiting import wait_until as wait_for
+from testkit.waiting import wait_until as wait_for
 from tests.webapp import Served, file_camera, make_config, request
 
 CAP = 32 * 1024                    # server.upload_max_bytes here: oversized bodies stay cheap to send

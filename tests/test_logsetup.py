@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
-from monitor.logsetup import JsonFormatter, TextFormatter
+from monitor.core.logsetup import JsonFormatter, TextFormatter
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:

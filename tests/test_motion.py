@@ -5,8 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from monitor.config_types import MotionConfig
-from monitor.motion import MotionGate
+from monitor.config.types import MotionConfig
+from monitor.capture.motion import MotionGate
 
 
 def scene(seed: int = 0) -> np.ndarray:

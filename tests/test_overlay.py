@@ -6,10 +6,10 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from monitor.overlay import BANNER_COLOR, banner_height, draw_overlay
+from monitor.inference.overlay import BANNER_COLOR, banner_height, draw_overlay
 
 
-class Pred(NamedTuple):     # same fields as monitor.classifier.Prediction
+class Pred(NamedTuple):     # same fields as monitor.inference.classifier.Prediction
     label: str
     index: int
     probability: float

@@ -5,9 +5,9 @@ import copy
 
 import torch
 
-from tests.footage import read_video_frames
-from monitor import model, weights
-from monitor.preprocess import prepare_batch
+from testkit.footage import read_video_frames
+from monitor.inference import model, weights
+from monitor.inference.preprocess import prepare_batch
 
 
 def _batches(frames, size=8):

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.capture import Camera
-from monitor.config import ConfigError, format_errors, parse_config
-from monitor.frames import FrameSourceError, video_frames
-from monitor.logsetup import JsonFormatter, TextFormatter
-from monitor.metrics import Metrics
-from monitor.redact import redact_url
+from monitor.capture.camera import Camera
+from monitor.config.loader import ConfigError, format_errors, parse_config
+from monitor.capture.frames import FrameSourceError, video_frames
+from monitor.core.logsetup import JsonFormatter, TextFormatter
+from monitor.core.metrics import Metrics
+from monitor.core.redact import redact_url
 from monitor.web.server import ROUTES
-from tests.rtsp import free_port
+from testkit.rtsp import free_port
 from tests.test_fuzz_http import STANDARD_METHODS, Answer, all_route_paths, ask, exchange, tiny_image
 from tests.webapp import Served, file_camera, make_config, wait_frames
 
@@ -433,7 +433,7 @@ def test_camera_status_hides_a_password_with_a_slash() -> None:
 
 def test_json_log_lines_redact_extra_fields() -> None:
     """logging's `extra=` fields are written into JSON lines as they are: a URL there must be redacted too."""
-    record = logging.LogRecord("monitor.capture", logging.WARNING, __file__, 1, "camera %s: down", ("door",), None)
+    record = logging.LogRecord("monitor.capture.camera", logging.WARNING, __file__, 1, "camera %s: down", ("door",), None)
     record.source = f"rtsp://{USER}:{RTSP_PASSWORD}@10.0.0.5/live"
     record.sources = [f"rtsp://{USER}:{RTSP_PASSWORD}@10.0.0.6/live"]
     line = JsonFormatter().format(record)

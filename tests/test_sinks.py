@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.config_types import AlertsConfig, WebhookConfig
-from monitor.events import EventStore
-from monitor.metrics import Metrics
-from monitor.sinks import SinkSet
+from monitor.config.types import AlertsConfig, WebhookConfig
+from monitor.alerts.events import EventStore
+from monitor.core.metrics import Metrics
+from monitor.alerts.sinks import SinkSet
 
 from tests.helpers_http import Receiver
 

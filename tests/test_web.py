@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from monitor.labels import imagenet_classes
+from monitor.core.labels import imagenet_classes
 from tests.webapp import Served, basic, demo_weights, file_camera, make_config, request
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from monitor.web.multipart import MultipartError, parse_multipart
 from monitor.web.upload import image_size
-from tests.waiting import wait_until as _wait
+from testkit.waiting import wait_until as _wait
 from tests.webapp import (MjpegReader, Served, demo_weights, file_camera, make_config, raw_request, raw_status,
                           request)
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.labels import imagenet_classes
+from monitor.core.labels import imagenet_classes
 from tests.webapp import Served, basic, demo_weights, file_camera, make_config, request
 
 CHROMIUM = "/usr/bin/chromium"

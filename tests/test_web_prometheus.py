@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.rtsp import free_port
+from testkit.rtsp import free_port
 from tests.webapp import Served, basic, demo_weights, file_camera, make_config, request
 
 PROMETHEUS = "/usr/bin/prometheus"

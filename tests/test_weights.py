@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor import artifact, model, weights
-from monitor.classifier import Classifier
+from monitor.inference import artifact, model, weights
+from monitor.inference.classifier import Classifier
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from monitor.config import parse_config
-from monitor.config_types import Config
+from monitor.config.loader import parse_config
+from monitor.config.types import Config
 from monitor.daemon import Daemon
 
 _lock = threading.Lock()
@@ -27,7 +27,7 @@ def demo_weights(tmp_root: Path) -> Path:
     global _weights
     with _lock:
         if _weights is None or not _weights.is_file():
-            from monitor.weights import demo
+            from monitor.inference.weights import demo
             path = tmp_root / "demo.pt"
             demo(path)
             _weights = path

@@ -14,7 +14,4 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "stream":
         from monitor.bench.stream import bench_stream
         return bench_stream(args)
-    if args.bench_command == "soak":
-        from monitor.bench.soak import bench_soak
-        return bench_soak(args)
     raise AssertionError(args.bench_command)

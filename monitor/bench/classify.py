@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from monitor.bench.common import SeedsBaseline, footage, median_ms_per_frame, read_frames
-from monitor.classifier import Classifier, configure_threads
-from monitor.cli import resolve_weights
+from monitor.inference.classifier import Classifier, configure_threads
+from monitor.inference.weights import resolve_weights
 
 
 def _time(run: Callable[[Sequence[np.ndarray]], object], frames: Sequence[np.ndarray], batch: int,
@@ -32,7 +32,7 @@ def _time(run: Callable[[Sequence[np.ndarray]], object], frames: Sequence[np.nda
 _RSS_PROBE = """
 import sys, numpy as np
 from monitor.bench.common import peak_rss_mb
-from monitor.classifier import Classifier
+from monitor.inference.classifier import Classifier
 c = Classifier(sys.argv[1], threads=int(sys.argv[2]))
 c.classify([np.zeros((432, 768, 3), np.uint8)] * 4)
 print(peak_rss_mb())

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from monitor import model
+from monitor.inference import model
 
 DEFAULT_VIDEOS = Path("../shared/data/videos")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 
 from monitor.bench.common import SeedsBaseline, peak_rss_mb, percentile
-from monitor.cli import resolve_weights
-from monitor.config_types import CameraConfig, Config, EventsConfig, ModelConfig
-from monitor.redact import redact_url
+from monitor.inference.weights import resolve_weights
+from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig
+from monitor.core.redact import redact_url
 
 
 def _cpu_seconds() -> float:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monitor.cli import resolve_weights
-from monitor.config_types import CameraConfig, Config, EventsConfig, ModelConfig, ServerConfig, StreamConfig
-from monitor.redact import redact_url
+from monitor.inference.weights import resolve_weights
+from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig, ServerConfig, StreamConfig
+from monitor.core.redact import redact_url
 
 TARGET_RATIO = 1.2
 WARMUP = 2.0               # seconds after the viewers connected before measuring
@@ -196,7 +196,7 @@ def bench_stream(args: argparse.Namespace) -> int:
         raise SystemExit(f"monitor bench stream: {source}: no such file")
     stream = None
     if args.config:
-        from monitor.config import ConfigError, load_config
+        from monitor.config.loader import ConfigError, load_config
         try:
             stream = load_config(args.config).server.stream
         except ConfigError as e:

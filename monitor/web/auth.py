@@ -6,7 +6,7 @@ import binascii
 import hashlib
 import hmac
 
-from monitor.config_types import AuthConfig
+from monitor.config.types import AuthConfig
 
 REALM = "monitor"
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from monitor.config_types import StreamConfig
+from monitor.config.types import StreamConfig
 
 try:                                  # Linux/BSD: bytes still queued in a socket's send buffer
     import fcntl
@@ -39,7 +39,7 @@ BOUNDARY = "monitor-frame"
 
 def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndarray:
     """The frame as viewers see it: resized to `width` (0 = native) with the overlay drawn."""
-    from monitor.overlay import draw_overlay
+    from monitor.inference.overlay import draw_overlay
 
     h, w = image.shape[:2]
     if width and width != w:

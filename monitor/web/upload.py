@@ -5,7 +5,7 @@ import struct
 
 import numpy as np
 
-from monitor.frames import FrameSourceError, decode_image
+from monitor.capture.frames import FrameSourceError, decode_image
 from monitor.web.api import ApiError
 from monitor.web.multipart import MultipartError, parse_header_params, parse_multipart
 

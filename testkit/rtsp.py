@@ -1,6 +1,6 @@
 """Start and stop the real RTSP test server (../shared/tools/rtsp_serve.py, GStreamer) from tests and benchmarks.
 
-    from tests.rtsp import RtspServer, free_port
+    from testkit.rtsp import RtspServer, free_port
 
     with RtspServer(free_port(), ["car-detection"], minutes=1) as server:
         url = server.url("car-detection")          # rtsp://127.0.0.1:PORT/car-detection

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from monitor.config_types import MotionConfig
+from monitor.config.types import MotionConfig
 
 # Width of the grey thumbnail the comparison runs on: small enough to cost ~0.1 ms and to average out sensor
 # noise (INTER_AREA), large enough that a person or car covering a few percent of the view still shows.

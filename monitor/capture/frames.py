@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from monitor.redact import redact_url
+from monitor.core.redact import redact_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mjpg", ".mjpeg"}

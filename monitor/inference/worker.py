@@ -5,18 +5,25 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-from monitor.classifier import top_k_predictions
-from monitor.results import Result, ResultBoard
+from monitor.inference.classifier import top_k_predictions
+from monitor.inference.results import Result, ResultBoard
 
 if TYPE_CHECKING:
-    from monitor.alerts import AlertEngine
-    from monitor.capture import Camera, Frame
-    from monitor.classifier import Classifier
-    from monitor.metrics import Metrics
+    from monitor.capture.camera import Camera, Frame
+    from monitor.inference.classifier import Classifier
+    from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class ResultObserver(Protocol):
+    """What the worker feeds (the alert engine, a later stage): declared here so that imports flow one way."""
+
+    def observe(self, result: Result) -> None: ...
+
+    def tick(self) -> None: ...
 
 
 class InferenceWorker:
@@ -26,7 +33,7 @@ class InferenceWorker:
     while a newer one exists; a frame that went unclassified was replaced and counted by its camera.
     """
 
-    def __init__(self, classifier: Classifier, board: ResultBoard, alerts: AlertEngine | None, metrics: Metrics,
+    def __init__(self, classifier: Classifier, board: ResultBoard, alerts: ResultObserver | None, metrics: Metrics,
                  top_k: int = 3, batch_max: int = 8, idle_wake: float = 0.5) -> None:
         self.classifier = classifier
         self.board = board
@@ -48,7 +55,7 @@ class InferenceWorker:
         self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
         self._wake.set()
 
-    def set_alerts(self, alerts: AlertEngine | None) -> None:
+    def set_alerts(self, alerts: ResultObserver | None) -> None:
         self.alerts = alerts
 
     def wake(self) -> None:

@@ -1,4 +1,4 @@
-"""Read and validate the YAML config into the typed dataclasses of monitor.config_types.
+"""Read and validate the YAML config into the typed dataclasses of monitor.config.types.
 
 Everything is checked before anything is returned, and every problem is reported at once as
 `"<key path>: <what is wrong> (got <value>)"`, e.g. `cameras[1].fps: must be >= 0 (got -3)`.
@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from monitor import groups
-from monitor.config_types import (
+from monitor.core import groups
+from monitor.config.types import (
     AlertsConfig, AuthConfig, CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, MotionConfig,
     RuleConfig, ServerConfig, StreamConfig, WebhookConfig,
 )
-from monitor.redact import redact_url
+from monitor.core.redact import redact_url
 
 __all__ = [
     "ConfigError", "load_config", "parse_config", "format_errors", "check_config_main",

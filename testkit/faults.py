@@ -1,5 +1,5 @@
 """Fault injection and measurement for the reliability suites (tests/test_faults_*.py, tests/test_crash_safety.py),
-the long-run scripts (scripts/) and `monitor bench soak`:
+the long-run scripts (scripts/, soak included):
 
 - resources() / settle() / leaked(): threads and open fds of the process, back to a baseline or not;
 - CrashWatch: exceptions escaping threads and ERROR lines, i.e. what a component dying would leave;
@@ -377,7 +377,7 @@ def truncated_copy(src: Path | str, dst: Path | str, size: int | float) -> Path:
 
 
 class Restartable(Protocol):
-    """What the kill/restart run needs of an RTSP server (tests.rtsp.RtspServer is one)."""
+    """What the kill/restart run needs of an RTSP server (testkit.rtsp.RtspServer is one)."""
 
     def kill(self) -> None: ...
     def start(self) -> Any: ...
@@ -509,7 +509,7 @@ def flicker_rule(weights: Path | str, video: Path | str, frames: int = 75) -> tu
     import cv2
     import numpy as np
 
-    from monitor.classifier import Classifier
+    from monitor.inference.classifier import Classifier
 
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
     images = []
@@ -540,7 +540,7 @@ class EventLog(logging.Handler):
         super().__init__(logging.DEBUG)
         self.started: list[Any] = []
         self.ended: list[Any] = []
-        self._logger = logging.getLogger("monitor.alerts")
+        self._logger = logging.getLogger("monitor.alerts.engine")
         self._old_level = self._logger.level
 
     def emit(self, record: logging.LogRecord) -> None:

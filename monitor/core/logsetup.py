@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from monitor.redact import redact_url
+from monitor.core.redact import redact_url
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 

@@ -9,8 +9,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from monitor import artifact
-from monitor.preprocess import Crop, prepare_batch
+from monitor.inference import artifact
+from monitor.inference.preprocess import Crop, prepare_batch
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from monitor.classifier import Classifier, Prediction
-from monitor.frames import IMAGE_SUFFIXES, FrameSourceError, expand_paths, read_image
-from monitor.progress import Progress
+from monitor.inference.classifier import Classifier, Prediction
+from monitor.capture.frames import IMAGE_SUFFIXES, FrameSourceError, expand_paths, read_image
+from tqdm import tqdm
 
 BATCH = 8
 
@@ -52,7 +52,8 @@ def classify_main(paths: Sequence[str], weights: Path, top_k: int = 3, as_json: 
         else:
             files.append(Path(p))
     results = []
-    with Progress("classifying", len(files), " images", enabled=None if len(files) > 2 * BATCH else False) as bar:
+    with tqdm(desc="classifying", total=len(files), unit=" images",
+              disable=None if len(files) > 2 * BATCH else True) as bar:
         for batch in _batches(files, errors):
             for (f, _), preds in zip(batch, clf.classify([img for _, img in batch], top_k=top_k)):
                 results.append((str(f), preds))

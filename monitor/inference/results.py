@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:  # runtime imports would create cycles (capture/classifier import heavier modules)
-    from monitor.capture import Frame
-    from monitor.classifier import Prediction
+    from monitor.capture.camera import Frame
+    from monitor.inference.classifier import Prediction
 
 
 @dataclass(frozen=True)

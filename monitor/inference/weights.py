@@ -15,12 +15,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from monitor import artifact, model
-from monitor.frames import calibration_frames
-from monitor.labels import imagenet_classes
-from monitor.preprocess import prepare_batch
-from monitor.progress import Progress
-from monitor.redact import redact_url
+from monitor.inference import artifact, model
+from monitor.capture.frames import calibration_frames
+from monitor.core.labels import imagenet_classes
+from monitor.inference.preprocess import prepare_batch
+from tqdm import tqdm
+from monitor.core.redact import redact_url
 
 BASE_URL_ENV = "MONITOR_WEIGHTS_BASE_URL"
 DEFAULT_ARTIFACT = Path("weights/resnet18-int8.pt")
@@ -104,7 +104,9 @@ def _stream(url: str, shown: str, fd: int, timeout: float, progress: bool | None
         req = urllib.request.Request(url, headers={"User-Agent": "monitor-weights/1"})
         with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
             expected = int(resp.headers.get("Content-Length") or 0) or None
-            with Progress(f"downloading {Path(url).name}", expected, unit="B", enabled=progress) as bar:
+            # tqdm hides itself when stderr is not a terminal (disable=None): logs, CI and systemd stay clean.
+            with tqdm(desc=f"downloading {Path(url).name}", total=expected, unit="B", unit_scale=True,
+                      unit_divisor=1024, disable=None if progress is None else not progress) as bar:
                 while chunk := resp.read(1 << 16):
                     h.update(chunk)
                     out.write(chunk)
@@ -183,7 +185,7 @@ def calibrated_int8(net: model.QuantizableResNet, batches: Iterable[np.ndarray],
 
 def _frame_batches(sources: Sequence[str], frames: int, batch: int = 8) -> Iterable[np.ndarray]:
     pending: list[np.ndarray] = []
-    with Progress("calibrating", frames, unit=" frames") as bar:
+    with tqdm(desc="calibrating", total=frames, unit=" frames", disable=None) as bar:
         for _, frame in calibration_frames(sources, frames):
             pending.append(frame)
             bar.update()
@@ -302,7 +304,7 @@ def fetch(variant: str, weights_dir: str | Path, out: str | Path | None = None, 
 
 def verify(path: str | Path) -> dict[str, Any]:
     """Re-hash, load and run one inference; a summary dict for printing."""
-    from monitor.classifier import Classifier
+    from monitor.inference.classifier import Classifier
 
     started = time.monotonic()
     clf = Classifier(path)
@@ -314,3 +316,20 @@ def verify(path: str | Path) -> dict[str, Any]:
             "engine": clf.meta.engine, "untrained": clf.meta.untrained, "source": clf.meta.source,
             "calibration": clf.meta.calibration, "load_seconds": round(loaded, 3),
             "inference_seconds": round(time.monotonic() - t, 4), "top1_on_test_image": pred.label}
+
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def resolve_weights(weights: str | None, config: str | None) -> Path:
+    """--weights, else the config's model.weights, else weights/resnet18-int8.pt."""
+    if weights:
+        return Path(weights)
+    path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        from monitor.config.loader import ConfigError, load_config
+        try:
+            return Path(load_config(path).model.weights)
+        except ConfigError as e:
+            raise SystemExit(f"monitor: {path}: invalid config, cannot read model.weights:\n{e}") from None
+    return DEFAULT_ARTIFACT

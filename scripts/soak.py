@@ -1,4 +1,4 @@
-"""`monitor bench soak`: the daemon on N real RTSP streams for M minutes; memory, latency and alert bookkeeping over
+"""`scripts/soak.py`: the daemon on N real RTSP streams for M minutes; memory, latency and alert bookkeeping over
 time.
 
 Starts the GStreamer RTSP test server (../shared/tools/rtsp_serve.py, under the system Python) with --minutes
@@ -16,81 +16,22 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from monitor.bench.common import DEFAULT_VIDEOS, percentile
-from monitor.bench.faults import CrashWatch, EventLog, flicker_rule, read_events
-from monitor.cli import resolve_weights
-from monitor.config_types import CameraConfig, Config, EventsConfig, ModelConfig, RuleConfig
+import _setup
+from monitor.bench.common import percentile
+from testkit.faults import CrashWatch, EventLog, flicker_rule, read_events
+from testkit.rtsp import RtspServer, free_port
+from monitor.inference.weights import resolve_weights
+from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig, RuleConfig
 
-SYSTEM_PYTHON = "/usr/bin/python3"      # Debian's GStreamer `gi` bindings live in the system Python
 VIDEOS = ("car-detection", "bottle-detection", "one-by-one-person-detection")
 RSS_GROWTH_LIMIT = 0.05
 P99_FLAT_LIMIT = 2.0                    # last window's p99 at most this many times the first one's
-
-
-def _shared() -> Path:
-    for candidate in (Path("../shared"), Path(__file__).resolve().parents[3] / "shared"):
-        if (candidate / "tools" / "rtsp_serve.py").is_file():
-            return candidate
-    raise SystemExit("monitor bench soak: ../shared/tools/rtsp_serve.py not found (run from the repository)")
-
-
-class RtspServe:
-    """rtsp_serve.py on 127.0.0.1:port serving each video at /<stem>, in a session and a TMPDIR of its own."""
-
-    def __init__(self, videos: list[Path], minutes: float, shared: Path) -> None:
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.videos = videos
-        self.minutes = minutes
-        self.serve = shared / "tools" / "rtsp_serve.py"
-        self.dir = Path(tempfile.mkdtemp(prefix="monitor-soak-rtsp."))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 300.0) -> RtspServe:
-        log_path = self.dir / "serve.log"
-        cmd = [SYSTEM_PYTHON, str(self.serve), "--minutes", f"{self.minutes:g}", str(self.port),
-               *map(str, self.videos)]
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, "TMPDIR": str(self.dir)}, start_new_session=True)
-        deadline = time.monotonic() + timeout     # --minutes first concatenates each file with ffmpeg
-        while "ready" not in log_path.read_text(errors="replace").split():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                text = log_path.read_text(errors="replace").strip()
-                self.stop()
-                raise SystemExit(f"monitor bench soak: RTSP server did not start: {text}")
-            time.sleep(0.1)
-        return self
-
-    def url(self, video: Path) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{video.stem}"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RtspServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def rss_mb() -> float:
@@ -103,14 +44,12 @@ def rss_mb() -> float:
 def run_soak(weights: Path, minutes: float, window: float, streams: int, fps: float = 5.0,
              warmup: float | None = None, progress: bool = True) -> dict[str, Any]:
     from monitor.daemon import Daemon
-    from monitor.groups import lookup
+    from monitor.core.groups import lookup
 
-    shared = _shared()
-    video_dir = shared / "data" / "videos" if (shared / "data" / "videos").is_dir() else DEFAULT_VIDEOS
-    videos = [video_dir / f"{name}.mp4" for name in VIDEOS]
+    videos = [_setup.VIDEOS / f"{name}.mp4" for name in VIDEOS]
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:
-        raise SystemExit(f"monitor bench soak: sample videos missing: {', '.join(missing)}")
+        raise SystemExit(f"scripts/soak.py: sample videos missing: {', '.join(missing)}")
     warmup = min(60.0, window) if warmup is None else warmup
     label, min_score = flicker_rule(weights, videos[0])
     canonical, indices = lookup(label)
@@ -122,9 +61,9 @@ def run_soak(weights: Path, minutes: float, window: float, streams: int, fps: fl
             print(text, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="monitor-soak.") as tmp, \
-            RtspServe(videos, minutes + warmup / 60 + 2, shared) as server:
+            RtspServer(free_port(), videos, minutes=minutes + warmup / 60 + 2) as server:
         db = Path(tmp) / "events.db"
-        cameras = tuple(CameraConfig(name=f"cam{i}", source=server.url(videos[i % len(videos)]), fps=fps)
+        cameras = tuple(CameraConfig(name=f"cam{i}", source=server.url(videos[i % len(videos)].stem), fps=fps)
                         for i in range(streams))
         config = Config(model=ModelConfig(weights=weights, threads=2, top_k=3), cameras=cameras, watchlist=(rule,),
                         events=EventsConfig(database=db))
@@ -201,13 +140,30 @@ def run_soak(weights: Path, minutes: float, window: float, streams: int, fps: fl
     return figures
 
 
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="measured duration (default 30)")
+    parser.add_argument("--window", type=float, default=300.0, metavar="S", help="latency window in seconds (default 300)")
+    parser.add_argument("--streams", type=int, default=4, help="RTSP cameras (default 4)")
+    parser.add_argument("--fps", type=float, default=5.0, help="classifications per second per camera (default 5)")
+    parser.add_argument("--warmup", type=float, default=None, metavar="S",
+                        help="seconds before the first window, not measured (default: the window, at most 60)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--weights", metavar="FILE", help="runtime artifact (default: demo weights built here)")
+    parser.add_argument("-c", "--config", metavar="FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="soak-weights.") as tmp:
+        args.weights = str(_setup.weights(args.weights, Path(tmp)))
+        return bench_soak(args)
+
+
 def bench_soak(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights, args.config)
     if not weights.is_file():
-        raise SystemExit(f"monitor bench soak: weights not found: {weights} (pass --weights FILE, or build the "
+        raise SystemExit(f"scripts/soak.py: weights not found: {weights} (pass --weights FILE, or build the "
                          f"demo network: monitor weights demo --out {weights})")
     if args.minutes <= 0 or args.window <= 0 or args.streams < 1:
-        raise SystemExit("monitor bench soak: --minutes and --window must be > 0, --streams >= 1")
+        raise SystemExit("scripts/soak.py: --minutes and --window must be > 0, --streams >= 1")
     root = logging.getLogger()
     if not root.handlers:
         # Warnings and errors on stderr; the INFO lines (counted by the run) stay out of the figures.
@@ -235,3 +191,7 @@ def bench_soak(args: argparse.Namespace) -> int:
         for line in f["error_lines"]:
             print(f"    {line}")
     return 0 if all(figures["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

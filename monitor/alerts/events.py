@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    from monitor.metrics import Metrics
+    from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from monitor.config_types import RuleConfig
-    from monitor.events import EventStore
-    from monitor.metrics import Metrics
-    from monitor.results import Result
-    from monitor.sinks import SinkSet
+    from monitor.config.types import RuleConfig
+    from monitor.alerts.events import EventStore
+    from monitor.core.metrics import Metrics
+    from monitor.inference.results import Result
+    from monitor.alerts.sinks import SinkSet
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Callable, Union
 import cv2
 import numpy as np
 
-from monitor.config_types import CameraConfig
-from monitor.metrics import Metrics
-from monitor.motion import MotionGate
-from monitor.redact import redact_url
+from monitor.config.types import CameraConfig
+from monitor.core.metrics import Metrics
+from monitor.capture.motion import MotionGate
+from monitor.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 

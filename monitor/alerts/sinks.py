@@ -29,14 +29,14 @@ import cv2
 import numpy as np
 
 from monitor import __version__
-from monitor.overlay import draw_overlay
-from monitor.redact import redact_url
+from monitor.inference.overlay import draw_overlay
+from monitor.core.redact import redact_url
 
 if TYPE_CHECKING:
-    from monitor.classifier import Prediction
-    from monitor.config_types import AlertsConfig
-    from monitor.events import EventStore
-    from monitor.metrics import Metrics
+    from monitor.inference.classifier import Prediction
+    from monitor.config.types import AlertsConfig
+    from monitor.alerts.events import EventStore
+    from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from monitor.labels import imagenet_classes
+from monitor.core.labels import imagenet_classes
 
 # Groups are what users usually mean, so a group gets this much on top of its similarity when ranking
 # suggestions ("dgo" is closer to "dingo" than to "dog" by difflib's measure alone).

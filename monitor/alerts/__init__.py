@@ -1,0 +1,1 @@
+"""Stage 3, alerts: the event state machine, alert sinks and the SQLite event history."""

@@ -1,0 +1,1 @@
+"""Foundation every stage may use: class names and groups, redaction, metrics, logging, systemd notify, memory."""
