@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
 
+    c = sub.add_parser("classes", help="custom classes: train a head from examples, show one").add_subparsers(
+        dest="classes_command", required=True, metavar="ACTION")
+    p = c.add_parser("train", help="train a head on the backbone's features: one sub-folder per class (+ none)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("examples", metavar="EXAMPLES_DIR", help="EXAMPLES_DIR/<class>/ with images or video files")
+    p.add_argument("--out", metavar="FILE", help="head file (default: heads/NAME.head)")
+    p.add_argument("--crop", choices=["center", "full"], default="center",
+                   help="how an example is cropped: as a camera's default crop (center) or whole (full)")
+    p.add_argument("--frames-per-video", type=int, default=40, metavar="N")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    p = c.add_parser("show", help="print a head's classes, backbone and training summary")
+    p.add_argument("head", metavar="HEAD")
+    p.add_argument("--weights", metavar="FILE", help="also check that the head fits this backbone")
+
     b = sub.add_parser("bench", help="print benchmark figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT")
     p = b.add_parser("classify", help="preprocessing + inference per frame: PIL + FP32 baseline vs INT8")
@@ -108,6 +124,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "classify":
             from monitor.commands.classify import classify_main
             return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json)
+        if args.command == "classes":
+            from monitor.commands import classes
+            if args.classes_command == "train":
+                return classes.train_main(args.name, args.examples, resolve_weights(args.weights, args.config),
+                                          args.out, args.crop, args.frames_per_video, args.folds, args.json)
+            return classes.show_main(args.head, Path(args.weights) if args.weights else None)
         if args.command == "bench":
             from monitor.bench import bench_main
             return bench_main(args)

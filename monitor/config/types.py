@@ -66,6 +66,12 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class SmoothingConfig:
+    window: int = 5                         # sampled frames the score is smoothed over
+    method: str = "median"                  # median | mean
+
+
+@dataclass(frozen=True)
 class RuleConfig:
     name: str
     classes: tuple[str, ...]                # as written by the user (class or group names)
@@ -75,6 +81,7 @@ class RuleConfig:
     min_frames: int = 3
     end_after: float = 10.0                 # seconds without a hit before the event ends
     cooldown: float = 60.0                  # seconds after an event ends before the rule may alert again
+    smoothing: Optional[SmoothingConfig] = None   # score = median/mean of the last `window` frames' scores
 
 
 @dataclass(frozen=True)
