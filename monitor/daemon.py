@@ -19,6 +19,8 @@ from monitor.alerts.engine import AlertEngine
 from monitor.inference.artifact import ArtifactError
 from monitor.capture.camera import Camera
 from monitor.inference.classifier import Classifier
+from monitor.inference.heads import HeadError
+from monitor.inference.heads.headset import HeadSet
 from monitor.config.loader import ConfigError, format_errors, load_config
 from monitor.config.types import Config
 from monitor.alerts.events import EventStore, EventStoreError
@@ -52,13 +54,15 @@ class Daemon:
         meta = self.classifier.meta
         self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
+        self.heads = load_heads(config, self.classifier.sha256)
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
-                                      top_k=config.model.top_k, batch_max=config.model.batch_max)
+                                      top_k=config.model.top_k, batch_max=config.model.batch_max,
+                                      heads=self.heads)
         self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
         self.worker.set_cameras(list(self.cameras.values()))
         self.web: Any = None
@@ -137,6 +141,10 @@ class Daemon:
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
         new = replace(new, server=old.server, model=old.model, events=old.events)
         setup_logging(new.logging.level, new.logging.format)
+        if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):
+            heads = load_heads(new, self.classifier.sha256)     # raises before anything changed
+            self.heads = heads
+            self.worker.heads = heads
         if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
             self.worker.set_alerts(None)
             self.alerts.close_all()
@@ -161,6 +169,15 @@ class Daemon:
         self.worker.set_cameras(list(self.cameras.values()))
         self.config = new
         log.info("reloaded config: %d cameras, %d rules", len(self.cameras), len(new.watchlist))
+
+
+def load_heads(config: Config, backbone_sha256: str) -> HeadSet:
+    """The custom_classes heads, checked against the backbone and the watch-list's "head:class" names."""
+    heads = HeadSet.load(config.custom_classes, backbone_sha256)
+    errors = heads.check_rules(config.watchlist)
+    if errors:
+        raise HeadError("\n".join(errors))
+    return heads
 
 
 class _Signals:
@@ -199,7 +216,7 @@ def run_main(config_path: str, weights: str | None = None) -> int:
     signals.install()
     try:
         daemon = Daemon(config, Path(weights) if weights else None)
-    except (ArtifactError, EventStoreError) as e:
+    except (ArtifactError, EventStoreError, HeadError) as e:
         log.error("%s", e)
         return EXIT_CONFIG
     try:

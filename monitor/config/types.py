@@ -85,6 +85,14 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class CustomClassConfig:
+    name: str                               # rules name its classes as "<name>:<class>"
+    head: Path                              # head file (`monitor classes train`)
+    cameras: tuple[str, ...] = ()           # empty = all cameras
+    crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     url: str
     timeout: float = 5.0
@@ -118,6 +126,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     cameras: tuple[CameraConfig, ...] = ()
     watchlist: tuple[RuleConfig, ...] = ()
+    custom_classes: tuple[CustomClassConfig, ...] = ()
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

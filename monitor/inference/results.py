@@ -45,6 +45,8 @@ class Result:
     classified_at: float              # time.time()
     latency: float                    # seconds, capture to result
     custom: Mapping[str, CustomResult] = field(default_factory=dict)   # head name -> its answer
+    heatmap: np.ndarray | None = None  # (7, 7) float32 class activation map of the top ImageNet class
+    box: tuple[int, int, int, int] | None = None   # the frame region (x, y, w, h) the network saw
 
 
 class _CameraTrack:

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from monitor.inference.heads import examples as ex
+from monitor.inference.heads.cam import pooled_features
 from monitor.inference.heads.head import Head
 from monitor.inference.heads.softmax import fit_softmax
 
@@ -78,7 +79,7 @@ def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "cente
 
     def flush() -> None:
         if pending_frames:
-            out = classifier.infer(pending_frames, pending_crops).features
+            out = pooled_features(classifier.infer(pending_frames, pending_crops).feature_maps)
             feats.append(np.asarray(out, dtype=np.float32).reshape(-1, n_aug, out.shape[-1]))
             pending_frames.clear()
             pending_crops.clear()
