@@ -21,6 +21,7 @@ from monitor.capture.camera import Camera
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import HeadError
 from monitor.inference.heads.headset import HeadSet
+from monitor.inference.heads.service import CustomClasses
 from monitor.config.loader import ConfigError, format_errors, load_config
 from monitor.config.types import Config
 from monitor.alerts.events import EventStore, EventStoreError
@@ -55,6 +56,7 @@ class Daemon:
         self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
         self.heads = load_heads(config, self.classifier.sha256)
+        self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
@@ -78,6 +80,7 @@ class Daemon:
         """Start consumers before producers: sinks, worker, cameras, then the HTTP port."""
         self.sinks.start()
         self.worker.start()
+        self.custom.start()
         for cam in self.cameras.values():
             cam.start()
         if web:
@@ -108,6 +111,7 @@ class Daemon:
         cams_deadline = time.monotonic() + min(1.0, left())
         for cam in cameras:
             cam.stop(timeout=max(0.0, cams_deadline - time.monotonic()))
+        self.custom.stop(timeout=min(0.5, left()))
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))
@@ -145,6 +149,7 @@ class Daemon:
             heads = load_heads(new, self.classifier.sha256)     # raises before anything changed
             self.heads = heads
             self.worker.heads = heads
+            self.custom.replace_heads(heads, examples_dirs(new))
         if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
             self.worker.set_alerts(None)
             self.alerts.close_all()
@@ -178,6 +183,13 @@ def load_heads(config: Config, backbone_sha256: str) -> HeadSet:
     if errors:
         raise HeadError("\n".join(errors))
     return heads
+
+
+def examples_dirs(config: Config) -> dict[str, Path]:
+    """Each custom class's example folder: as configured, else next to the event database (state, not repo)."""
+    state = Path(config.events.database).parent
+    return {c.name: Path(c.examples) if c.examples is not None else state / "examples" / c.name
+            for c in config.custom_classes}
 
 
 class _Signals:

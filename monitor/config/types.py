@@ -90,6 +90,7 @@ class CustomClassConfig:
     head: Path                              # head file (`monitor classes train`)
     cameras: tuple[str, ...] = ()           # empty = all cameras
     crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
+    examples: Optional[Path] = None         # labelled frames; None = <events.database folder>/examples/<name>
 
 
 @dataclass(frozen=True)

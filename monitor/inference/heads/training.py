@@ -66,8 +66,8 @@ class FeatureSet:
 
 
 def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "center", frames_per_video: int = 40,
-            folds: int = 5, progress: bool | None = None) -> FeatureSet:
-    """Backbone features of every example and its augmentations, BATCH frames per inference call."""
+            folds: int = 5, progress: bool | None = None, batch: int = BATCH) -> FeatureSet:
+    """Backbone features of every example and its augmentations, `batch` examples per inference call."""
     sources = ex.scan(examples_dir)
     total = ex.expected_count(sources, frames_per_video)
     feats: list[np.ndarray] = []
@@ -92,7 +92,7 @@ def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "cente
                 pending_crops.append(c)
             labels.append(example.label)
             fold_of.append(example.fold)
-            if len(pending_frames) >= BATCH * n_aug:
+            if len(pending_frames) >= batch * n_aug:
                 flush()
             bar.update(1)
         flush()
@@ -135,10 +135,10 @@ def fit_head(data: FeatureSet, name: str, backbone: dict[str, Any], crop: str, l
 
 def train_head(classifier: Classifier, name: str, examples_dir: str | Path, crop: str = "center",
                frames_per_video: int = 40, folds: int = 5, l2: float = 1e-2,
-               progress: bool | None = None) -> tuple[Head, TrainingReport]:
+               progress: bool | None = None, batch: int = BATCH) -> tuple[Head, TrainingReport]:
     """Features of the examples, `folds`-fold held-out accuracy per class, then one fit on everything."""
     started = time.monotonic()
-    data = extract(classifier, examples_dir, crop, frames_per_video, folds, progress)
+    data = extract(classifier, examples_dir, crop, frames_per_video, folds, progress, batch)
     report = cross_validate(data, folds, l2)
     report.feature_seconds = time.monotonic() - started - report.fit_seconds
     summary = {**report.to_json(), "examples_dir": str(examples_dir), "frames_per_video": frames_per_video,
