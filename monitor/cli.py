@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="rule classes (ImageNet, groups, head:class; default: the most frequent top-1 class)")
     p.add_argument("--head", metavar="FILE", help="custom head for head:class entries")
-    p.add_argument("--min-score", type=float, help="default: a threshold at which the class flickers")
+    p.add_argument("--min-score", type=float, help="default: a row per percentile of the class's score")
     p.add_argument("--min-frames", type=int, default=3)
     p.add_argument("--end-after", type=float, default=10.0)
     p.add_argument("--cooldown", type=float, default=0.0)

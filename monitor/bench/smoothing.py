@@ -27,6 +27,7 @@ from monitor.inference.results import CustomResult, Result
 from monitor.inference.weights import resolve_weights
 
 BATCH = 8
+PERCENTILES = (50, 75, 90, 95, 98, 99)
 
 
 class _Frame:                       # what the engine reads of a capture Frame
@@ -82,28 +83,38 @@ def bench_smoothing(args: argparse.Namespace) -> int:
                     rows.append((video.name, t, p, custom))
                 pending = []
     entries, label = _entries(args, clf, head, rows)
-    min_score = args.min_score if args.min_score is not None else _flicker_threshold(entries, rows, head)
-    figures = {}
-    for name, smoothing in (("none", None), (f"{args.method}-{args.window}",
-                                             SmoothingConfig(args.window, args.method))):
-        rule = RuleConfig(name="bench", classes=tuple(n for n, _ in entries), indices=entries, min_score=min_score,
-                          min_frames=args.min_frames, end_after=args.end_after, cooldown=args.cooldown,
-                          smoothing=smoothing)
-        figures[name] = _count_events(rule, rows)
+    scores = _scores(entries, rows)
+    if args.min_score is not None:
+        thresholds = [(None, args.min_score)]
+    else:
+        # From "the class is there half of the time" to "rare spikes": smoothing helps against the latter
+        # and can split events in the former; both are shown.
+        thresholds = [(q, float(np.percentile(scores, q))) for q in PERCENTILES]
+    smoothed_name = f"{args.method}-{args.window}"
+    table = []
+    for q, min_score in thresholds:
+        row = {"percentile": q, "min_score": round(min_score, 4)}
+        for name, smoothing in (("none", None), (smoothed_name, SmoothingConfig(args.window, args.method))):
+            rule = RuleConfig(name="bench", classes=tuple(n for n, _ in entries), indices=entries,
+                              min_score=min_score, min_frames=args.min_frames, end_after=args.end_after,
+                              cooldown=args.cooldown, smoothing=smoothing)
+            row[name] = _count_events(rule, rows)
+        row["hit_frames"] = int((scores >= min_score).sum())
+        table.append(row)
     result = {"videos": [v.name for v in videos], "frames": len(rows), "fps": args.fps, "rule": label,
-              "min_score": round(min_score, 4), "min_frames": args.min_frames, "end_after": args.end_after,
-              "cooldown": args.cooldown, "events": figures, "model": clf.meta.name}
+              "min_frames": args.min_frames, "end_after": args.end_after, "cooldown": args.cooldown,
+              "smoothing": smoothed_name, "rows": table, "model": clf.meta.name}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"monitor bench smoothing: {len(rows)} frames sampled at {args.fps:g} fps from "
           f"{', '.join(result['videos'])} ({clf.meta.name})")
-    print(f"rule: {label} >= {min_score:.3f}, min_frames {args.min_frames}, end_after {args.end_after:g} s, "
-          f"cooldown {args.cooldown:g} s")
-    for name, per_video in figures.items():
-        total = sum(per_video.values())
-        detail = ", ".join(f"{v}: {n}" for v, n in per_video.items())
-        print(f"  smoothing {name:<10} {total:4d} events   ({detail})")
+    print(f"rule: {label}, min_frames {args.min_frames}, end_after {args.end_after:g} s, cooldown {args.cooldown:g} s")
+    print(f"{'min_score':>18} | {'frames >= it':>12} | {'events, no smoothing':>20} | {'events, ' + smoothed_name:>20}")
+    for row in table:
+        where = f"{row['min_score']:.3f}" + (f" (p{row['percentile']})" if row["percentile"] is not None else "")
+        print(f"{where:>18} | {row['hit_frames']:>12} | {sum(row['none'].values()):>20} | "
+              f"{sum(row[smoothed_name].values()):>20}")
     return 0
 
 
@@ -122,16 +133,17 @@ def _entries(args: argparse.Namespace, clf: Classifier, head, rows) -> tuple[tup
     return ((label[0], (label[1],)),), f"{label[0]} (most frequent top-1 class)"
 
 
-def _flicker_threshold(entries, rows, head) -> float:
-    """The median score of the watched entry over the frames where it is the top class: there the class
-    comes and goes from frame to frame, the case smoothing is for."""
-    name, ix = entries[0]
-    if ":" in name:
-        h, cls = name.split(":", 1)
-        scores = np.array([r[3][h].score(cls) for r in rows if h in r[3]])
-    else:
-        scores = np.array([r[2][list(ix)].sum() for r in rows])
-    return float(np.median(scores[scores >= np.percentile(scores, 75)]))
+def _scores(entries, rows) -> np.ndarray:
+    """Per frame, the rule's best entry score (unsmoothed)."""
+    out = np.zeros(len(rows))
+    for name, ix in entries:
+        if ":" in name:
+            h, cls = name.split(":", 1)
+            s = np.array([r[3][h].score(cls) if h in r[3] else 0.0 for r in rows])
+        else:
+            s = np.array([float(r[2][list(ix)].sum()) for r in rows])
+        out = np.maximum(out, s)
+    return out
 
 
 def _count_events(rule: RuleConfig, rows: Sequence[tuple[str, float, np.ndarray, dict]]) -> dict[str, int]:
