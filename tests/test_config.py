@@ -346,7 +346,7 @@ def test_duplicate_keys_are_reported_with_schema_errors(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.errors == [
         f"{path}:1: duplicate key 'port' (first at line 1; YAML would keep only the last)",
-        "cameras[0].fps: must be >= 0 (got -1)",
+        "cameras[0].fps: must be >= 0 (got -1) (line 2)",
     ]
 
 
