@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
@@ -37,7 +37,7 @@ def problem(message: str, *, show_value: bool = True, at: tuple = (), sibling: s
 
 
 def _checked(check: Callable[..., Any], base: Any, *meta: Any) -> Any:
-    return Annotated[(base, BeforeValidator(check), *meta)]
+    return Annotated[(base, *meta, BeforeValidator(check))]
 
 
 def base_dir(info: ValidationInfo) -> Path | None:
@@ -170,13 +170,19 @@ Name = _checked(_name, str, Field(pattern=f"^{NAME_RE.pattern}$"))
 Host = _checked(_host, str, Field(min_length=1))
 
 
+def any_case(*words: str) -> dict:
+    """Schema of a word the loader accepts in any case: the lowercase list for completion, or a pattern."""
+    pattern = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in w) for w in words)
+    return {"anyOf": [{"enum": list(words)}, {"type": "string", "pattern": f"^({pattern})$"}]}
+
+
 def Choice(*choices: str) -> Any:
     """One of a few words, in any case (YAML's `off` arrives as False and is refused here)."""
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in choices:
             raise problem(f"must be one of {', '.join(choices)}")
         return value.lower()
-    return _checked(check, Literal[choices])
+    return _checked(check, Literal[choices], WithJsonSchema(any_case(*choices)))
 
 
 def List(item: Any, empty: str | None = "must not be empty") -> Any:
@@ -190,7 +196,9 @@ def List(item: Any, empty: str | None = "must not be empty") -> Any:
         if not isinstance(value, (list, tuple)):
             raise problem("must be a list")
         return value
-    return _checked(check, tuple[item, ...], Field(min_length=0 if empty is None else 1))
+    if empty is None:
+        return _checked(check, Optional[tuple[item, ...]])
+    return _checked(check, tuple[item, ...], Field(json_schema_extra={"minItems": 1}))  # checked above
 
 
 # --- paths and URLs ----------------------------------------------------------------------------------------

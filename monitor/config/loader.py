@@ -107,6 +107,10 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of a config file (what `monitor config schema` prints and config.schema.json holds)."""
     schema = Config.model_json_schema(mode="validation")
     schema.update({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "monitor config"})
+    for section in [schema, *schema["$defs"].values()]:
+        for key, prop in section.get("properties", {}).items():
+            if "$ref" in prop:      # `server:` with nothing after it means the defaults
+                section["properties"][key] = {"anyOf": [{"$ref": prop.pop("$ref")}, {"type": "null"}], **prop}
     return schema
 
 

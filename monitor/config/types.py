@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
-                      ValidationInfo, field_validator, model_validator)
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
 from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
 from monitor.config.fields import (
-    NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
+    NOT_GIVEN, Bool, Choice, any_case, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
     from_config, problem, resolve_path, source_kind,
 )
 
@@ -167,7 +167,7 @@ def _crop_shape(value: Any) -> Any:
 
 
 # "center" | "full" | (x, y, w, h) region of interest in pixels
-Crop = Annotated[Union[Annotated[Literal["center", "full"], Tag("word")],
+Crop = Annotated[Union[Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
                        Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
                  Discriminator(lambda v: "word" if isinstance(v, str) else "box"), BeforeValidator(_crop_shape)]
 UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's location; the loader drops it
@@ -175,7 +175,9 @@ UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's l
 
 class CameraConfig(Section):
     name: Name
-    source: Annotated[str, BeforeValidator(_source)]  # "0", /dev/video0, rtsp://..., http(s)://..., a file
+    # "0", /dev/video0, rtsp://..., http(s)://..., a file
+    source: Annotated[str, BeforeValidator(_source), WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}]})]
     fps: Number(0) = 5.0                    # classifications per second; 0 = every frame
     crop: Crop = "center"
     loop: Bool = False                      # files only: start again at the end (demos)
