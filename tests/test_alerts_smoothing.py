@@ -31,7 +31,7 @@ def test_median_ignores_single_frame_spikes(env) -> None:
     run(plain, clock, FLICKER)
     assert len(store.query()) == 4          # every spike is an event without smoothing
     plain.close_all()
-    smoothed = AlertEngine([dog_rule(name="smooth", smoothing=SmoothingConfig(5, "median"))], store, None,
+    smoothed = AlertEngine([dog_rule(name="smooth", smoothing=SmoothingConfig(window=5, method="median"))], store, None,
                            metrics, clock=clock)
     run(smoothed, clock, FLICKER)
     assert [e for e in store.query() if e["rule"] == "smooth"] == []
@@ -42,7 +42,7 @@ def test_median_ignores_single_frame_spikes(env) -> None:
 
 def test_mean_over_window(env) -> None:
     metrics, store, clock = env
-    engine = AlertEngine([dog_rule(min_score=0.5, smoothing=SmoothingConfig(4, "mean"))], store, None,
+    engine = AlertEngine([dog_rule(min_score=0.5, smoothing=SmoothingConfig(window=4, method="mean"))], store, None,
                          metrics, clock=clock)
     run(engine, clock, [0.25] * 4 + [0.75])             # mean of the last 4: 0.375, no hit
     assert store.query() == []

@@ -94,7 +94,7 @@ def bench_smoothing(args: argparse.Namespace) -> int:
     table = []
     for q, min_score in thresholds:
         row = {"percentile": q, "min_score": round(min_score, 4)}
-        for name, smoothing in (("none", None), (smoothed_name, SmoothingConfig(args.window, args.method))):
+        for name, smoothing in (("none", None), (smoothed_name, SmoothingConfig(window=args.window, method=args.method))):
             rule = RuleConfig(name="bench", classes=tuple(n for n, _ in entries), indices=entries,
                               min_score=min_score, min_frames=args.min_frames, end_after=args.end_after,
                               cooldown=args.cooldown, smoothing=smoothing)
