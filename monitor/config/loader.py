@@ -667,6 +667,7 @@ _CAMERA = {
     "read_timeout": _duration(allow_zero=False),
     "stale_after": _duration(allow_zero=False),
     "backoff_max": _duration(allow_zero=False),
+    "hwaccel": _choice("none", "auto"),
     "motion": _section(_plain(MotionConfig), _MOTION),
 }
 _RULE = {

@@ -62,6 +62,7 @@ class CameraConfig:
     read_timeout: float = 10.0              # seconds
     stale_after: float = 10.0               # reopen when no frame arrived for this long
     backoff_max: float = 30.0               # cap of the exponential reconnect backoff
+    hwaccel: str = "none"                   # none | auto (any hardware decoder OpenCV finds, else software)
     motion: MotionConfig = field(default_factory=MotionConfig)
 
 

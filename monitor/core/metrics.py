@@ -22,6 +22,8 @@ class Metrics:
         # capture
         self.frames_captured = Counter("monitor_frames_captured", "Frames read from the camera", ["camera"], registry=r)
         self.frames_classified = Counter("monitor_frames_classified", "Frames classified", ["camera"], registry=r)
+        self.frames_failed = Counter("monitor_frames_failed", "Due frames that could not be classified (bad frame)",
+                                     ["camera"], registry=r)
         self.frames_dropped = Counter(
             "monitor_frames_dropped", "Due frames replaced by a newer one before the worker took them", ["camera"],
             registry=r)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FAILURE_LOG_EVERY = 60.0    # seconds: at most one log line per camera about frames that cannot be classified
+
 
 class ResultObserver(Protocol):
     """What the worker feeds (the alert engine, a later stage): declared here so that imports flow one way."""
@@ -50,6 +52,7 @@ class InferenceWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failure_logged: dict[str, tuple[float, int]] = {}   # camera -> (last log time, failures since)
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
         self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
@@ -105,7 +108,17 @@ class InferenceWorker:
     def _classify(self, batch: list[tuple[Camera, Frame]]) -> None:
         clf = self.classifier
         started = time.monotonic()
-        probs = clf.probabilities([f.image for _, f in batch], [cam.cfg.crop for cam, _ in batch])
+        try:
+            probs = clf.probabilities([f.image for _, f in batch], [cam.cfg.crop for cam, _ in batch])
+        except Exception as e:
+            if len(batch) > 1:
+                # One bad frame must not cost the other cameras their results: classify them one by one (only
+                # after a failure, so the normal path stays one batch).
+                for item in batch:
+                    self._classify([item])
+            else:
+                self._failed(batch[0][0].name, batch[0][1], e)
+            return
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(batch))
@@ -128,3 +141,17 @@ class InferenceWorker:
             if alerts is not None:
                 alerts.observe(result)
         self.classified += len(batch)
+
+    def _failed(self, camera: str, frame: Frame, error: Exception) -> None:
+        """Count a frame that cannot be classified; log it at most once per FAILURE_LOG_EVERY per camera."""
+        self.metrics.frames_failed.labels(camera=camera).inc()
+        now = time.monotonic()
+        last, since = self._failure_logged.get(camera, (-FAILURE_LOG_EVERY, 0))
+        if now - last < FAILURE_LOG_EVERY:
+            self._failure_logged[camera] = (last, since + 1)
+            return
+        self._failure_logged[camera] = (now, 0)
+        shape = getattr(frame.image, "shape", None)
+        more = f" ({since} more since the last report)" if since else ""
+        log.warning("camera %s: frame %d cannot be classified: %s: %s (frame shape %s)%s; counted in "
+                    "monitor_frames_failed_total", camera, frame.seq, type(error).__name__, error, shape, more)
