@@ -241,7 +241,6 @@ class Camera:
 
     def status(self) -> dict:
         with self._cond:
-            latest = self._latest
             return {
                 "name": self.name,
                 "source": self.source.shown,
