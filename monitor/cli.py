@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first results (default 5)")
     p.add_argument("--transcode", metavar="WxH@FPS", help="serve an H.264 transcode made at run time in a temp "
                                                           "folder, e.g. 1920x1080@25")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
     p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",
                    help="the GStreamer RTSP server script (default ../shared/tools/rtsp_serve.py)")
     p.add_argument("--json", action="store_true")

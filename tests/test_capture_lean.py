@@ -248,3 +248,36 @@ def test_one_bad_frame_fails_only_its_camera(demo_weights: Path, real_frames: li
     assert board.get("broken") is None
     lines = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
     assert len(lines) == 1 and "cannot be classified" in lines[0] and "(0, 0, 3)" in lines[0], lines
+
+
+# ---------------------------------------------------------------- the capacity benchmark
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "monitor", "bench", "capacity", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_capacity_bench_says_when_the_rtsp_server_script_is_missing(tmp_path: Path, videos_dir: Path,
+                                                                    demo_weights: Path) -> None:
+    done = _bench(str(videos_dir / "car-detection.mp4"), "--weights", str(demo_weights), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "../shared/tools/rtsp_serve.py is missing" in done.stderr and "--rtsp-serve" in done.stderr
+
+
+def test_capacity_bench_measures_real_rtsp_cameras(tmp_path: Path, shared_dir: Path, videos_dir: Path,
+                                                   demo_weights: Path) -> None:
+    import json
+    done = _bench(str(videos_dir / "car-detection.mp4"), "--weights", str(demo_weights), "--cameras", "0,2",
+                  "--seconds", "3", "--warmup", "0.5", "--rtsp-serve", str(shared_dir / "tools" / "rtsp_serve.py"),
+                  "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    base, two = report["steps"]
+    assert base["cameras"] == 0 and "error" not in base and base["rss_mb"] > 50
+    assert two["cameras"] == 2 and "error" not in two, two
+    assert two["resolution"] == ["768x432"] and two["decoders"] == ["software"]
+    assert two["classified"] > 0 and two["p99_ms"] is not None and two["rss_mb"] > base["rss_mb"]
+    assert two["grabbed_fps_per_camera"] > 2 * two["retrieved_per_camera_per_s"] > 0   # 12.5 fps in, 5 due
+    assert two["rss_per_camera_mb"] > 0 and report["max_cameras"] in (0, 2)

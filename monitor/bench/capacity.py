@@ -131,6 +131,53 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     }
 
 
+def run_decode_step(urls: list[str], fps: float, seconds: float, retrieve: bool) -> dict[str, Any]:
+    """In the child, without the daemon: OpenCV captures opened as Camera opens them, grab() every frame and,
+    with `retrieve`, retrieve() `fps` frames per second into one reused array. What the decoder alone and the
+    conversion cost per camera, the floor under the daemon's figure."""
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from monitor.capture.camera import DECODER_THREADS     # noqa: F401  (sets the FFmpeg env like the daemon)
+
+    rss0, _ = _rss_mb()
+    stop = threading.Event()
+    grabbed = [0] * len(urls)
+    errors: list[str] = []
+
+    def run(i: int, url: str) -> None:
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 20000,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000,
+                                                     cv2.CAP_PROP_N_THREADS, DECODER_THREADS])
+        buf: np.ndarray | None = None
+        next_at = time.monotonic()
+        while not stop.is_set():
+            if not cap.grab():
+                errors.append(f"grab failed on {url}")
+                break
+            grabbed[i] += 1
+            if retrieve and time.monotonic() >= next_at:
+                next_at += 1.0 / fps
+                ok, out = cap.retrieve(buf) if buf is not None else cap.retrieve()
+                buf = out if ok else buf
+        cap.release()
+
+    threads = [threading.Thread(target=run, args=(i, u), daemon=True) for i, u in enumerate(urls)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    rss, _ = _rss_mb()
+    stop.set()
+    for t in threads:
+        t.join(15)
+    n = max(len(urls), 1)
+    return {"cameras": len(urls), "retrieve": retrieve, "rss_mb": round(rss, 1),
+            "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(sum(grabbed) / seconds / n, 1),
+            "errors": errors[:3]}
+
+
 def _replace(obj: Any, **changes: Any) -> Any:
     """dataclasses.replace or pydantic's model_copy, whichever the config types are."""
     if hasattr(obj, "model_copy"):
@@ -156,6 +203,10 @@ def _counts(daemon: Any) -> dict[str, int]:
 
 def _child_main() -> int:
     spec = json.loads(sys.argv[2])
+    if "decode" in spec:
+        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"] == "retrieve")
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
                       spec.get("weights"))
     print("RESULT " + json.dumps(result), flush=True)
@@ -237,7 +288,7 @@ def _passes(row: dict[str, Any]) -> bool:
 
 def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
-                 progress: Any = None) -> dict[str, Any]:
+                 progress: Any = None, breakdown_cameras: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
         served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
@@ -255,6 +306,17 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 rows.append(row)
                 if progress is not None:
                     print(_format_row(row, rows), file=progress, flush=True)
+            breakdown = []
+            for mode in ("grab", "retrieve") if breakdown_cameras else ():
+                spec = {"urls": [urls[i % len(urls)] for i in range(breakdown_cameras)], "fps": fps,
+                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode}
+                row = _run_child(spec)
+                breakdown.append(row)
+                if progress is not None and "error" not in row:
+                    print(f"OpenCV alone, {row['cameras']} captures, "
+                          f"{'grab() + retrieve() at ' + format(fps, 'g') + ' fps into one array' if row['retrieve'] else 'grab() only'}: "
+                          f"{row['per_camera_mb']} MB per camera ({row['grabbed_fps_per_camera']} fps grabbed)",
+                          file=progress, flush=True)
         finally:
             server.stop()
     base = next((r for r in rows if r["cameras"] == 0 and "error" not in r), None)
@@ -263,7 +325,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
             r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
     passing = [r["cameras"] for r in rows if r.get("passes")]
     return {"sources": [v.name for v in videos], "transcode": transcode, "fps": fps, "window_s": seconds,
-            "p99_bound_ms": P99_BOUND_MS, "steps": rows, "max_cameras": max(passing) if passing else 0,
+            "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "max_cameras": max(passing) if passing else 0,
             "cores": os.cpu_count()}
 
 
@@ -322,7 +384,7 @@ def bench_capacity(args: argparse.Namespace) -> int:
           f"one daemon process per step; model from {args.weights or config or 'defaults'}", file=out)
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
-                     args.weights, progress=out)
+                     args.weights, progress=out, breakdown_cameras=args.breakdown)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

@@ -43,7 +43,7 @@ CONNECTING, UP, DOWN, ERROR = "connecting", "up", "down", "error"
 HWACCEL = ("none", "auto")      # camera option: "auto" asks OpenCV for any hardware decoder, else software
 SOFTWARE, HARDWARE = "software", "hardware"
 WATCH_HOLD = 2.0            # seconds a latest()/wait_newer()/watch() call keeps every frame retrieved
-POOL_ARRAYS = 3             # frame arrays per camera: newest, due/being classified, last result (see FramePool)
+POOL_ARRAYS = 2             # frame arrays per camera: the newest (= due) frame and the last classified one
 END_OF_FILE = "end of file"
 
 BACKOFF_INITIAL = 0.5       # seconds before the first retry; doubles per consecutive failure up to backoff_max
