@@ -62,7 +62,7 @@ def take_for(cam: Camera, seconds: float, woken: threading.Event) -> list[Frame]
 def test_unwatched_camera_converts_only_due_frames(videos_dir: Path, metrics: Metrics,
                                                    cameras: list[Camera]) -> None:
     woken = threading.Event()
-    cam = start(cameras, CameraConfig("lot", str(videos_dir / "car-detection.mp4"), fps=2, loop=True), metrics,
+    cam = start(cameras, CameraConfig(name="lot", source=str(videos_dir / "car-detection.mp4"), fps=2, loop=True), metrics,
                 on_due=woken.set)
     assert wait_until(lambda: cam.status()["state"] == "up", 10), cam.status()
     time.sleep(0.5)
@@ -105,7 +105,7 @@ def test_unwatched_camera_converts_only_due_frames(videos_dir: Path, metrics: Me
 def test_frames_reuse_a_few_arrays_and_a_held_frame_is_never_overwritten(videos_dir: Path, metrics: Metrics,
                                                                          cameras: list[Camera]) -> None:
     woken = threading.Event()
-    cam = start(cameras, CameraConfig("pool", str(videos_dir / "car-detection.mp4"), fps=0), metrics,
+    cam = start(cameras, CameraConfig(name="pool", source=str(videos_dir / "car-detection.mp4"), fps=0), metrics,
                 on_due=woken.set, pace=False)
     held = None
     addresses: set[int] = set()
@@ -137,11 +137,11 @@ def test_crop_outside_the_frame_is_a_camera_error_not_a_one_pixel_crop(videos_di
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="monitor")
     woken = threading.Event()
-    bad = start(cameras, CameraConfig("bad", str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
+    bad = start(cameras, CameraConfig(name="bad", source=str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
                                       crop=(800, 100, 200, 200)), metrics, on_due=woken.set)
-    edge = start(cameras, CameraConfig("edge", str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
+    edge = start(cameras, CameraConfig(name="edge", source=str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
                                        crop=(700, 0, 100, 100)), metrics)
-    good = start(cameras, CameraConfig("good", str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
+    good = start(cameras, CameraConfig(name="good", source=str(videos_dir / "car-detection.mp4"), fps=5, loop=True,
                                        crop=(668, 332, 100, 100)), metrics)
     assert wait_until(lambda: bad.status()["state"] == "error" and edge.status()["state"] == "error", 10), \
         (bad.status(), edge.status())
@@ -175,8 +175,8 @@ def test_hwaccel_auto_falls_back_to_software_with_one_log_line(tmp_path: Path, v
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(videos_dir / "car-detection.mp4"),
                     "-t", "0.4", "-c", "copy", str(clip)], check=True, timeout=30)
     # loop: a short clip played many times must not log the fallback again
-    auto = start(cameras, CameraConfig("auto", str(clip), fps=0, hwaccel="auto", loop=True), metrics)
-    plain = start(cameras, CameraConfig("plain", str(clip), fps=0), metrics)
+    auto = start(cameras, CameraConfig(name="auto", source=str(clip), fps=0, hwaccel="auto", loop=True), metrics)
+    plain = start(cameras, CameraConfig(name="plain", source=str(clip), fps=0), metrics)
     assert wait_until(lambda: auto.status()["state"] == "up" and plain.status()["decoder"], 10)
     assert auto.status()["decoder"] == "software" and auto.status()["hwaccel"] == "auto"
     assert plain.status()["decoder"] == "software" and plain.status()["hwaccel"] == "none"
@@ -220,7 +220,7 @@ class _Source:
 
     def __init__(self, name: str, image: np.ndarray) -> None:
         self.name = name
-        self.cfg = CameraConfig(name, "0")
+        self.cfg = CameraConfig(name=name, source="0")
         self.image = image
         self.seq = 0
 
