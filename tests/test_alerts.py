@@ -1,6 +1,8 @@
 """AlertEngine with deterministic probabilities and a fake clock, recording into a real SQLite EventStore."""
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +282,31 @@ def test_result_board_latest_fps_and_latency() -> None:
     assert board.fps_out("b") == 0.0
     clock.t += 10.0                          # nothing for a whole window: rate falls to 0
     assert board.fps_out("a") == 0.0 and board.get("a") is not None
+
+
+def test_failed_event_insert_is_logged_as_a_failure_not_as_event_none(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The database is locked by another process when an event starts: the insert fails (the store counts it). The
+    alert is still counted, and the log says that the event was not recorded instead of "event None started"."""
+    caplog.set_level(logging.INFO)
+    metrics, clock = Metrics(), Clock()
+    store = EventStore(tmp_path / "e.db", metrics, busy_timeout=0.1)
+    engine = AlertEngine([dog_rule(min_frames=1, end_after=5.0)], store, None, metrics, clock=clock)
+    locker = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        step(engine, clock, "cam1", {GOLDEN: 0.9})
+        step(engine, clock, "cam1", {}, dt=6.0)        # the unrecorded event ends
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "monitor.alerts.engine"]
+    assert not any("event None" in m for m in messages), messages
+    started = [r for r in caplog.records if "NOT recorded in the event history" in r.getMessage()]
+    assert len(started) == 1 and started[0].levelname == "WARNING", messages
+    assert "camera=cam1 rule=dogs label=dog" in started[0].getMessage()
+    assert any(m.startswith("unrecorded event ended: camera=cam1") for m in messages), messages
+    assert alerts_count(metrics, "dogs", "dog") == 1
+    assert (metrics.registry.get_sample_value("monitor_events_db_errors_total") or 0) >= 1
+    assert store.query() == []
+    store.close()

@@ -335,15 +335,22 @@ class AlertEngine:
                 ev["id"] = self._store.start_event(ev["camera"], ev["rule"], ev["label"], ev["score"],
                                                    ev["started_at"], None)
             self._metrics.alerts.labels(ev["rule"], ev["label"]).inc()
-            log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
-                     ev["rule"], ev["label"], ev["score"])
+            if self._store is not None and ev["id"] is None:
+                # The store logged and counted the failed write; the alert still goes out, without an id.
+                log.warning("event started but NOT recorded in the event history (the database write failed; "
+                            "its end will not be recorded either): camera=%s rule=%s label=%s score=%.3f",
+                            ev["camera"], ev["rule"], ev["label"], ev["score"])
+            else:
+                log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
+                         ev["rule"], ev["label"], ev["score"])
             if self._sinks is not None:
                 self._sinks.emit("start", dict(ev), p.image, predictions=p.predictions)
         elif p.kind == "end":
             if self._store is not None and ev["id"] is not None:
                 if not self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"]):
                     self._unwritten_ends.append(dict(ev))
-            log.info("event %s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", ev["id"],
+            what = "unrecorded event" if self._store is not None and ev["id"] is None else f"event {ev['id']}"
+            log.info("%s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", what,
                      ev["camera"], ev["rule"], ev["label"], ev["peak_score"], ev["ended_at"] - ev["started_at"])
             if self._sinks is not None:
                 self._sinks.emit("end", dict(ev), None)
