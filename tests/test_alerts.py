@@ -310,3 +310,70 @@ def test_failed_event_insert_is_logged_as_a_failure_not_as_event_none(tmp_path: 
     assert (metrics.registry.get_sample_value("monitor_events_db_errors_total") or 0) >= 1
     assert store.query() == []
     store.close()
+
+
+class RecordingSinks:
+    """Records what the engine hands to its sinks (the real SinkSet is tested in test_sinks.py)."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict]] = []
+
+    def emit(self, kind: str, event: dict, frame: object, predictions: object = ()) -> None:
+        self.emitted.append((kind, dict(event)))
+
+
+def cat_rule(**kw: object) -> RuleConfig:
+    args = dict(name="cats", classes=("cat",), indices=(("cat", (TABBY, TIGER_CAT)),), min_score=0.6, min_frames=1)
+    args.update(kw)
+    return RuleConfig(**args)  # type: ignore[arg-type]
+
+
+def test_reconfigure_keeps_open_events_streaks_and_cooldowns_of_unchanged_rules(env) -> None:
+    """A reload that adds an unrelated rule must not end the open event (nor start it again), and a rule in its
+    cooldown stays in it."""
+    metrics, store, clock = env
+    sinks = RecordingSinks()
+    engine = AlertEngine([dog_rule(end_after=8.0, cooldown=60.0)], store, sinks, metrics, clock=clock)   # type: ignore[arg-type]
+    for _ in range(3):
+        step(engine, clock, "shed", {GOLDEN: 0.9})
+    step(engine, clock, "shed", {}, dt=8.0)                  # "shed": started, ended, now cooling down
+    for _ in range(3):
+        step(engine, clock, "yard", {GOLDEN: 0.9})          # an event opens on "yard"
+    step(engine, clock, "door", {GOLDEN: 0.9})
+    step(engine, clock, "door", {GOLDEN: 0.9})              # a streak of 2 of 3 on "door"
+    assert [e["camera"] for e in store.query() if e["ended_at"] is None] == ["yard"]
+
+    assert engine.reconfigure([dog_rule(end_after=8.0, cooldown=60.0), cat_rule()]) == 0
+    for _ in range(5):
+        step(engine, clock, "yard", {GOLDEN: 0.9})
+    assert engine.active("yard") == ["dog"]
+    step(engine, clock, "door", {GOLDEN: 0.9})              # the streak went on: third hit opens the event
+    assert engine.active("door") == ["dog"]
+    for _ in range(3):
+        step(engine, clock, "shed", {GOLDEN: 0.9})          # still inside the cooldown: no event
+    assert engine.active("shed") == []
+    step(engine, clock, "yard", {TABBY: 0.9})                # the new rule works
+    assert engine.active("yard") == ["dog", "cat"]
+    starts = [(e["camera"], e["rule"]) for kind, e in sinks.emitted if kind == "start"]
+    assert starts == [("shed", "dogs"), ("yard", "dogs"), ("door", "dogs"), ("yard", "cats")], starts
+    assert alerts_count(metrics, "dogs", "dog") == 3
+    assert len(store.query()) == 4
+
+
+def test_reconfigure_ends_events_of_changed_and_removed_rules_and_removed_cameras(env) -> None:
+    metrics, store, clock = env
+    engine = AlertEngine([dog_rule(min_frames=1), cat_rule()], store, None, metrics, clock=clock)
+    step(engine, clock, "yard", {GOLDEN: 0.9, TABBY: 0.05})
+    step(engine, clock, "door", {TABBY: 0.9})
+    step(engine, clock, "shed", {TABBY: 0.9})
+    assert len(store.query()) == 3
+    clock.t += 1.0
+    # dogs changed (min_score), cats unchanged, camera "shed" removed
+    assert engine.reconfigure([dog_rule(min_frames=1, min_score=0.7), cat_rule()], removed_cameras=["shed"]) == 2
+    ended = {(e["camera"], e["rule"]): e["ended_at"] for e in store.query()}
+    assert ended == {("yard", "dogs"): clock.t, ("door", "cats"): None, ("shed", "cats"): clock.t}
+    assert engine.active("yard") == [] and engine.active("door") == ["cat"] and engine.active("shed") == []
+    step(engine, clock, "yard", {GOLDEN: 0.9})       # the changed rule starts afresh (no cooldown carried over)
+    assert engine.active("yard") == ["dog"]
+    assert engine.reconfigure([cat_rule()]) == 1      # dogs removed
+    assert engine.active("yard") == [] and engine.active("door") == ["cat"]

@@ -382,6 +382,17 @@ class SinkSet:
             else:
                 s.thread = None
 
+    def take_over(self, old: SinkSet) -> None:
+        """Adopt the snapshot tickets of the set this one replaces (reload), so the "end" of an event that
+        started before still reports the snapshot its "start" had."""
+        with old._lock:
+            starts = list(old._starts.items())
+        with self._lock:
+            for key, ticket in starts:
+                self._starts.setdefault(key, ticket)
+            while len(self._starts) > _REMEMBERED_STARTS:
+                self._starts.popitem(last=False)
+
     def emit(self, kind: str, event: dict, frame: np.ndarray | None,
              predictions: Sequence[Prediction] = ()) -> None:
         """Queue `event` for every sink (kind "start" | "end"); never blocks, drops are counted per sink."""
