@@ -172,8 +172,8 @@ class Daemon:
             self.results.drop(name)
             self.metrics.remove_camera(name)
         self.config = new
-        log.info("reloaded config in %.1f s: %d cameras, %d rules", time.monotonic() - t0, len(self.cameras),
-                 len(new.watchlist))
+        log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
+                 time.monotonic() - t0)
 
 
 def _stop_cameras(cameras: list[Camera], timeout: float) -> None:

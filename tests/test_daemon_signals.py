@@ -326,7 +326,7 @@ def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
             first = len(pings)
             sighup = time.monotonic()
             m.send(signal.SIGHUP)
-            m.wait_line(r"reloaded config in \S+ s: 4 cameras", 10)
+            m.wait_line(r"reloaded config: 4 cameras", 10)
             done = time.monotonic()
             time.sleep(1.0)
             assert sum("capture still blocked" in line for line in m.lines) >= 3, m.text

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from monitor.core import groups
+from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.types import (
     AlertsConfig, AuthConfig, CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, MotionConfig,
     RuleConfig, ServerConfig, StreamConfig, WebhookConfig,
@@ -477,6 +478,8 @@ def _source(value: Any, path: str, v: _Validator) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid("must be a webcam index, a device (/dev/videoN), an rtsp/http(s) URL or a file path")
     text = value.strip()
+    if text == SAMPLE_SOURCE:
+        return str(sample_clip())   # the packaged demo clip (a file named "sample" is spelled ./sample)
     kind = source_kind(text)
     if kind == "url":
         return _url(CAMERA_URL_SCHEMES)(text, path, v)
