@@ -147,20 +147,18 @@ class Daemon:
         # The worker lets go of them first: after set_cameras() none of their results is published any more.
         self.worker.set_cameras([c for name, c in self.cameras.items() if name not in changed])
         _stop_cameras([self.cameras[name] for name in changed], RELOAD_CAMERAS_STOP)
-        if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed:
-            old_sinks = self.sinks if new.alerts != old.alerts and not self._stopping else None
-            if old_sinks is not None:
-                self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
-                self.sinks.take_over(old_sinks)
-                self.sinks.start()
-            ended = self.alerts.reconfigure(new.watchlist, sinks=self.sinks if old_sinks else None,
-                                            removed_cameras=removed)
-            if ended:
-                log.info("reload: ended %d open events of changed or removed rules and cameras", ended)
-            if old_sinks is not None:
-                old_sinks.stop(timeout=RELOAD_SINKS_STOP)
-        if self._stopping:
-            return
+        try:
+            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed:
+                self._reload_alerts(old, new, removed)
+        finally:    # whatever happened to the alerts, the cameras the worker let go of are replaced
+            if not self._stopping:
+                self._replace_cameras(new_cams, changed, removed)
+        if not self._stopping:
+            self.config = new
+            log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
+                     time.monotonic() - t0)
+
+    def _replace_cameras(self, new_cams: dict[str, Any], changed: list[str], removed: list[str]) -> None:
         cameras = {name: self.cameras[name] if name in self.cameras and name not in changed else self._camera(cfg)
                    for name, cfg in new_cams.items()}   # the config's order: the status page lists them in it
         for name, cam in cameras.items():
@@ -171,9 +169,19 @@ class Daemon:
         for name in removed:
             self.results.drop(name)
             self.metrics.remove_camera(name)
-        self.config = new
-        log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
-                 time.monotonic() - t0)
+
+    def _reload_alerts(self, old: Config, new: Config, removed: list[str]) -> None:
+        old_sinks = self.sinks if new.alerts != old.alerts and not self._stopping else None
+        if old_sinks is not None:
+            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+            self.sinks.take_over(old_sinks)
+            self.sinks.start()
+        ended = self.alerts.reconfigure(new.watchlist, sinks=self.sinks if old_sinks else None,
+                                        removed_cameras=removed)
+        if ended:
+            log.info("reload: ended %d open events of changed or removed rules and cameras", ended)
+        if old_sinks is not None:
+            old_sinks.stop(timeout=RELOAD_SINKS_STOP)
 
 
 def _stop_cameras(cameras: list[Camera], timeout: float) -> None:
