@@ -90,3 +90,33 @@ def test_readme_run_command_on_a_fresh_clone_shows_a_live_classified_sample_came
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_sample_source_is_the_packaged_clip_wherever_the_config_lives(tmp_path: Path) -> None:
+    """A config copied elsewhere (/etc/monitor under systemd) still finds the clip: `source: sample` names the
+    package's file, not a path relative to the config. OpenCV reads it and it starts again after a seek to 0."""
+    import cv2
+
+    import monitor
+    from monitor.config.loader import load_config
+
+    etc = tmp_path / "etc" / "monitor"
+    etc.mkdir(parents=True)
+    (etc / "config.yaml").write_text("cameras:\n  - name: demo\n    source: sample\n    loop: true\n"
+                                     "  - name: local\n    source: ./sample\n")
+    config = load_config(etc / "config.yaml")
+    clip = Path(config.cameras[0].source)
+    assert clip == Path(monitor.__file__).parent / "data" / "sample-cars.mp4" and clip.is_file()
+    assert Path(config.cameras[1].source) == etc / "sample"           # a file really named so
+    assert clip.stat().st_size < 600_000                               # a few hundred KB in the package
+    cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    try:
+        frames = 0
+        while cap.read()[0]:
+            frames += 1
+        assert frames >= 250, frames                                   # ~24 s at 12.5 fps
+        assert cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        ok, image = cap.read()
+        assert ok and image.shape == (360, 640, 3)
+    finally:
+        cap.release()
