@@ -24,6 +24,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
+from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.fields import (
     NOT_GIVEN, Bool, Choice, any_case, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
     from_config, problem, resolve_path, source_kind,
@@ -150,6 +151,8 @@ def _source(value: Any, info: ValidationInfo) -> str:
     if not isinstance(value, str) or not value.strip():
         raise problem("must be a webcam index, a device (/dev/videoN), an rtsp/http(s) URL or a file path")
     text = value.strip()
+    if text == SAMPLE_SOURCE:
+        return str(sample_clip())   # the packaged demo clip (a file named "sample" is spelled ./sample)
     kind = source_kind(text)
     if kind == "url":
         return check_url(text, CAMERA_URL_SCHEMES)
