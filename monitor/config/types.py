@@ -28,6 +28,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
+from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.fields import (
     NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, any_case,
     check_url, from_config, problem, read_secret, resolve_path, source_kind,
@@ -143,6 +144,8 @@ def _source(value: Any, info: ValidationInfo) -> str:
     if not isinstance(value, str) or not value.strip():
         raise problem("must be a webcam index, a device (/dev/videoN), an rtsp/http(s) URL or a file path")
     text = value.strip()
+    if text == SAMPLE_SOURCE:
+        return str(sample_clip())   # the packaged demo clip (a file named "sample" is spelled ./sample)
     kind = source_kind(text)
     if kind == "url":
         return check_url(text, CAMERA_URL_SCHEMES)
@@ -179,6 +182,7 @@ class CameraConfig(Section):
     read_timeout: Duration(allow_zero=False) = 10.0
     stale_after: Duration(allow_zero=False) = 10.0   # reopen when no frame arrived for this long
     backoff_max: Duration(allow_zero=False) = 30.0   # cap of the exponential reconnect backoff
+    hwaccel: Choice("none", "auto") = "none"         # auto: any hardware decoder OpenCV finds, else software
     motion: MotionConfig = _section()
 
     @field_validator("loop")
