@@ -17,4 +17,7 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "smoothing":
         from monitor.bench.smoothing import bench_smoothing
         return bench_smoothing(args)
+    if args.bench_command == "capacity":
+        from monitor.bench.capacity import bench_capacity
+        return bench_capacity(args)
     raise AssertionError(args.bench_command)

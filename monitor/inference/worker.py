@@ -17,11 +17,13 @@ from monitor.inference.results import CustomResult, Result, ResultBoard
 
 if TYPE_CHECKING:
     from monitor.capture.camera import Camera, Frame
-    from monitor.inference.classifier import Classifier
+    from monitor.inference.classifier import Classifier, Inference, Prediction
     from monitor.inference.heads.headset import HeadEntry, HeadSet
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+FAILURE_LOG_EVERY = 60.0    # seconds: at most one log line per camera about frames that cannot be classified
 
 
 class ResultObserver(Protocol):
@@ -42,7 +44,7 @@ class InferenceWorker:
     def __init__(self, classifier: Classifier, board: ResultBoard, alerts: ResultObserver | None, metrics: Metrics,
                  top_k: int = 3, batch_max: int = 8, idle_wake: float = 0.5, heads: HeadSet | None = None) -> None:
         self.classifier = classifier
-        self.heads = heads
+        self.heads = heads              # custom-class heads; replaced whole on a reload
         self.board = board
         self.alerts = alerts
         self.metrics = metrics
@@ -54,12 +56,17 @@ class InferenceWorker:
         # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
         self.latencies: deque[float] = deque(maxlen=20000)
         self._cameras: tuple[Camera, ...] = ()
+        self._publish_lock = threading.Lock()   # publishing a batch vs. set_cameras()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failure_logged: dict[str, tuple[float, int]] = {}   # camera -> (last log time, failures since)
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
-        self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
+        """Replace the cameras; once this returns, no result of a camera left out is published any more (a
+        reload then drops its board entry and metric series, and nothing may bring them back)."""
+        with self._publish_lock:
+            self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
         self._wake.set()
 
     def set_alerts(self, alerts: ResultObserver | None) -> None:
@@ -115,44 +122,28 @@ class InferenceWorker:
         frames = [f.image for _, f in batch]
         crops = [cam.cfg.crop for cam, _ in batch]
         jobs = self._head_jobs(batch, frames, crops)   # may append extra crops of the same frames
-        inference = clf.infer(frames, crops)
+        try:
+            inference = clf.infer(frames, crops)
+        except Exception as e:
+            if len(batch) > 1:
+                # One bad frame must not cost the other cameras their results: classify them one by one (only
+                # after a failure, so the normal path stays one batch).
+                for item in batch:
+                    self._classify([item])
+            else:
+                self._failed(batch[0][0].name, batch[0][1], e)
+            return
         n = len(batch)
         probs = inference.probabilities[:n]
         tops = top_k_predictions(probs, clf.labels, self.top_k)
         # Why the top class: exact class activation maps, one (512,) x (512, 7, 7) product per frame.
         heatmaps = activation_maps(inference.feature_maps[:n], clf.fc_weight[[p[0].index for p in tops]])
-        customs: list[dict[str, CustomResult]] = [{} for _ in batch]
-        pooled = pooled_features(inference.feature_maps) if jobs else None
-        for k, entry, row in jobs:
-            p = entry.head.probabilities(pooled[row:row + 1])[0]
-            customs[k][entry.name] = CustomResult(entry.name, entry.head.classes, p)
+        customs = self._run_heads(n, jobs, inference)
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(frames))
-        alerts = self.alerts  # read once: a reload may swap it mid-batch
-        now = time.time()
-        for k, ((cam, frame), row, preds) in enumerate(zip(batch, probs, tops)):
-            latency = done - frame.captured_mono
-            h, w = frame.image.shape[:2]
-            result = Result(camera=cam.name, frame=frame, predictions=preds, probabilities=row,
-                            classified_at=now, latency=latency, custom=customs[k], heatmap=heatmaps[k],
-                            box=crop_box(h, w, cam.cfg.crop))
-            self.board.publish(result)
-            self.metrics.frames_classified.labels(camera=cam.name).inc()
-            self.metrics.capture_to_result_seconds.observe(latency)
-            for c in customs[k].values():
-                for cls, value in zip(c.classes, c.probabilities):
-                    self.metrics.custom_class_probability.labels(cam.name, c.head, cls).set(float(value))
-            self.latencies.append(latency)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("classified camera=%s seq=%d top=%s latency_ms=%.1f", cam.name, frame.seq,
-                          ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
-                          extra={"camera": cam.name, "seq": frame.seq, "latency": latency,
-                                 "predictions": [(p.label, round(p.probability, 4)) for p in preds],
-                                 "custom": {c.head: (c.label, round(c.probability, 4))
-                                            for c in customs[k].values()}})
-            if alerts is not None:
-                alerts.observe(result)
+        with self._publish_lock:
+            self._publish(batch, probs, tops, done, customs, heatmaps)
         self.classified += len(batch)
 
     def _head_jobs(self, batch: list[tuple[Camera, Frame]], frames: list[np.ndarray],
@@ -178,3 +169,58 @@ class InferenceWorker:
                     crops.append(entry.crop)
                 jobs.append((k, entry, row))
         return jobs
+
+    @staticmethod
+    def _run_heads(n: int, jobs: list[tuple[int, HeadEntry, int]], inference: Inference) -> list[dict]:
+        customs: list[dict[str, CustomResult]] = [{} for _ in range(n)]
+        if not jobs:
+            return customs
+        pooled = pooled_features(inference.feature_maps)
+        for k, entry, row in jobs:
+            p = entry.head.probabilities(pooled[row:row + 1])[0]
+            customs[k][entry.name] = CustomResult(entry.name, entry.head.classes, p)
+        return customs
+
+    def _publish(self, batch: list[tuple[Camera, Frame]], probs: np.ndarray, tops: list[list[Prediction]],
+                 done: float, customs: list[dict[str, CustomResult]], heatmaps: np.ndarray) -> None:
+        alerts = self.alerts  # read once: a reload may swap it mid-batch
+        now = time.time()
+        current = self._cameras
+        for k, ((cam, frame), row, preds) in enumerate(zip(batch, probs, tops)):
+            if cam not in current:
+                continue         # removed or replaced by a reload while its frame was being classified
+            latency = done - frame.captured_mono
+            h, w = frame.image.shape[:2]
+            result = Result(camera=cam.name, frame=frame, predictions=preds, probabilities=row,
+                            classified_at=now, latency=latency, custom=customs[k], heatmap=heatmaps[k],
+                            box=crop_box(h, w, cam.cfg.crop))
+            self.board.publish(result)
+            self.metrics.frames_classified.labels(camera=cam.name).inc()
+            self.metrics.capture_to_result_seconds.observe(latency)
+            for c in customs[k].values():
+                for cls, value in zip(c.classes, c.probabilities):
+                    self.metrics.custom_class_probability.labels(cam.name, c.head, cls).set(float(value))
+            self.latencies.append(latency)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("classified camera=%s seq=%d top=%s latency_ms=%.1f", cam.name, frame.seq,
+                          ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
+                          extra={"camera": cam.name, "seq": frame.seq, "latency": latency,
+                                 "predictions": [(p.label, round(p.probability, 4)) for p in preds],
+                                 "custom": {c.head: (c.label, round(c.probability, 4))
+                                            for c in customs[k].values()}})
+            if alerts is not None:
+                alerts.observe(result)
+
+    def _failed(self, camera: str, frame: Frame, error: Exception) -> None:
+        """Count a frame that cannot be classified; log it at most once per FAILURE_LOG_EVERY per camera."""
+        self.metrics.frames_failed.labels(camera=camera).inc()
+        now = time.monotonic()
+        last, since = self._failure_logged.get(camera, (-FAILURE_LOG_EVERY, 0))
+        if now - last < FAILURE_LOG_EVERY:
+            self._failure_logged[camera] = (last, since + 1)
+            return
+        self._failure_logged[camera] = (now, 0)
+        shape = getattr(frame.image, "shape", None)
+        more = f" ({since} more since the last report)" if since else ""
+        log.warning("camera %s: frame %d cannot be classified: %s: %s (frame shape %s)%s; counted in "
+                    "monitor_frames_failed_total", camera, frame.seq, type(error).__name__, error, shape, more)
