@@ -643,6 +643,11 @@ _SERVER = {
     "host": _host,
     "port": _integer(0, 65535),             # 0 = any free port (tests); the bound port is logged
     "upload_max_bytes": _size,
+    "upload_max_pixels": _integer(1, 2_000_000_000),
+    "upload_timeout": _duration(allow_zero=False),
+    "max_connections": _integer(8, 1_000_000),
+    "keepalive_timeout": _duration(allow_zero=False),
+    "head_timeout": _duration(allow_zero=False),
     "auth": _section(_build_auth, _AUTH),
     "stream": _section(_plain(StreamConfig), _STREAM),
 }

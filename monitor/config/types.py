@@ -32,6 +32,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     upload_max_bytes: int = 10 * 1024 * 1024
+    upload_max_pixels: int = 40_000_000     # an upload whose header promises more is refused before decoding
+    upload_timeout: float = 30.0            # seconds for a whole upload body to arrive (408 after)
+    max_connections: int = 256              # open HTTP connections (kept below the process's fd limit)
+    keepalive_timeout: float = 5.0          # seconds an idle keep-alive connection stays open
+    head_timeout: float = 10.0              # seconds a client may take to send a whole request head
     auth: AuthConfig = field(default_factory=AuthConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
