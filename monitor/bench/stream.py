@@ -26,7 +26,7 @@ WARMUP = 2.0               # seconds after the viewers connected before measurin
 # The viewers: N threads, each a real HTTP client reading /stream/<camera>.mjpg and checking its framing.
 # Prints "ready" once every viewer got a first part, then "done <json>" after `seconds` of measured reading.
 _VIEWERS = r'''
-import json, socket, sys, threading, time
+import http.client, json, sys, threading, time
 port, camera, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 warmup, seconds = float(sys.argv[4]), float(sys.argv[5])
 parts = [0] * count
@@ -37,14 +37,12 @@ stop = threading.Event()
 def view(i):
     first_done = False
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(f"GET /stream/{camera}.mjpg HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        f = s.makefile("rb")
-        status = f.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(status.decode(errors="replace").strip())
-        while f.readline() not in (b"\r\n", b""):
-            pass
+        # HTTP/1.1 like a browser: the stream comes chunked; http.client takes the chunks apart
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/stream/{camera}.mjpg", headers={"Host": "bench"})
+        f = conn.getresponse()
+        if f.status != 200:
+            raise RuntimeError(f"HTTP {f.status}")
         while not stop.is_set():
             if not f.readline().startswith(b"--"):
                 raise RuntimeError("bad boundary")
@@ -61,7 +59,7 @@ def view(i):
             if not first_done:
                 first_done = True
                 first.wait(30)
-        s.close()
+        conn.close()
     except Exception as e:
         errors.append(repr(e))
         if not first_done:

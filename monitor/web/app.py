@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Pattern
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -66,10 +66,14 @@ class Route(NamedTuple):
     handler: str
 
 
-def route_table(app: FastAPI) -> tuple[Route, ...]:
+def route_table(app: FastAPI | APIRouter) -> tuple[Route, ...]:
     """(regex, methods, handler name) of every route the application serves; GET routes take HEAD too."""
-    out = []
+    out: list[Route] = []
     for r in app.routes:
+        included = getattr(r, "original_router", None)           # FastAPI's wrapper of include_router()
+        if included is not None:
+            out.extend(route_table(included))
+            continue
         methods = set(getattr(r, "methods", None) or ())
         if "GET" in methods:
             methods.add("HEAD")
@@ -77,7 +81,7 @@ def route_table(app: FastAPI) -> tuple[Route, ...]:
     return tuple(out)
 
 
-def _load_static() -> dict[str, tuple[bytes, str]]:
+def load_static() -> dict[str, tuple[bytes, str]]:
     root = resources.files("monitor.web").joinpath("static")
     return {name: (root.joinpath(name).read_bytes(), _STATIC_TYPES[Path(name).suffix])
             for name in ("index.html", "app.js", "style.css")}
@@ -96,13 +100,137 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": models.Error} for code in (400, 401, 404, 503)}
 
 
+router = APIRouter()
+
+
+def _web(request: Request) -> WebServer:
+    return request.app.state.web
+
+
+def _daemon(request: Request) -> Any:
+    return request.app.state.web.app
+
+
+# -- page, health, metrics ----------------------------------------------------------------------------------
+
+@router.get("/", include_in_schema=False)
+async def page(request: Request) -> Response:
+    body, ctype = _web(request).static["index.html"]
+    return Response(body, 200, {**_NO_STORE, "Content-Security-Policy": _PAGE_CSP,
+                                "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}, ctype)
+
+
+@router.get("/static/{name:static_file}", include_in_schema=False)
+async def static(name: str, request: Request) -> Response:
+    body, ctype = _web(request).static[name]
+    return Response(body, 200, _NO_STORE, ctype)
+
+
+@router.get("/healthz", summary="Liveness: the HTTP server answers", response_class=Response)
+async def healthz() -> Response:
+    return Response(b"ok\n", 200, _NO_STORE, "text/plain; charset=utf-8")
+
+
+@router.get("/readyz", summary="Readiness: the pipeline runs (503 until it does)", response_class=Response)
+async def readyz(request: Request) -> Response:
+    ready = bool(_daemon(request).ready())
+    return Response(b"ready\n" if ready else b"not ready\n", 200 if ready else 503, _NO_STORE,
+                    "text/plain; charset=utf-8")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(_daemon(request).metrics.registry), 200, _NO_STORE, CONTENT_TYPE_LATEST)
+
+
+# -- JSON API -----------------------------------------------------------------------------------------------
+
+@router.get("/api/status", response_model=models.Status, responses=_ERRORS,
+            summary="Cameras, latest predictions, model, uptime, versions")
+def status(request: Request) -> JSONResponse:
+    web = _web(request)
+    doc = models.Status.model_validate(api.status_json(web.app, web.versions))
+    return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
+
+
+@router.get("/api/events", response_model=models.Events, responses=_ERRORS,
+            summary="Alert events, newest first (?camera=&since=&limit=)")
+def events(request: Request) -> JSONResponse:
+    daemon = _daemon(request)
+    params = api.events_params(_query(request), daemon.cameras)
+    try:
+        rows = daemon.events.query(**params, strict=True)
+    except EventStoreError as e:
+        log.error("http: /api/events: %s", e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    doc = models.Events(events=[models.Event.model_validate(api.event_json(e)) for e in rows])
+    return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
+
+
+@router.get("/api/events/{event_id:event_id}/snapshot.jpg", response_class=Response, responses=_ERRORS,
+            summary="The snapshot JPEG saved when the event started")
+def event_snapshot(event_id: str, request: Request) -> Response:
+    number = int(event_id)
+    try:
+        ev = _daemon(request).events.get(number, strict=True)
+    except EventStoreError as e:
+        log.error("http: event snapshot: %s", e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    if ev is None:
+        raise ApiError(404, f"no event {number}")
+    if not ev.get("snapshot"):
+        raise ApiError(404, f"event {number} has no snapshot")
+    path = Path(ev["snapshot"])
+    try:
+        if not path.is_file() or path.stat().st_size > SNAPSHOT_MAX_BYTES:
+            raise ApiError(404, f"snapshot of event {number} is missing")
+        data = path.read_bytes()
+    except OSError:
+        raise ApiError(404, f"snapshot of event {number} cannot be read") from None
+    return Response(data, 200, {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+                    "image/jpeg")
+
+
+@router.post("/api/classify", response_model=models.Classification,
+             responses={**_ERRORS, **{c: {"model": models.Error} for c in (408, 411, 413, 415)}},
+             summary="Classify an uploaded image (multipart field 'file', or a raw image/* body)")
+async def classify(request: Request) -> JSONResponse:
+    return await _classify(_web(request), request)
+
+
+# -- live view ----------------------------------------------------------------------------------------------
+
+def _camera(request: Request, name: str) -> Any:
+    camera = _daemon(request).cameras.get(name)
+    if camera is None:
+        raise ApiError(404, f"no camera named {name!r}")
+    return camera
+
+
+@router.get("/snapshot/{camera:camera}.jpg", response_class=Response, responses=_ERRORS,
+            summary="The newest frame of a camera with the overlay, as JPEG")
+def snapshot(camera: str, request: Request) -> Response:
+    frame = _camera(request, camera).latest()
+    if frame is None:
+        raise ApiError(503, f"camera {camera!r} has not delivered a frame yet", {"Retry-After": "2"})
+    cfg = _web(request).streams.cfg
+    jpeg = encode_jpeg(render(_daemon(request), camera, frame.image, cfg.width), cfg.quality)
+    return Response(jpeg, 200, _NO_STORE, "image/jpeg")
+
+
+@router.get("/stream/{camera:camera}.mjpg", response_class=Response, responses=_ERRORS,
+            summary="Live view: multipart/x-mixed-replace JPEG stream with the overlay")
+async def stream(camera: str, request: Request) -> Response:
+    _camera(request, camera)
+    return MjpegResponse(_web(request), camera)
+
+
 def build_app(web: WebServer) -> FastAPI:
     """The application for one WebServer (it holds the daemon as `web.app`)."""
-    daemon = web.app
-    static = _load_static()
-    versions = api.versions()
     app = FastAPI(title="monitor", version=__version__, docs_url=None, redoc_url=None,
                   description="Camera monitoring daemon: status, events, live MJPEG views, image classification.")
+    app.state.web = web
+    app.include_router(router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -122,104 +250,6 @@ def build_app(web: WebServer) -> FastAPI:
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.error("http: error answering %s %s", request.method, request.url.path[:200], exc_info=exc)
         return _error(500, "internal error (see the daemon's log)")
-
-    # -- page, health, metrics ------------------------------------------------------------------------------
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> Response:
-        body, ctype = static["index.html"]
-        return Response(body, 200, {**_NO_STORE, "Content-Security-Policy": _PAGE_CSP,
-                                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}, ctype)
-
-    @app.get("/static/{name:static_file}", include_in_schema=False)
-    async def static_file(name: str) -> Response:
-        body, ctype = static[name]
-        return Response(body, 200, _NO_STORE, ctype)
-
-    @app.get("/healthz", summary="Liveness: the HTTP server answers", response_class=Response)
-    async def healthz() -> Response:
-        return Response(b"ok\n", 200, _NO_STORE, "text/plain; charset=utf-8")
-
-    @app.get("/readyz", summary="Readiness: the pipeline runs (503 until it does)", response_class=Response)
-    async def readyz() -> Response:
-        ready = bool(daemon.ready())
-        return Response(b"ready\n" if ready else b"not ready\n", 200 if ready else 503, _NO_STORE,
-                        "text/plain; charset=utf-8")
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    def metrics() -> Response:
-        return Response(generate_latest(daemon.metrics.registry), 200, _NO_STORE, CONTENT_TYPE_LATEST)
-
-    # -- JSON API -------------------------------------------------------------------------------------------
-
-    @app.get("/api/status", response_model=models.Status, responses=_ERRORS,
-             summary="Cameras, latest predictions, model, uptime, versions")
-    def status() -> JSONResponse:
-        doc = models.Status.model_validate(api.status_json(daemon, versions))
-        return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
-
-    @app.get("/api/events", response_model=models.Events, responses=_ERRORS,
-             summary="Alert events, newest first (?camera=&since=&limit=)")
-    def events(request: Request) -> JSONResponse:
-        params = api.events_params(_query(request), daemon.cameras)
-        try:
-            rows = daemon.events.query(**params, strict=True)
-        except EventStoreError as e:
-            raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
-        doc = models.Events(events=[models.Event.model_validate(api.event_json(e)) for e in rows])
-        return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
-
-    @app.get("/api/events/{event_id:event_id}/snapshot.jpg", response_class=Response, responses=_ERRORS,
-             summary="The snapshot JPEG saved when the event started")
-    def event_snapshot(event_id: str) -> Response:
-        number = int(event_id)
-        try:
-            ev = daemon.events.get(number, strict=True)
-        except EventStoreError as e:
-            raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
-        if ev is None:
-            raise ApiError(404, f"no event {number}")
-        if not ev.get("snapshot"):
-            raise ApiError(404, f"event {number} has no snapshot")
-        path = Path(ev["snapshot"])
-        try:
-            if not path.is_file() or path.stat().st_size > SNAPSHOT_MAX_BYTES:
-                raise ApiError(404, f"snapshot of event {number} is missing")
-            data = path.read_bytes()
-        except OSError:
-            raise ApiError(404, f"snapshot of event {number} cannot be read") from None
-        return Response(data, 200, {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
-                        "image/jpeg")
-
-    @app.post("/api/classify", response_model=models.Classification,
-              responses={**_ERRORS, **{c: {"model": models.Error} for c in (408, 411, 413, 415)}},
-              summary="Classify an uploaded image (multipart field 'file', or a raw image/* body)")
-    async def classify(request: Request) -> JSONResponse:
-        return await _classify(web, request)
-
-    # -- live view --------------------------------------------------------------------------------------------
-
-    def camera_of(name: str) -> Any:
-        camera = daemon.cameras.get(name)
-        if camera is None:
-            raise ApiError(404, f"no camera named {name!r}")
-        return camera
-
-    @app.get("/snapshot/{camera:camera}.jpg", response_class=Response, responses=_ERRORS,
-             summary="The newest frame of a camera with the overlay, as JPEG")
-    def snapshot(camera: str) -> Response:
-        frame = camera_of(camera).latest()
-        if frame is None:
-            raise ApiError(503, f"camera {camera!r} has not delivered a frame yet", {"Retry-After": "2"})
-        cfg = web.streams.cfg
-        jpeg = encode_jpeg(render(daemon, camera, frame.image, cfg.width), cfg.quality)
-        return Response(jpeg, 200, _NO_STORE, "image/jpeg")
-
-    @app.get("/stream/{camera:camera}.mjpg", response_class=Response, responses=_ERRORS,
-             summary="Live view: multipart/x-mixed-replace JPEG stream with the overlay")
-    async def stream(camera: str, request: Request) -> Response:
-        camera_of(camera)
-        return MjpegResponse(web, camera)
 
     return app
 
@@ -309,3 +339,6 @@ class MjpegResponse(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hub.leave(self.camera)
+
+
+ROUTES = route_table(build_app(None))      # every route, as the guard routes them (tests enumerate them)

@@ -23,6 +23,7 @@ log = logging.getLogger("monitor.web")
 # RFC 9110 section 9 and RFC 5789: the methods HTTP defines; any other is 501.
 STANDARD_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 MAX_HEADERS = 100
+HEAD_MAX_BYTES = 64 * 1024    # request line + header lines (h11 applies its limit only to a head still arriving)
 MAX_QUERY_FIELDS = 16
 
 
@@ -107,6 +108,10 @@ class Guard:
             raise Refusal(505, f"HTTP version {version!r} is not supported (use HTTP/1.x)")
         if len(scope["headers"]) > MAX_HEADERS:
             raise Refusal(431, f"more than {MAX_HEADERS} header lines")
+        size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > HEAD_MAX_BYTES:
+            raise Refusal(431, f"request head larger than {HEAD_MAX_BYTES} bytes")
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
         auth = self.web.auth
         if auth.protects(path):

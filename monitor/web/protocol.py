@@ -29,6 +29,8 @@ log = logging.getLogger("monitor.web")
 
 TRANSPORT_KEY = "monitor.transport"
 STREAMING_KEY = "monitor.streaming"        # set by a response that runs until the client leaves
+DISCARD_SECONDS = 1.0                      # an unread request body is dropped for this long after the answer ...
+DISCARD_BYTES = 1 << 20                    # ... or up to this many bytes, then the connection is closed
 
 
 class _Connection(h11.Connection):
@@ -64,6 +66,8 @@ class MonitorProtocol(H11Protocol):
         self._refused = False
         self._peer_eof = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = False
+        self._discarded = 0
 
     # -- connection cap ---------------------------------------------------------------------------------------
 
@@ -89,6 +93,11 @@ class MonitorProtocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._discarding:
+            self._discarded += len(data)
+            if self._discarded > DISCARD_BYTES:
+                self.transport.close()
+                return
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -105,9 +114,9 @@ class MonitorProtocol(H11Protocol):
 
     # -- request head deadline ---------------------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
+    def _arm_head_timer(self, seconds: float | None = None) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.web.head_timeout, self._head_timeout)
+        self._head_timer = self.loop.call_later(seconds or self.web.head_timeout, self._head_timeout)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -118,7 +127,7 @@ class MonitorProtocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return
-        partial = bool(self.conn.trailing_data[0])
+        partial = bool(self.conn.trailing_data[0]) and not self._discarding
         if partial:
             self.web.count(408)
             log.debug("http: %s: no complete request head within %g s; closed", self._peer(), self.web.head_timeout)
@@ -130,22 +139,35 @@ class MonitorProtocol(H11Protocol):
         super().handle_events()
         if self.cycle is not cycle and self.cycle is not None:
             self._cancel_head_timer()
+            self._discarding = False
+            self._discarded = 0
             extensions = self.cycle.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
             extensions[TRANSPORT_KEY] = self.transport
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
-            if self._peer_eof and not self.conn.trailing_data[0]:
-                self.transport.close()                # the client sent all it will: nothing more to wait for
-                return
-            self._arm_head_timer()
+            if self._peer_eof:
+                rest = self.conn.trailing_data[0]
+                if b"\r\n\r\n" not in rest and b"\n\n" not in rest:
+                    self.transport.close()            # the client sent all it will: no whole request is left
+                    return
+            if self.conn.their_state is h11.SEND_BODY:
+                # Answered before the body was read (413, 401, 404...): take in and drop a little of the rest
+                # so the client reads the answer (closing at once would reset the connection), then close.
+                self._discarding = True
+                self._arm_head_timer(DISCARD_SECONDS)
+            else:
+                self._discarding = False
+                self._arm_head_timer()
         super().on_response_complete()
 
     # -- refusals ----------------------------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
         error = getattr(self.conn, "last_error", None)
-        status = getattr(error, "error_status_hint", 400) or 400
+        # h11's hint is 431 for a head too large; its 501 (a transfer coding other than chunked) is answered 400
+        # like every other request it cannot read: 5xx stays for what the server itself fails at.
+        status = 431 if getattr(error, "error_status_hint", 400) == 431 else 400
         text = str(error) if error is not None else msg
         if status == 431:
             message = f"request head larger than {self.config.h11_max_incomplete_event_size} bytes"

@@ -20,9 +20,10 @@ from typing import Any, Iterator
 import uvicorn
 
 from monitor import __version__
-from monitor.web.app import build_app, route_table
+from monitor.web import api
+from monitor.web.app import build_app, load_static, route_table
 from monitor.web.auth import Authenticator
-from monitor.web.guard import Guard
+from monitor.web.guard import HEAD_MAX_BYTES, Guard
 from monitor.web.mjpeg import STALL_TIMEOUT, StreamHub
 from monitor.web.protocol import MonitorProtocol
 from monitor.web.upload import BodyBudget, PixelBudget
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 UPLOADS_AT_ONCE = 4           # uploads parsed, decoded and classified at once
 UPLOAD_BODIES = 4             # upload bodies held in memory at once, in units of upload_max_bytes
-HEAD_MAX_BYTES = 64 * 1024    # request line + headers
 RESERVED_FDS = 128            # descriptors kept for cameras, SQLite, logs, model files, sinks
 SHUTDOWN_GRACE = 0.4          # seconds open responses get to finish at stop() before they are cut
 
@@ -90,6 +90,8 @@ class WebServer:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._counters: dict[int, Any] = {}
+        self.static = load_static()
+        self.versions = api.versions()
         self.fastapi = build_app(self)
         self.routes = route_table(self.fastapi)
 

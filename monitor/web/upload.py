@@ -4,6 +4,7 @@ pixel budget shared by all uploads, classify it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from python_multipart.multipart import parse_options_header
 from monitor.capture.frames import FrameSourceError, decode_image
 from monitor.web.api import ApiError
 from monitor.web.imagesize import FORMATS, image_header
+
+# python-multipart logs a warning for every malformed body: a client could fill the daemon's log with them.
+# The refusal is answered (400, with the reason) and counted instead.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 FIELD = "file"
 MAX_PARTS = 16
@@ -65,24 +70,28 @@ def body_kind(content_type: str | None) -> BodyKind:
 
 
 @dataclass
-class _Part:
+class Part:
     headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     name: str | None = None
     filename: str | None = None
 
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
-def file_field(body: bytes, boundary: bytes) -> tuple[bytes, str]:
-    """(data, filename or field name) of the field `file` of a multipart/form-data body; ApiError 400 when the
-    body is malformed or has no such field."""
-    parts: list[_Part] = []
+
+def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
+    """The parts of a multipart/form-data body (python-multipart does the parsing); ApiError 400 when the body
+    is malformed."""
+    parts: list[Part] = []
     header: dict[str, bytes] = {"field": b"", "value": b""}
     ended = False
 
     def begin() -> None:
         if len(parts) >= MAX_PARTS:
             raise ApiError(400, f"malformed multipart body: more than {MAX_PARTS} parts")
-        parts.append(_Part())
+        parts.append(Part())
 
     def header_field(data: bytes, start: int, end: int) -> None:
         header["field"] += data[start:end]
@@ -120,6 +129,8 @@ def file_field(body: bytes, boundary: bytes) -> tuple[bytes, str]:
         "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
         "on_header_end": header_end, "on_headers_finished": headers_done, "on_part_data": part_data,
         "on_end": end}, max_header_count=16)
+    if b"--" + boundary not in body:
+        raise ApiError(400, "malformed multipart body: it does not contain the multipart boundary")
     # RFC 2046 allows a preamble before the first delimiter, which python-multipart does not skip.
     first = body.find(b"--" + boundary)
     if first > 0:
@@ -129,18 +140,24 @@ def file_field(body: bytes, boundary: bytes) -> tuple[bytes, str]:
         parser.write(body[first:] if first > 0 else body)
         parser.finalize()
     except MultipartParseError as e:
-        raise ApiError(400, f"malformed multipart body: {e}") from None
+        what = "malformed part header line" if "header" in str(e) else "bad delimiter"
+        raise ApiError(400, f"malformed multipart body: {what} ({e})") from None
     if not parts:
-        if b"--" + boundary not in body:
-            raise ApiError(400, "malformed multipart body: it does not contain the multipart boundary")
         raise ApiError(400, "malformed multipart body: no parts")
     if not ended:
         raise ApiError(400, "malformed multipart body: not terminated by the closing boundary")
+    return parts
+
+
+def file_field(body: bytes, boundary: bytes) -> tuple[bytes, str]:
+    """(data, filename or field name) of the field `file` of a multipart/form-data body; ApiError 400 when the
+    body is malformed or has no such field."""
+    parts = parse_multipart(body, boundary)
     part = next((p for p in parts if p.name == FIELD), None)
     if part is None:
         names = ", ".join(repr(p.name) for p in parts)
         raise ApiError(400, f"multipart body has no field {FIELD!r} (fields: {names})"[:300])
-    return b"".join(part.chunks), f"upload {part.filename or FIELD!r}"[:120]
+    return part.data, f"upload {part.filename or FIELD!r}"[:120]
 
 
 # ---------------------------------------------------------------------------------------------- pixel budget
