@@ -1,6 +1,6 @@
 """The ASGI layer in front of the FastAPI application: what every request goes through first.
 
-In order: methods HTTP does not define (501), HTTP versions other than 1.x (505), too many header lines (431),
+In order: HTTP versions other than 1.x (505), methods HTTP does not define (501), too many header lines (431),
 the request target (absolute-form accepted; path tricks such as encoded slashes, dot segments, NUL or
 backslashes are 404 before any routing), authentication (401, the same answer for every path), the route
 table (404, 405 with Allow), the query string (400). Every answer is counted by status code in
@@ -101,11 +101,11 @@ class Guard:
 
     def _check(self, scope: dict[str, Any]) -> dict[str, Any]:
         method = scope["method"]
-        if method not in STANDARD_METHODS:
-            raise Refusal(501, f"method {method[:40]!r} is not supported")
         version = scope.get("http_version", "1.1")
         if version not in ("1.0", "1.1"):
             raise Refusal(505, f"HTTP version {version!r} is not supported (use HTTP/1.x)")
+        if method not in STANDARD_METHODS:
+            raise Refusal(501, f"method {method[:40]!r} is not supported")
         if len(scope["headers"]) > MAX_HEADERS:
             raise Refusal(431, f"more than {MAX_HEADERS} header lines")
         size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + sum(
