@@ -184,7 +184,7 @@ class WebServer:
             return
         deadline = time.monotonic() + timeout
         self.stopping.set()
-        self.streams.close(max(0.1, min(0.5, deadline - time.monotonic())))
+        self.streams.close(max(0.1, min(0.3, deadline - time.monotonic())))
         server.should_exit = True
         thread.join(max(0.1, deadline - time.monotonic()))
         if thread.is_alive():
