@@ -273,7 +273,7 @@ async def _classify(web: WebServer, request: Request) -> JSONResponse:
         if not await _acquire(web.uploads, max(0.1, deadline - time.monotonic())):
             raise ApiError(503, "too many uploads at once, try again", {"Retry-After": "2"})
         try:
-            image, predictions = await run_in_threadpool(_decode_and_classify, web, kind, body, deadline)
+            size, predictions = await run_in_threadpool(_decode_and_classify, web, kind, body, deadline)
         finally:
             web.uploads.release()
     finally:
@@ -281,7 +281,7 @@ async def _classify(web: WebServer, request: Request) -> JSONResponse:
         del body
     classifier = web.app.classifier
     doc = models.Classification(predictions=api.predictions_json(predictions), model=api.model_json(classifier),
-                                width=int(image.shape[1]), height=int(image.shape[0]))
+                                width=int(size[0]), height=int(size[1]))
     return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
 
 
@@ -298,10 +298,10 @@ def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float
         data, name = file_field(body, kind.boundary)
     else:
         data, name = body, f"upload ({kind.media_type})"
-    image = checked_decode(data, name, web.pixels, max(0.1, deadline - time.monotonic()))
+    image, size = checked_decode(data, name, web.pixels, max(0.1, deadline - time.monotonic()))
     del data
     app = web.app
-    return image, app.classifier.classify([image], top_k=app.config.model.top_k)[0]
+    return size, app.classifier.classify([image], top_k=app.config.model.top_k)[0]
 
 
 class MjpegResponse(Response):

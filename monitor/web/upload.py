@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -24,6 +25,9 @@ from monitor.web.imagesize import FORMATS, image_header
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 FIELD = "file"
+CLASSIFY_SIDE = 1024                  # uploads are classified at most this large (short side) ...
+CLASSIFY_MIN = 256                    # ... and decoded at reduced size only down to this
+_REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 MAX_PARTS = 16
 MAX_BOUNDARY = 70                     # RFC 2046 section 5.1.1
 
@@ -186,32 +190,50 @@ class PixelBudget:
             self._cond.notify_all()
 
 
-def checked_decode(data: bytes, name: str, budget: PixelBudget, wait: float) -> np.ndarray:
+def checked_decode(data: bytes, name: str, budget: PixelBudget, wait: float) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an uploaded image after sizing it from its header: 415 when its format cannot be sized (or it is
-    not an image), 413 when it promises more pixels than the budget; 503 when the budget stays busy."""
+    not an image), 413 when it promises more pixels than the budget; 503 when the budget stays busy. Returns
+    the image scaled down to CLASSIFY_SIDE (short side) and its (width, height) as uploaded."""
     if not data:
         raise ApiError(415, f"{name}: empty, not an image")
     header = image_header(data)
     if header is None:
         raise ApiError(415, f"{name}: not a readable image of a known size (accepted: {', '.join(FORMATS)})")
-    # Formats whose decoders hold wide planes get a proportionally smaller pixel budget (same memory).
-    limit = budget.pixels * 3 // max(3, header.decode_bytes_per_pixel)
     if header.width == 0 or header.height == 0:
         raise ApiError(415, f"{name}: {header.format} header with an empty size ({header.width}x{header.height})")
+    # OpenCV decodes at reduced size in one buffer (JPEG even scales while decoding); at full size it holds the
+    # image twice. Formats whose decoders hold wide planes get a proportionally smaller budget: same memory.
+    reduction = next((f for f in _REDUCED if min(header.width, header.height) // f >= CLASSIFY_MIN), None)
+    limit = budget.pixels * 3 // max(3, header.decode_bytes_per_pixel) // (1 if reduction else 2)
     if header.pixels > limit:
         raise ApiError(413, f"{name}: {header.format} image is {header.width}x{header.height} pixels, more than "
-                            f"the {limit:,} allowed for {header.format} (server.upload_max_pixels: "
+                            f"the {limit:,} allowed for this format and shape (server.upload_max_pixels: "
                             f"{budget.pixels:,})")
-    cost = header.pixels * max(3, header.decode_bytes_per_pixel) // 3
-    if not budget.acquire(cost, wait):
+    cost = header.pixels * max(3, header.decode_bytes_per_pixel) // 3 * (1 if reduction else 2)
+    if not budget.acquire(min(cost, budget.pixels), wait):
         raise ApiError(503, "too many large uploads being decoded, try again", {"Retry-After": "2"})
     try:
-        try:
-            image = decode_image(data, name)
-        except FrameSourceError as e:
-            raise ApiError(415, str(e)) from None
+        image = _decode_small(data, name, reduction)
     finally:
-        budget.release(cost)
+        budget.release(min(cost, budget.pixels))
+    return image, (header.width, header.height)
+
+
+def _decode_small(data: bytes, name: str, reduction: int | None) -> np.ndarray:
+    # The classifier looks at 224 x 224: a large upload is decoded at 1/2, 1/4 or 1/8 of its size (JPEG scales
+    # while decoding; other formats are decoded once and scaled), then scaled down to CLASSIFY_SIDE.
+    try:
+        image = None
+        if reduction is not None:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
+        if image is None:
+            image = decode_image(data, name)
+    except FrameSourceError as e:
+        raise ApiError(415, str(e)) from None
+    h, w = image.shape[:2]
+    if min(h, w) > CLASSIFY_SIDE:
+        scale = CLASSIFY_SIDE / min(h, w)
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return image
 
 
