@@ -115,6 +115,11 @@ class ServerConfig(Section):
     host: Host = "127.0.0.1"
     port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
     upload_max_bytes: Size = 10 * 1024 * 1024
+    upload_max_pixels: Int(1, 2_000_000_000) = 40_000_000   # an upload promising more is refused undecoded
+    upload_timeout: Duration(allow_zero=False) = 30.0   # seconds for a whole upload body to arrive (408 after)
+    max_connections: Int(8, 65536) = 256     # open HTTP connections (kept below the process's fd limit)
+    keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
+    head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
     auth: AuthConfig = _section()
     stream: StreamConfig = _section()
 
