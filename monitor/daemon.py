@@ -59,6 +59,7 @@ class Daemon:
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
         self.heads = load_heads(config, self.classifier.sha256)
         self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
+        self.heatmaps: set[str] = set()     # cameras whose live view shows the class activation map (web toggle)
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)

@@ -54,6 +54,10 @@ def camera_json(app: Any, name: str, camera: Any) -> dict[str, Any]:
     doc["fps_out"] = _num(app.results.fps_out(name), 2)
     doc["latency"] = _num(app.results.latency(name))
     doc["active"] = list(app.alerts.active(name))
+    doc["custom"] = ([{"head": c.head, "label": c.label, "probability": round(c.probability, 6),
+                       "classes": {k: round(float(v), 6) for k, v in zip(c.classes, c.probabilities)}}
+                      for c in result.custom.values()] if result is not None else [])
+    doc["heatmap"] = name in getattr(app, "heatmaps", ())
     doc["stream"] = f"/stream/{name}.mjpg"
     doc["snapshot"] = f"/snapshot/{name}.jpg"
     return doc
@@ -64,6 +68,7 @@ def status_json(app: Any, versions_doc: dict[str, str]) -> dict[str, Any]:
     return {
         # items() copied first: a config reload may replace the dict while we read it
         "cameras": [camera_json(app, name, camera) for name, camera in list(app.cameras.items())],
+        "custom_classes": app.custom.status_json(list(app.cameras)) if getattr(app, "custom", None) else [],
         "model": model_json(app.classifier),
         "top_k": app.config.model.top_k,
         "ready": bool(app.ready()),

@@ -231,6 +231,8 @@ def build_app(web: WebServer) -> FastAPI:
                   description="Camera monitoring daemon: status, events, live MJPEG views, image classification.")
     app.state.web = web
     app.include_router(router)
+    from monitor.web import custom   # after this module registered the path convertors its routes use
+    app.include_router(custom.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -273,7 +275,9 @@ async def _classify(web: WebServer, request: Request) -> JSONResponse:
         if not await _acquire(web.uploads, max(0.1, deadline - time.monotonic())):
             raise ApiError(503, "too many uploads at once, try again", {"Retry-After": "2"})
         try:
-            size, predictions = await run_in_threadpool(_decode_and_classify, web, kind, body, deadline)
+            explain = _query(request).get("explain", ["false"])[0].lower() in ("true", "1")
+            size, predictions, explanation = await run_in_threadpool(_decode_and_classify, web, kind, body,
+                                                                     deadline, explain)
         finally:
             web.uploads.release()
     finally:
@@ -281,7 +285,7 @@ async def _classify(web: WebServer, request: Request) -> JSONResponse:
         del body
     classifier = web.app.classifier
     doc = models.Classification(predictions=api.predictions_json(predictions), model=api.model_json(classifier),
-                                width=int(size[0]), height=int(size[1]))
+                                width=int(size[0]), height=int(size[1]), explanation=explanation)
     return JSONResponse(doc.model_dump(mode="json"), 200, _NO_STORE)
 
 
@@ -293,7 +297,8 @@ async def _acquire(semaphore: asyncio.Semaphore, timeout: float) -> bool:
         return False
 
 
-def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float) -> tuple[Any, list[Any]]:
+def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float,
+                         explain: bool = False) -> tuple[Any, list[Any], dict[str, Any] | None]:
     if kind.multipart:
         data, name = file_field(body, kind.boundary)
     else:
@@ -301,7 +306,10 @@ def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float
     image, size = checked_decode(data, name, web.pixels, max(0.1, deadline - time.monotonic()))
     del data
     app = web.app
-    return size, app.classifier.classify([image], top_k=app.config.model.top_k)[0]
+    if explain:
+        from monitor.web.custom import classify_explained
+        return (size, *classify_explained(app.classifier, image, app.config.model.top_k))
+    return size, app.classifier.classify([image], top_k=app.config.model.top_k)[0], None
 
 
 class MjpegResponse(Response):

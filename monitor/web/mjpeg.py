@@ -43,15 +43,22 @@ def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndar
     from monitor.inference.overlay import draw_overlay
 
     h, w = image.shape[:2]
+    scale = 1.0
     if width and width != w:
         height = max(1, int(round(h * width / w)))
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if width < w else cv2.INTER_LINEAR)
+        scale = width / w
     result = app.results.get(camera_name)
     predictions = list(result.predictions) if result is not None else []
     camera = app.cameras.get(camera_name)
     fps = camera.status().get("fps_in") if camera is not None else None
+    heatmap = None
+    if (result is not None and result.heatmap is not None and result.box is not None
+            and camera_name in getattr(app, "heatmaps", ())):
+        heatmap = (result.heatmap, [int(round(v * scale)) for v in result.box])
     return draw_overlay(image, camera_name, predictions, fps, app.alerts.active(camera_name),
-                        bool(app.classifier.untrained))
+                        bool(app.classifier.untrained), custom=list(result.custom.values()) if result else (),
+                        heatmap=heatmap)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

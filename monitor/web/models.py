@@ -51,10 +51,13 @@ class CameraStatus(BaseModel):
     active: list[str] = Field(description="labels of the alert events open on this camera")
     stream: str
     snapshot: str
+    custom: list[dict] = Field([], description="custom heads' answers: head, label, probability, classes")
+    heatmap: bool = Field(False, description="the live view shows the class activation map")
 
 
 class Status(BaseModel):
     cameras: list[CameraStatus]
+    custom_classes: list[dict] = Field([], description="heads, their example counts and retraining state")
     model: Model
     top_k: int
     ready: bool
@@ -87,3 +90,5 @@ class Classification(BaseModel):
     model: Model
     width: int
     height: int
+    explanation: Optional[dict] = Field(None, description="with ?explain=true: the top class's activation map "
+                                        "(grid 7x7, 0..1) over box (x, y, w, h as fractions of the image)")

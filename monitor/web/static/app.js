@@ -69,13 +69,78 @@ function makeCard(cam, index) {
     active: el('p', { class: 'active-events', hidden: '' }),
     figures: el('dl', { class: 'figures' }),
     preds: el('ol', { class: 'preds' }),
+    custom: el('ul', { class: 'custom' }),
+    heat: el('input', { type: 'checkbox', class: 'heat-toggle' }),
+    labelSelect: el('select', { class: 'label-class', 'aria-label': `class for a frame of ${cam.name}` }),
+    labelButton: el('button', { type: 'button', class: 'label-save', text: 'save this frame as' }),
+    labelNote: el('span', { class: 'muted label-note' }),
     img,
   };
+  card.heat.addEventListener('change', () => postAction(
+    `/api/cameras/${encodeURIComponent(cam.name)}/heatmap?on=${card.heat.checked}`, card.labelNote));
+  card.labelButton.addEventListener('click', () => {
+    const [head, cls] = card.labelSelect.value.split(':');
+    if (!head) return;
+    postAction(`/api/cameras/${encodeURIComponent(cam.name)}/label?head=${encodeURIComponent(head)}` +
+      `&class=${encodeURIComponent(cls)}`, card.labelNote, (body) => `saved as ${head}:${cls} ` +
+      `(${Object.entries(body.examples).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+  });
+  card.labelRow = el('p', { class: 'label-row', hidden: '' }, card.labelButton, ' ', card.labelSelect, ' ',
+    card.labelNote);
   card.root.append(
     el('h2', {}, el('span', { class: 'name', text: cam.name }), card.state),
     el('div', { class: 'view' }, img),
-    card.active, card.reason, card.figures, card.preds);
+    el('label', { class: 'heat' }, card.heat, ' heatmap: why this label'),
+    card.active, card.reason, card.figures, card.preds, card.custom, card.labelRow);
   return card;
+}
+
+// POST with the parameters in the query string; `note` shows the outcome.
+async function postAction(path, note, describe) {
+  try {
+    const body = await getJSON(path, { method: 'POST' });
+    if (note) note.textContent = describe ? describe(body) : 'ok';
+    return body;
+  } catch (e) {
+    if (note) note.textContent = 'failed: ' + e.message;
+    return null;
+  }
+}
+
+let heads = [];
+
+function renderCustom(card, cam) {
+  card.custom.replaceChildren(...(cam.custom || []).map((c) => el('li', { 'data-head': c.head },
+    el('span', { class: 'label', text: `${c.head}: ${c.label}` }),
+    el('span', { class: 'score', text: (c.probability * 100).toFixed(1) + '%' }))));
+  card.heat.checked = !!cam.heatmap;
+  const options = heads.filter((h) => h.cameras.includes(cam.name))
+    .flatMap((h) => [...new Set([...h.classes, 'none'])].map((cls) => `${h.name}:${cls}`));
+  const current = [...card.labelSelect.options].map((o) => o.value).join('|');
+  if (current !== options.join('|')) {
+    card.labelSelect.replaceChildren(...options.map((o) => el('option', { value: o, text: o })));
+  }
+  card.labelRow.hidden = options.length === 0;
+}
+
+function renderHeads(list) {
+  heads = list;
+  const box = document.getElementById('heads');
+  box.hidden = list.length === 0;
+  const ul = document.getElementById('heads-list');
+  ul.replaceChildren(...list.map((h) => {
+    const state = h.retrain || { state: 'idle' };
+    const button = el('button', { type: 'button', class: 'retrain', text: 'retrain' });
+    const note = el('span', { class: 'muted retrain-state', text: state.state +
+      (state.state === 'failed' ? ': ' + state.message : '') +
+      (state.state === 'done' && state.accuracy != null ? ` (held-out ${(state.accuracy * 100).toFixed(1)}%)` : '') });
+    button.disabled = state.state === 'queued' || state.state === 'training';
+    button.addEventListener('click', () => postAction(`/api/heads/${encodeURIComponent(h.name)}/retrain`, note,
+      (body) => body.retrain.state));
+    const counts = Object.entries(h.examples).map(([k, v]) => `${k} ${v}`).join(', ') || 'no examples yet';
+    return el('li', { 'data-head': h.name }, el('strong', { text: h.name }),
+      el('span', { text: ` ${h.classes.join(' / ')} · examples: ${counts} ` }), button, ' ', note);
+  }));
 }
 
 function updateCard(card, cam) {
@@ -100,6 +165,7 @@ function updateCard(card, cam) {
   ];
   card.figures.replaceChildren(...figures.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
   renderPredictions(card.preds, cam.predictions || []);
+  renderCustom(card, cam);
   const active = cam.active || [];
   card.root.classList.toggle('alerting', active.length > 0);
   card.active.hidden = active.length === 0;
@@ -107,6 +173,7 @@ function updateCard(card, cam) {
 }
 
 function renderStatus(status) {
+  renderHeads(status.custom_classes || []);
   const box = document.getElementById('cameras');
   const seen = new Set();
   status.cameras.forEach((cam, index) => {
@@ -183,6 +250,17 @@ async function pollEvents() {
           el('span', { text: `${(ev.peak_score * 100).toFixed(0)}% on ${ev.camera}` }),
           el('br'),
           el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` })));
+        if (ev.label.includes(':') && ev.snapshot_url) {
+          // A custom-class event teaches its head: right files its frame under the class, wrong under none.
+          const note = el('span', { class: 'muted' });
+          const mark = (right) => () => postAction(`/api/events/${ev.id}/label?right=${right}`, note,
+            () => (right ? 'filed under ' + ev.label : 'filed under none'));
+          const right = el('button', { type: 'button', class: 'mark-right', text: 'right' });
+          const wrong = el('button', { type: 'button', class: 'mark-wrong', text: 'wrong' });
+          right.addEventListener('click', mark(true));
+          wrong.addEventListener('click', mark(false));
+          item.append(el('div', { class: 'mark' }, right, ' ', wrong, ' ', note));
+        }
         return item;
       }));
     }
@@ -208,14 +286,43 @@ async function classify(file) {
   const form = new FormData();
   form.append('file', file, file.name || 'upload');
   try {
-    const body = await getJSON('/api/classify', { method: 'POST', body: form });
+    const body = await getJSON('/api/classify?explain=true', { method: 'POST', body: form });
     renderPredictions(result, body.predictions.slice(0, 3));
+    drawExplanation(body.explanation);
     result.classList.toggle('untrained', !!body.model.untrained);
   } catch (e) {
     result.replaceChildren();
     error.textContent = 'Not classified: ' + e.message;
     error.hidden = false;
   }
+}
+
+// The top class's activation map over the uploaded image: a 7x7 grid (0..1) covering `box` (fractions of the
+// image), drawn on a canvas laid over the preview (CSP allows no data: images; a canvas needs none).
+function drawExplanation(explanation) {
+  const canvas = document.getElementById('heat');
+  const preview = document.getElementById('preview');
+  canvas.hidden = !explanation;
+  if (!explanation) return;
+  const draw = () => {
+    const w = preview.clientWidth, h = preview.clientHeight;
+    canvas.width = w; canvas.height = h;
+    canvas.style.width = w + 'px'; canvas.style.height = h + 'px';
+    const ctx = canvas.getContext('2d');
+    ctx.clearRect(0, 0, w, h);
+    const [bx, by, bw, bh] = explanation.box;
+    const grid = explanation.grid, n = grid.length;
+    const cw = bw * w / n, ch = bh * h / n;
+    for (let r = 0; r < n; r++) {
+      for (let c = 0; c < grid[r].length; c++) {
+        const v = grid[r][c];
+        ctx.fillStyle = `rgba(${Math.round(255 * v)}, 0, ${Math.round(255 * (1 - v))}, ${0.15 + 0.45 * v})`;
+        ctx.fillRect(bx * w + c * cw, by * h + r * ch, Math.ceil(cw), Math.ceil(ch));
+      }
+    }
+    canvas.dataset.label = explanation.label;
+  };
+  if (preview.complete && preview.naturalWidth) draw(); else preview.addEventListener('load', draw, { once: true });
 }
 
 function setupUpload() {
