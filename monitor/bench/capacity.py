@@ -299,23 +299,29 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
         served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
-        # Each step reconnects from the start of the (looped) file: enough for one step plus its start-up.
+        # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
+        # sessions cannot leave the next one a server in a bad state. Long enough for a step and its start-up.
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
-        server = _Server(serve, served, minutes, folder)
-        try:
-            urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served]
-            rows = []
-            for n in steps:
-                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
-                        "warmup": warmup, "config": config, "weights": weights}
-                row = _run_child(spec)
-                row["passes"] = _passes(row)
-                rows.append(row)
-                if progress is not None:
-                    print(_format_row(row, rows), file=progress, flush=True)
-            breakdown = []
-            for mode in ("grab", "retrieve", "read") if breakdown_cameras else ():
-                spec = {"urls": [urls[i % len(urls)] for i in range(breakdown_cameras)], "fps": fps,
+        rows = []
+        breakdown = []
+        jobs = [(n, None) for n in steps] + [(breakdown_cameras, m) for m in ("grab", "retrieve", "read")
+                                              if breakdown_cameras]
+        for n, mode in jobs:
+            sub = folder / f"step-{len(rows) + len(breakdown)}"
+            sub.mkdir()
+            server = _Server(serve, served, minutes, sub) if n else None
+            try:
+                urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
+                if mode is None:
+                    spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
+                            "warmup": warmup, "config": config, "weights": weights}
+                    row = _run_child(spec)
+                    row["passes"] = _passes(row)
+                    rows.append(row)
+                    if progress is not None:
+                        print(_format_row(row, rows), file=progress, flush=True)
+                    continue
+                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
                         "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode}
                 row = _run_child(spec)
                 breakdown.append(row)
@@ -325,8 +331,9 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                     print(f"OpenCV alone, {row['cameras']} captures, {what}: {row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
                           f"grabbed)", file=progress, flush=True)
-        finally:
-            server.stop()
+            finally:
+                if server is not None:
+                    server.stop()
     base = next((r for r in rows if r["cameras"] == 0 and "error" not in r), None)
     for r in rows:
         if base is not None and r["cameras"] > 0 and "error" not in r:
