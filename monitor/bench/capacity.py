@@ -28,7 +28,7 @@ DEFAULT_SERVE = Path("../shared/tools/rtsp_serve.py")
 SYSTEM_PYTHON = "/usr/bin/python3"       # Debian puts GStreamer's `gi` bindings into the system Python
 P99_BOUND_MS = 100.0
 CLASSIFIED_MIN = 0.97                    # of the due frames: the window's edges cut a frame or two per camera
-START_TIMEOUT = 60.0                     # seconds for every camera of a step to deliver a first result
+START_TIMEOUT = 120.0                    # seconds for every camera of a step to deliver a first result
 
 
 # ---------------------------------------------------------------- the child: one daemon, N cameras
@@ -78,7 +78,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         model = ModelConfig()
     if weights:
         model = _replace(model, weights=Path(weights))
-    cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=20, read_timeout=10,
+    cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=60, read_timeout=10,
                               stale_after=10) for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
