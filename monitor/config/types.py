@@ -9,8 +9,12 @@ Adding a section or a key:
      the schema. A plain `int`/`str` annotation works too, with pydantic's wording.
   2. A check that needs other keys: a `@field_validator` reading `info.data` (fields listed before it), raising
      `problem("...")` from monitor.config.fields; `problem(..., at=(i,))` points at an item of the value.
-  3. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
-     `python -m monitor config schema > config.schema.json` (a test compares them).
+     A secret: a `FooConfig.password_file: Optional[FilePath]` and a hidden derived field read with
+     fields.read_secret() (see AuthConfig.secret).
+  3. A check across entries or sections (unique names, rules naming cameras): _cross_checks() in loader.py.
+  4. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
+     `python -m monitor config schema > config.schema.json` (a test compares them). A file that is only
+     valid with your key: tests/configs/good/; one broken config per new check: tests/configs/bad/.
 Models are frozen: derive a changed copy with `cfg.model_copy(update={...})`.
 """
 from __future__ import annotations
@@ -26,8 +30,8 @@ from pydantic.json_schema import SkipJsonSchema
 from monitor.core import groups
 from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.fields import (
-    NOT_GIVEN, Bool, Choice, any_case, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
-    from_config, problem, resolve_path, source_kind,
+    NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, any_case,
+    check_url, from_config, problem, read_secret, resolve_path, source_kind,
 )
 
 CAMERA_URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -58,9 +62,10 @@ def _hidden(default: Any = NOT_GIVEN) -> Any:
     return Field(default=default, repr=False, exclude=True)
 
 
-def _not_from_yaml(value: Any, info: ValidationInfo, allowed: Any) -> None:
-    """Derived fields: code may pass them, a config file may not."""
+def _not_from_yaml(cls: type[BaseModel], value: Any, info: ValidationInfo) -> None:
+    """Derived fields (hidden from the schema): code may pass them, a config file may not."""
     if from_config(info) and value is not NOT_GIVEN:
+        allowed = [name for name, f in cls.model_fields.items() if not f.exclude]
         raise problem(f"unknown key (allowed: {', '.join(allowed)})", show_value=False)
 
 
@@ -92,23 +97,11 @@ class AuthConfig(Section):
     @field_validator("secret", mode="wrap")
     @classmethod
     def _read_secret(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
-        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "secret"])
+        _not_from_yaml(cls, value, info)
         if value is not NOT_GIVEN:
             return handler(value)
         key = {"basic": "password_file", "bearer": "token_file"}.get(info.data.get("mode", ""))
-        file = info.data.get(key) if key else None
-        if file is None:
-            return ""
-        try:
-            text = file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory",
-                   PermissionError: "permission denied", UnicodeDecodeError: "not UTF-8 text"}.get(
-                type(exc), getattr(exc, "strerror", None) or str(exc))
-            raise problem(f"cannot read '{file}': {why}", show_value=False, sibling=key) from None
-        if not text:
-            raise problem(f"file '{file}' is empty", show_value=False, sibling=key)
-        return text
+        return read_secret(info.data[key], key) if key and info.data.get(key) else ""
 
 
 class StreamConfig(Section):
@@ -122,6 +115,11 @@ class ServerConfig(Section):
     host: Host = "127.0.0.1"
     port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
     upload_max_bytes: Size = 10 * 1024 * 1024
+    upload_max_pixels: Int(1, 2_000_000_000) = 40_000_000   # an upload promising more is refused undecoded
+    upload_timeout: Duration(allow_zero=False) = 30.0   # seconds for a whole upload body to arrive (408 after)
+    max_connections: Int(8, 65536) = 256     # open HTTP connections (kept below the process's fd limit)
+    keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
+    head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
     auth: AuthConfig = _section()
     stream: StreamConfig = _section()
 
@@ -170,8 +168,9 @@ def _crop_shape(value: Any) -> Any:
 
 
 # "center" | "full" | (x, y, w, h) region of interest in pixels
-Crop = Annotated[Union[Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
-                       Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
+Crop = Annotated[Union[
+    Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
+    Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
                  Discriminator(lambda v: "word" if isinstance(v, str) else "box"), BeforeValidator(_crop_shape)]
 UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's location; the loader drops it
 
@@ -205,6 +204,12 @@ class CameraConfig(Section):
 def _class_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise problem("must be an ImageNet class name or a group name (a string)")
+    if ":" in name:     # "head:class", a custom class; the loader checks the head is configured
+        head, _, cls = name.partition(":")
+        if not head.strip() or not cls.strip() or ":" in cls:
+            raise problem(f"{name!r}: a custom class is written as <custom_classes name>:<class>, "
+                          f"e.g. porch:package", show_value=False)
+        return name
     try:
         groups.lookup(name)
         return name
@@ -227,6 +232,11 @@ def _class_name(name: Any) -> str:
     raise problem(message, show_value=False)
 
 
+class SmoothingConfig(Section):
+    window: Int(2, 100) = 5                 # sampled frames the score is smoothed over
+    method: Choice("median", "mean") = "median"
+
+
 class RuleConfig(Section):
     name: Name
     classes: List(Annotated[str, BeforeValidator(_class_name)])  # as written (class or group names)
@@ -237,18 +247,14 @@ class RuleConfig(Section):
     min_frames: Int(1) = 3
     end_after: Duration(allow_zero=False) = 10.0  # seconds without a hit before the event ends
     cooldown: Duration() = 60.0             # seconds after an event ends before the rule may alert again
-
-    @field_validator("cameras", mode="wrap")
-    @classmethod
-    def _all_cameras(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
+    smoothing: Optional[SmoothingConfig] = None   # score = median/mean of its last `window` frames' scores
 
     @field_validator("classes")
     @classmethod
     def _each_once(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
         first: dict[str, int] = {}
         for i, name in enumerate(classes):
-            canonical = groups.lookup(name)[0]
+            canonical = name if ":" in name else groups.lookup(name)[0]
             if canonical in first:
                 raise problem(f"{name!r} is listed twice (as {{path}}[{first[canonical]}])",
                               show_value=False, at=(i,))
@@ -258,10 +264,26 @@ class RuleConfig(Section):
     @field_validator("indices", mode="wrap")
     @classmethod
     def _resolve(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "indices"])
+        _not_from_yaml(cls, value, info)
         if value is NOT_GIVEN:
-            value = tuple(groups.lookup(name) for name in info.data.get("classes", ()))
+            # a custom class "head:class" has no ImageNet index: the engine reads the head's result
+            value = tuple((name, ()) if ":" in name else groups.lookup(name) for name in info.data.get("classes", ()))
         return handler(value)
+
+
+# --- custom classes ------------------------------------------------------------------------------------------
+
+class CustomClassConfig(Section):
+    name: Name                              # rules name its classes as "<name>:<class>"
+    head: FilePath                          # head file (`monitor classes train`)
+    cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
+    crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
+    examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
+
+    @field_validator("cameras", mode="wrap")
+    @classmethod
+    def _all_cameras(cls, value: Any, handler: Any) -> Any:
+        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
 # --- alerts, events, logging ---------------------------------------------------------------------------------
@@ -305,11 +327,6 @@ class AlertsConfig(Section):
     command_timeout: Duration(allow_zero=False) = 10.0
     queue_size: Int(1, 100000) = 64         # per sink; full -> drop and count
 
-    @field_validator("command", mode="wrap")
-    @classmethod
-    def _no_command(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
-
 
 class EventsConfig(Section):
     database: FilePath = Path("events.db")
@@ -326,6 +343,7 @@ class Config(Section):
     model: ModelConfig = _section()
     cameras: List(CameraConfig, empty="must list at least one camera")
     watchlist: List(RuleConfig, empty=None) = ()
+    custom_classes: List(CustomClassConfig, empty=None) = ()
     alerts: AlertsConfig = _section()
     events: EventsConfig = _section()
     logging: LoggingConfig = _section()
