@@ -54,7 +54,8 @@ class Daemon:
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
-        self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+        self.mqtt: Any = self._mqtt(config)
+        self.sinks = self._sinks(config)
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
@@ -65,14 +66,31 @@ class Daemon:
         self.started_at = time.time()
         self._started = False
 
+    def _mqtt(self, config: Config) -> Any:
+        if config.mqtt is None:
+            return None
+        from monitor.mqtt.bridge import MqttBridge, paused_state_path
+        return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
+                          paused_state_path(config.events.database), untrained=self.classifier.untrained)
+
+    def worker_pause(self, names: frozenset[str]) -> None:
+        self.worker.set_paused(names)
+
+    def _sinks(self, config: Config) -> SinkSet:
+        listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
+        return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
+                       listeners=listeners)
+
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self, web: bool = True) -> None:
-        """Start consumers before producers: sinks, worker, cameras, then the HTTP port."""
+        """Start consumers before producers: sinks, MQTT, worker, cameras, then the HTTP port."""
         self.sinks.start()
+        if self.mqtt is not None:
+            self.mqtt.start(list(self.cameras), self.config.watchlist)
         self.worker.start()
         for cam in self.cameras.values():
             cam.start()
@@ -107,6 +125,8 @@ class Daemon:
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))
+        if self.mqtt is not None:      # after the sinks: the events' ends still go out
+            self.mqtt.stop(timeout=min(1.0, left()))
         self.events.close()
         self._started = False
         log.info("monitor stopped")
@@ -132,16 +152,16 @@ class Daemon:
     def reload(self, new: Config) -> None:
         """Apply a validated config: cameras, watch-list, alert sinks and logging change in place."""
         old = self.config
-        for key in ("server", "model", "events"):
+        for key in ("server", "model", "events", "mqtt"):
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
-        new = replace(new, server=old.server, model=old.model, events=old.events)
+        new = replace(new, server=old.server, model=old.model, events=old.events, mqtt=old.mqtt)
         setup_logging(new.logging.level, new.logging.format)
         if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
             self.worker.set_alerts(None)
             self.alerts.close_all()
             self.sinks.stop(timeout=2.0)
-            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+            self.sinks = self._sinks(new)
             self.sinks.start()
             self.alerts = AlertEngine(new.watchlist, self.events, self.sinks, self.metrics, background=True)
             self.worker.set_alerts(self.alerts)
@@ -160,6 +180,8 @@ class Daemon:
         self.cameras = {name: self.cameras[name] for name in new_cams}
         self.worker.set_cameras(list(self.cameras.values()))
         self.config = new
+        if self.mqtt is not None:
+            self.mqtt.update(list(self.cameras), new.watchlist)
         log.info("reloaded config: %d cameras, %d rules", len(self.cameras), len(new.watchlist))
 
 

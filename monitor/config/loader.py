@@ -23,7 +23,7 @@ import yaml
 from monitor.core import groups
 from monitor.config.types import (
     AlertsConfig, AuthConfig, CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, MotionConfig,
-    RuleConfig, ServerConfig, StreamConfig, WebhookConfig,
+    MqttConfig, RuleConfig, ServerConfig, StreamConfig, WebhookConfig,
 )
 from monitor.core.redact import redact_url
 
@@ -38,6 +38,8 @@ COMMAND_PLACEHOLDERS = ("camera", "rule", "label", "score", "event_id", "snapsho
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 AUTH_MODES = ("none", "basic", "bearer")
+# Topic levels under <prefix>/<camera>/ that a watch-list rule may not take when MQTT is on.
+MQTT_RESERVED_RULE_NAMES = ("label", "snapshot", "state", "enabled")
 # Camera and rule names end up in URL paths and metric labels.
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -78,11 +80,13 @@ def parse_config(data: Any, base_dir: Path | None = None, *, path: Path | str | 
         raise ConfigError([f"{where}: top level must be a mapping of sections "
                            f"({', '.join(_TOP_LEVEL)}) (got {_kind(data)})"], path)
     # absent sections are checked as empty ones, so their defaults go through the same building (paths)
-    absent = {key: None for key in _TOP_LEVEL if key != "cameras" and key not in data}
+    absent = {key: None for key in _TOP_LEVEL if key not in ("cameras", "mqtt") and key not in data}
     values = v.mapping({**data, **absent}, "", _TOP_LEVEL, required=("cameras",))
     _check_unique_names(v, data.get("cameras"), "cameras", "camera")
     _check_unique_names(v, data.get("watchlist"), "watchlist", "rule")
     _check_rule_cameras(v, data.get("watchlist"), _written_names(data.get("cameras")))
+    if data.get("mqtt") is not None:
+        _check_rule_topics(v, data.get("watchlist"))
     if v.errors:
         raise ConfigError(v.errors, path)
     return Config(**values, path=Path(path).absolute() if path is not None else None)
@@ -592,6 +596,39 @@ def _build_auth(values: dict[str, Any], raw: dict, path: str, v: _Validator) -> 
     return AuthConfig(**values, secret=secret)
 
 
+def _build_mqtt(values: dict[str, Any], raw: dict, path: str, v: _Validator) -> MqttConfig:
+    password = ""
+    if "password_file" in values:
+        if "username" not in values:
+            v.error(_join(path, "password_file"), "needs mqtt.username")
+        try:
+            password = _read_secret(values["password_file"])
+        except _Invalid as bad:
+            v.error(_join(path, "password_file"), bad.message)
+    if values.get("topic_prefix") is not None and values.get("topic_prefix") == values.get("discovery_prefix"):
+        v.error(_join(path, "discovery_prefix"), "must differ from mqtt.topic_prefix", values["discovery_prefix"])
+    return MqttConfig(**values, password=password)
+
+
+def _topic_prefix(value: Any, path: str, v: _Validator) -> str:
+    """An MQTT topic prefix: levels of printable characters, no wildcards, no empty level."""
+    _text(value, path, v)
+    if any(c in value for c in "+#\0") or any(not c.isprintable() or c.isspace() for c in value):
+        raise _Invalid("must be an MQTT topic without wildcards (+ #), blanks or control characters")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise _Invalid("must not start or end with '/' nor contain an empty level ('//')")
+    if len(value.encode("utf-8")) > 200:
+        raise _Invalid("must be at most 200 bytes")
+    return value
+
+
+def _client_id(value: Any, path: str, v: _Validator) -> str:
+    _text(value, path, v)
+    if len(value.encode("utf-8")) > 128 or any(not c.isprintable() for c in value):
+        raise _Invalid("must be at most 128 bytes of printable characters")
+    return value
+
+
 def _read_secret(file: Path) -> str:
     try:
         text = file.read_text(encoding="utf-8").strip()
@@ -690,6 +727,18 @@ _ALERTS = {
     "command_timeout": _duration(allow_zero=False),
     "queue_size": _integer(1, 100000),
 }
+_MQTT = {
+    "host": _host,
+    "port": _integer(1, 65535),
+    "username": _text,
+    "password_file": _path,
+    "tls": _boolean,
+    "topic_prefix": _topic_prefix,
+    "discovery_prefix": _optional(_topic_prefix),
+    "client_id": _client_id,
+    "label_keepalive": _duration(allow_zero=False),
+    "queue_size": _integer(1, 100000),
+}
 _EVENTS = {
     "database": _path,
     "retention": _duration(allow_zero=False),
@@ -709,6 +758,7 @@ _TOP_LEVEL: dict[str, Check] = {
     "alerts": _section(_plain(AlertsConfig), _ALERTS),
     "events": _section(_plain(EventsConfig, "database"), _EVENTS),
     "logging": _section(_plain(LoggingConfig), _LOGGING),
+    "mqtt": _optional(_section(_build_mqtt, _MQTT)),
 }
 
 
@@ -750,6 +800,14 @@ def _check_rule_cameras(v: _Validator, watchlist: Any, camera_names: list[str]) 
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 v.error(f"watchlist[{i}].cameras[{j}]",
                         f"unknown camera {name!r} (cameras: {', '.join(camera_names) or 'none'}){hint}")
+
+
+def _check_rule_topics(v: _Validator, watchlist: Any) -> None:
+    """With MQTT a rule's state is <prefix>/<camera>/<rule>: it must not take a camera topic's own level."""
+    for i, rule in _items(watchlist):
+        if rule.get("name") in MQTT_RESERVED_RULE_NAMES:
+            v.error(f"watchlist[{i}].name", f"{rule['name']!r} is taken by an MQTT topic of every camera "
+                                            f"(reserved with mqtt: {', '.join(MQTT_RESERVED_RULE_NAMES)})")
 
 
 # ---------------------------------------------------------------------------------------------------------

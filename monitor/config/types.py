@@ -99,6 +99,26 @@ class EventsConfig:
     retention: float = 30 * 86400.0         # seconds
 
 
+def _default_client_id() -> str:
+    import socket
+    return f"monitor-{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password_file: Optional[Path] = None    # file holding the password (never inline in the config)
+    tls: bool = False                       # TLS with the system's CA certificates
+    topic_prefix: str = "monitor"
+    discovery_prefix: Optional[str] = "homeassistant"   # None: no Home Assistant discovery
+    client_id: str = field(default_factory=_default_client_id)
+    label_keepalive: float = 60.0           # seconds: re-publish an unchanged label this often
+    queue_size: int = 256                   # outgoing messages held while the broker is away; full -> dropped
+    password: str = field(default="", repr=False)  # read from password_file at validation time, never logged
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"                     # debug | info | warning | error
@@ -114,4 +134,5 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mqtt: Optional[MqttConfig] = None       # None: no MQTT
     path: Optional[Path] = None             # the file it was read from

@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 from monitor.inference.classifier import top_k_predictions
 from monitor.inference.results import Result, ResultBoard
@@ -47,6 +47,7 @@ class InferenceWorker:
         # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
         self.latencies: deque[float] = deque(maxlen=20000)
         self._cameras: tuple[Camera, ...] = ()
+        self.paused: frozenset[str] = frozenset()    # cameras whose due frames are taken and discarded
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,6 +55,11 @@ class InferenceWorker:
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
         self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
         self._wake.set()
+
+    def set_paused(self, names: Iterable[str]) -> None:
+        """Stop (or resume) classifying these cameras. Their due frames are still taken, so a paused camera
+        counts no dropped frames and its live view keeps running."""
+        self.paused = frozenset(names)
 
     def set_alerts(self, alerts: ResultObserver | None) -> None:
         self.alerts = alerts
@@ -94,9 +100,10 @@ class InferenceWorker:
     def run_once(self) -> int:
         """Take every camera's due frame and classify them; returns how many frames were classified."""
         due: list[tuple[Camera, Frame]] = []
+        paused = self.paused
         for cam in self._cameras:
             frame = cam.take_due()
-            if frame is not None:
+            if frame is not None and cam.name not in paused:
                 due.append((cam, frame))
         for start in range(0, len(due), self.batch_max):
             self._classify(due[start:start + self.batch_max])
