@@ -8,6 +8,7 @@ killed and restarted, wrong credentials, SIGKILL of the daemon process (last wil
 from __future__ import annotations
 
 import json
+import re
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from prometheus_client import generate_latest
 from monitor.config.loader import ConfigError, parse_config
 from monitor.config.types import Config
 from monitor.daemon import Daemon
+from monitor.mqtt.discovery import discovery_configs
+from monitor.mqtt.topics import Topics
 from testkit.faults import DaemonProcess, clip, flicker_rule
 from testkit.mqtt import Mosquitto, Subscriber, retained_now
 from testkit.rtsp import free_port
@@ -292,8 +295,12 @@ def test_broker_down_at_start_then_killed_and_restarted(tmp_path, demo_weights, 
     brokers.append(b)
     assert wait_until(lambda: sample(d, "monitor_mqtt_connected") == 1, timeout=20)
     # what the full queue dropped is not lost for good: the retained state is re-published on connect
-    retained = wait_until(lambda: (lambda r: r if len([t for t in r if t.startswith("ha3/")]) == 5 else None)(
-        retained_now(port, (f"{prefix}/#", "ha3/#"))), timeout=10)
+    def all_configs() -> dict | None:
+        held = retained_now(port, (f"{prefix}/#", "ha3/#"))
+        return held if len([t for t in held if t.startswith("ha3/")]) == 5 else None
+
+    retained = wait_until(all_configs, timeout=10)
+    assert retained, retained_now(port, (f"{prefix}/#", "ha3/#"))
     assert retained[f"{prefix}/status"].text == "online"
     assert retained[f"{prefix}/cars/state"].text == "up"
     assert retained[f"{prefix}/cars/enabled/state"].text == "ON"
@@ -399,3 +406,17 @@ def test_config_section_errors(tmp_path, demo_weights) -> None:
     plain = dict(data(tmp_path, demo_weights, [{"name": "a", "source": "x.mp4"}], [], {}))
     del plain["mqtt"]
     assert parse_config(plain, tmp_path).mqtt is None
+
+
+def test_readme_shows_the_discovery_payload_we_publish() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## MQTT and Home Assistant", 1)[1].split("\n## ", 1)[0]
+    shown = json.loads(re.search(r"```json\n(.+?)\n```", section, re.DOTALL).group(1))
+    topic = "homeassistant/binary_sensor/monitor_driveway_rule_vehicle/config"
+    assert topic in section
+    ours = discovery_configs(Topics("monitor"), "homeassistant", ["driveway"], {"driveway": ["vehicle"]})[topic]
+    for payload in (shown, ours):   # the version changes with releases; the shape must not
+        payload["device"].pop("sw_version")
+        payload["origin"].pop("sw_version")
+    assert shown == ours
+    check_discovery(topic, shown, "monitor", "homeassistant")
