@@ -19,8 +19,10 @@ import yaml
 from prometheus_client import generate_latest
 
 from monitor.config.loader import ConfigError, parse_config
-from monitor.config.types import Config
+from monitor.config.types import Config, MqttConfig
+from monitor.core.metrics import Metrics
 from monitor.daemon import Daemon
+from monitor.mqtt.client import MqttClient
 from monitor.mqtt.discovery import discovery_configs
 from monitor.mqtt.topics import Topics
 from testkit.faults import DaemonProcess, clip, flicker_rule
@@ -266,6 +268,35 @@ def test_paused_survives_restart_and_removed_entities_are_cleared(tmp_path, demo
         f"{ha}/{c}/t2_a_{k}/config" for c, k in
         (("sensor", "label"), ("binary_sensor", "connected"), ("camera", "snapshot"), ("switch", "enabled")))
     assert not [t for t in retained if t.startswith(f"{prefix}/b/")]
+
+
+def test_client_queue_bounds_and_resync_of_many_retained_values(broker, subscribers) -> None:
+    """MqttClient alone: before the first connect, retained values only wait in the map (no queue slot), other
+    messages fill the bounded queue and the rest are dropped and counted; after the connect, the queued ones go
+    out in order and every retained value (more than paho's in-flight window) reaches the broker."""
+    metrics = Metrics()
+    client = MqttClient(MqttConfig(port=broker.port, topic_prefix="t6", client_id="monitor-test-6", queue_size=10),
+                        metrics)
+    sub = Subscriber(broker.port, ("t6/#",))
+    subscribers.append(sub)
+    for i in range(300):
+        client.retain(f"t6/r/{i}", f"v{i}")
+    client.retain("t6/r/0", "v0-new")
+    sent = [client.publish("t6/live", f"m{i}") for i in range(25)]
+    assert sent == [True] * 10 + [False] * 15
+    assert metrics.registry.get_sample_value("monitor_mqtt_dropped_total") == 15
+    client.start()
+    try:
+        sub.wait_topic("t6/r/299", "v299", timeout=15)
+        assert [m.text for m in sub.on("t6/live")] == [f"m{i}" for i in range(10)]
+        assert sub.on("t6/status")[0].text == "online"
+        held = retained_now(broker.port, ("t6/r/#",))
+        assert len(held) == 300 and held["t6/r/0"].text == "v0-new"
+        assert metrics.registry.get_sample_value("monitor_mqtt_connected") == 1
+    finally:
+        client.stop(timeout=2)
+    assert retained_now(broker.port, ("t6/status",))["t6/status"].text == "offline"
+    assert metrics.registry.get_sample_value("monitor_mqtt_connected") == 0
 
 
 # ---------------------------------------------------------------------------------------------------------

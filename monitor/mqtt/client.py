@@ -35,6 +35,7 @@ _TICK = 0.25                   # the out thread's longest sleep without looking 
 _INFLIGHT = 32                 # QoS 1 messages paho may hold unacknowledged (its own queue stays this small)
 _DROP_LOG_EVERY = 30.0         # seconds between "queue full" warnings
 _STATUS_ONLINE, _STATUS_OFFLINE = "online", "offline"
+_SENT, _BUSY, _DOWN = 0, 1, 2          # outcomes of handing one message to paho
 
 Handler = Callable[[str, bytes], None]
 
@@ -151,6 +152,8 @@ class MqttClient:
         with self._cond:
             if data:
                 self._retained[topic] = msg
+                if not self._connected:
+                    return True      # goes out with the others after the connect: no queue slot needed
             else:
                 self._retained.pop(topic, None)
         return self._put(msg)
@@ -283,28 +286,34 @@ class MqttClient:
                 else:
                     batch.append(self._queue.popleft())
             for i, msg in enumerate(batch):
-                if not self._send(msg):
+                outcome = self._send(msg)
+                while outcome == _BUSY:
+                    # paho's own small window of unacknowledged messages is full: wait for acks, keep the order
+                    if self._stop.is_set() and time.monotonic() >= self._drain_until:
+                        outcome = _DOWN
+                        break
+                    time.sleep(0.01)
+                    outcome = self._send(msg)
+                if outcome == _DOWN:
                     self._requeue(batch[i:], resync)
                     break
 
-    def _send(self, msg: _Message) -> bool:
+    def _send(self, msg: _Message) -> int:
         client = self._client
         if client is None or not self._connected:
-            return False
+            return _DOWN
         try:
             info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
         except (ValueError, TypeError) as exc:       # a bad topic is a bug of ours: lose the message, not the thread
             log.error("mqtt: cannot publish to %r: %s", msg.topic, exc)
-            return True
+            return _SENT
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            # paho's own small window of unacknowledged messages is full: wait a moment, keep the order
-            time.sleep(0.02)
-            return False
+            return _BUSY
         if info.rc == paho.MQTT_ERR_NO_CONN and msg.qos == 0:
-            return False
+            return _DOWN
         # MQTT_ERR_NO_CONN with QoS 1: paho holds the message and sends it after the reconnect
         self.metrics.mqtt_published.inc()
-        return True
+        return _SENT
 
     def _requeue(self, rest: list[_Message], resync: bool) -> None:
         with self._cond:
