@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE")
+    c = sub.add_parser("config", help="config file tools").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    c.add_parser("schema", help="print the JSON Schema of the config file (editors complete and check with it)")
 
     w = sub.add_parser("weights", help="fetch, build, verify model weights").add_subparsers(
         dest="weights_command", required=True, metavar="ACTION")
@@ -103,6 +106,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "check-config":
             from monitor.config.loader import check_config_main
             return check_config_main(args.config)
+        if args.command == "config":
+            from monitor.config.loader import schema_text
+            sys.stdout.write(schema_text())
+            return 0
         if args.command == "weights":
             return _weights(args)
         if args.command == "classify":

@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ class Daemon:
                  metrics: Metrics | None = None) -> None:
         limit_malloc_arenas()
         if weights is not None:
-            config = replace(config, model=replace(config.model, weights=Path(weights)))
+            config = config.model_copy(update={"model": config.model.model_copy(update={"weights": Path(weights)})})
         self.config = config
         self.pace = pace
         self.metrics = metrics or Metrics()
@@ -155,7 +154,8 @@ class Daemon:
         for key in ("server", "model", "events", "mqtt"):
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
-        new = replace(new, server=old.server, model=old.model, events=old.events, mqtt=old.mqtt)
+        new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events,
+                                     "mqtt": old.mqtt})
         setup_logging(new.logging.level, new.logging.format)
         if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
             self.worker.set_alerts(None)

@@ -1,5 +1,5 @@
-"""Shared set-up of the long-run scripts: the repository on sys.path (they reuse the test suites' checks), the
-sample videos, and demo weights built on demand."""
+"""Shared set-up of the long-run scripts: the repository on sys.path (they run the scenarios of testkit/ that the
+test suites run), the sample videos, and demo weights built on demand."""
 from __future__ import annotations
 
 import logging

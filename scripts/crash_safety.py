@@ -23,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from testkit.faults import clip, flicker_rule
-    from tests import test_crash_safety as suite
+    from testkit.crash import crash_cycles
 
     with tempfile.TemporaryDirectory(prefix="crash-safety.") as tmp:
         tmp_path = Path(tmp)
@@ -36,7 +36,7 @@ def main() -> int:
         run_dir.mkdir()
         processes: list = []
         try:
-            suite.crash_cycles(run_dir, weights, footage, args.kills, processes, random.Random(args.seed))
+            crash_cycles(run_dir, weights, footage, args.kills, processes, random.Random(args.seed))
         finally:
             for p in processes:
                 p.kill()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The long sink-fault run: the three suites of tests/test_faults_sinks.py (webhook timeout / 500 / closed
+"""The long sink-fault run: the three scenarios of tests/test_faults_sinks.py (testkit/sink_scenarios.py) (webhook timeout / 500 / closed
 socket; hung command, unwritable snapshot directory, snapshots on a full tmpfs; SQLite locked by another
 connection) with longer windows (default 10 s instead of 3 s). Prints, per fault, the classification rate against
 the healthy windows on either side, the events started in the window, and the failure/drop counters that moved.
@@ -23,11 +23,10 @@ def main() -> int:
     args = parser.parse_args()
     _setup.quiet_logging()
 
+    from testkit import sink_scenarios as suite
     from testkit.faults import clip, flicker_rule
-    from tests import test_faults_sinks as suite
-    from tests.helpers_http import Receiver
+    from testkit.webhook import Receiver
 
-    suite.WINDOW = args.window
     with tempfile.TemporaryDirectory(prefix="sink-faults.") as tmp:
         tmp_path = Path(tmp)
         weights = _setup.weights(args.weights, tmp_path)
@@ -35,15 +34,13 @@ def main() -> int:
         label, min_score = flicker_rule(weights, video)
         footage = (video, {"name": "watch", "classes": [label], "min_score": min_score, "min_frames": 1,
                            "end_after": 0.05, "cooldown": 0})
-        for test in (suite.test_webhook_timeout_500_and_closed_socket,
-                     suite.test_hung_command_and_snapshots_unwritable_or_on_a_full_filesystem,
-                     suite.test_sqlite_locked_by_another_connection):
+        for test in (suite.webhook_faults, suite.command_and_snapshot_faults, suite.sqlite_lock_faults):
             run_dir = tmp_path / test.__name__
             run_dir.mkdir()
             root = logging.getLogger()
             handlers, level = list(root.handlers), root.level
             with Receiver("ok") as hook:
-                setup = suite.Setup(run_dir, weights, footage, hook.url)
+                setup = suite.Setup(run_dir, weights, footage, hook.url, window=args.window)
                 setup.hook = hook
                 print(f"\n== {test.__name__}", flush=True)
                 try:

@@ -30,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
     _setup.quiet_logging()
 
-    from tests import test_faults_stream as suite
+    from testkit import stream_scenarios as suite
     from testkit.rtsp import RtspServer, free_port
 
     with tempfile.TemporaryDirectory(prefix="stream-faults.") as tmp:
@@ -47,7 +47,7 @@ def main() -> int:
             if args.bad_sources:
                 bad_dir = tmp_path / "bad"
                 bad_dir.mkdir()
-                suite.test_garbage_truncated_and_hung_sources(bad_dir, weights, _setup.VIDEOS, daemons)
+                suite.bad_sources(bad_dir, weights, _setup.VIDEOS, daemons)
         finally:
             for d in daemons:
                 if d._started:

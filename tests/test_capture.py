@@ -109,9 +109,9 @@ def test_parse_source() -> None:
 def test_rtsp_camera_reconnects_after_server_restart(rtsp_server: Callable[..., RtspServer], metrics: Metrics,
                                                      cameras: list[Camera], videos_dir: Path) -> None:
     server = rtsp_server(["car-detection"], minutes=1)
-    live = start(cameras, CameraConfig("live", server.url("car-detection", "user:secret"), fps=0, open_timeout=5,
+    live = start(cameras, CameraConfig(name="live", source=server.url("car-detection", "user:secret"), fps=0, open_timeout=5,
                                        read_timeout=3, stale_after=3, backoff_max=2), metrics)
-    other = start(cameras, CameraConfig("file", str(videos_dir / "car-detection.mp4"), fps=0, loop=True), metrics)
+    other = start(cameras, CameraConfig(name="file", source=str(videos_dir / "car-detection.mp4"), fps=0, loop=True), metrics)
     file_seqs: list[int] = []
 
     def file_still_running() -> None:
@@ -157,7 +157,7 @@ def test_silent_rtsp_stream_is_reopened_after_stale_after(rtsp_server: Callable[
                                                           cameras: list[Camera]) -> None:
     """The server freezes (SIGSTOP): the TCP connection stays open, but no frame comes."""
     server = rtsp_server(["car-detection"], minutes=1)
-    cam = start(cameras, CameraConfig("frozen", server.url("car-detection"), fps=0, open_timeout=3, read_timeout=30,
+    cam = start(cameras, CameraConfig(name="frozen", source=server.url("car-detection"), fps=0, open_timeout=3, read_timeout=30,
                                       stale_after=2, backoff_max=1), metrics)
     assert wait_for(lambda: cam.status()["state"] == "up", 10), cam.status()
     server.pause()
@@ -181,7 +181,7 @@ def test_silent_rtsp_stream_is_reopened_after_stale_after(rtsp_server: Callable[
 
 
 def test_file_plays_at_native_rate_and_loops(car_clip: Path, metrics: Metrics, cameras: list[Camera]) -> None:
-    cam = start(cameras, CameraConfig("clip", str(car_clip), fps=0, loop=True), metrics)
+    cam = start(cameras, CameraConfig(name="clip", source=str(car_clip), fps=0, loop=True), metrics)
     assert cam.wait_newer(0, 5.0) is not None
     t0, n0 = time.monotonic(), cam.status()["frames"]
     time.sleep(3.0)
@@ -195,7 +195,7 @@ def test_file_plays_at_native_rate_and_loops(car_clip: Path, metrics: Metrics, c
 
 
 def test_file_without_loop_ends_down_and_idles(car_clip: Path, metrics: Metrics, cameras: list[Camera]) -> None:
-    cam = start(cameras, CameraConfig("clip", str(car_clip), fps=0, loop=False), metrics)
+    cam = start(cameras, CameraConfig(name="clip", source=str(car_clip), fps=0, loop=False), metrics)
     assert wait_for(lambda: cam.status()["state"] == "down", 5.0), cam.status()
     st = cam.status()
     assert st["reason"] == "end of file" and st["frames"] == 15
@@ -209,7 +209,7 @@ def test_file_without_loop_ends_down_and_idles(car_clip: Path, metrics: Metrics,
 
 def test_unpaced_file_hands_every_frame_to_the_worker(car_clip: Path, metrics: Metrics,
                                                        cameras: list[Camera]) -> None:
-    cam = start(cameras, CameraConfig("bench", str(car_clip), fps=0), metrics, pace=False)
+    cam = start(cameras, CameraConfig(name="bench", source=str(car_clip), fps=0), metrics, pace=False)
     taken: list[Frame] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -229,7 +229,7 @@ def test_unpaced_file_hands_every_frame_to_the_worker(car_clip: Path, metrics: M
 def test_unpaced_file_samples_fps_on_the_file_timeline(tmp_path: Path, videos_dir: Path, metrics: Metrics,
                                                         cameras: list[Camera]) -> None:
     clip = write_clip(tmp_path / "car25.mp4", read_frames(videos_dir / "car-detection.mp4", 25), CAR_FPS)
-    cam = start(cameras, CameraConfig("bench", str(clip), fps=2), metrics, pace=False)
+    cam = start(cameras, CameraConfig(name="bench", source=str(clip), fps=2), metrics, pace=False)
     taken = take_until_down(cam, 10)
     # 25 frames = 2 s of video at 2 due frames per second of video, however fast it was read
     assert cam.status()["frames"] == 25
@@ -242,7 +242,7 @@ def test_unpaced_file_samples_fps_on_the_file_timeline(tmp_path: Path, videos_di
 
 def test_fps_sampling_and_dropped_due_frames(videos_dir: Path, metrics: Metrics, cameras: list[Camera]) -> None:
     woken = threading.Event()
-    cam = start(cameras, CameraConfig("s", str(videos_dir / "car-detection.mp4"), fps=2), metrics,
+    cam = start(cameras, CameraConfig(name="s", source=str(videos_dir / "car-detection.mp4"), fps=2), metrics,
                 on_due=woken.set)
     assert cam.wait_newer(0, 5.0) is not None
     times: list[float] = []
@@ -278,7 +278,7 @@ def test_missing_device_is_down_and_retries_with_growing_backoff(metrics: Metric
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="monitor")
     assert not os.path.exists("/dev/video57")
-    cam = start(cameras, CameraConfig("webcam", "/dev/video57", backoff_max=8), metrics)
+    cam = start(cameras, CameraConfig(name="webcam", source="/dev/video57", backoff_max=8), metrics)
     backoffs: list[float] = []
     end = time.monotonic() + 4.0
     while time.monotonic() < end:
@@ -302,7 +302,7 @@ def test_unreachable_url_is_down_and_never_shows_the_password(metrics: Metrics, 
     caplog.set_level(logging.DEBUG, logger="monitor")
     monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
     port = free_port()                              # nothing listens there
-    cam = start(cameras, CameraConfig("door", f"rtsp://user:secret@127.0.0.1:{port}/x", open_timeout=3,
+    cam = start(cameras, CameraConfig(name="door", source=f"rtsp://user:secret@127.0.0.1:{port}/x", open_timeout=3,
                                       backoff_max=4), metrics)
     assert wait_for(lambda: cam.status()["reconnects"] >= 2, 5.0), cam.status()
     st = cam.status()
@@ -341,7 +341,7 @@ def test_stop_returns_while_open_hangs(metrics: Metrics, cameras: list[Camera]) 
     acceptor.start()
     try:
         port = listener.getsockname()[1]
-        cam = start(cameras, CameraConfig("hang", f"rtsp://127.0.0.1:{port}/x", open_timeout=3, read_timeout=3),
+        cam = start(cameras, CameraConfig(name="hang", source=f"rtsp://127.0.0.1:{port}/x", open_timeout=3, read_timeout=3),
                     metrics)
         assert accepted.wait(3.0)
         time.sleep(0.2)
@@ -371,7 +371,7 @@ def test_motion_gate_keeps_still_frames_from_the_worker(tmp_path: Path, videos_d
     moved = still.copy()
     cv2.rectangle(moved, (300, 150), (460, 300), (255, 255, 255), -1)
     clip = write_clip(tmp_path / "still.mp4", [still] * 12 + [moved] * 13, CAR_FPS)
-    cam = start(cameras, CameraConfig("gate", str(clip), fps=0,
+    cam = start(cameras, CameraConfig(name="gate", source=str(clip), fps=0,
                                       motion=MotionConfig(enabled=True, threshold=0.02, keepalive=30)),
                 metrics, pace=False)
     taken = take_until_down(cam, 10)

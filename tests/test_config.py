@@ -8,10 +8,15 @@ each file says in its header what it must produce:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import jsonschema
 
 import pytest
 import yaml
@@ -20,10 +25,10 @@ from hypothesis import strategies as st
 
 from monitor.core import groups
 from monitor.config.loader import (
-    ConfigError, check_config_main, format_errors, key_paths, load_config, parse_config, parse_duration,
-    parse_size, source_kind,
+    ConfigError, check_config_main, format_errors, json_schema, key_paths, load_config, parse_config,
+    parse_duration, parse_size, schema_text, source_kind,
 )
-from monitor.config.types import Config
+from monitor.config.types import CameraConfig, Config, RuleConfig
 from monitor.core.labels import imagenet_classes
 
 HERE = Path(__file__).parent
@@ -131,6 +136,24 @@ def test_bad_config_reports_exactly_the_expected_errors(path: Path) -> None:
     errors = info.value.errors
     assert match_errors(errors, expectations(path)) == [], "\n".join(errors)
     assert str(info.value) == "\n".join(errors)
+    for error in errors:
+        assert_line_points_at_the_key(path, error)
+
+
+def assert_line_points_at_the_key(path: Path, error: str) -> None:
+    """A key-path error ends with '(line N)' and line N holds the last key of the path (for a missing key:
+    of its section; for a list item: the item)."""
+    if error.startswith(str(path)):
+        return      # a file-level error (YAML syntax, duplicate key, empty file) names file:line itself
+    match = re.fullmatch(r"([^:]+): (.*) \(line (\d+)\)", error)
+    assert match, f"no line number in {error!r}"
+    keys = re.findall(r"[^.\[\]]+|\[\d+\]", match.group(1))
+    if match.group(2) == "required key is missing":
+        keys.pop()
+    text = path.read_text(encoding="utf-8").splitlines()[int(match.group(3)) - 1]
+    last = keys[-1] if keys else ""     # a missing top-level key: the document's first line
+    item = last.startswith("[") and (text.lstrip().startswith("-") or "[" in text)   # block or flow list
+    assert item or last in text, (error, text)
 
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
@@ -147,6 +170,40 @@ def test_check_config_main_prints_every_error_and_exits_2(path: Path, capsys: py
 
 def test_corpus_really_contains_credentials_that_must_not_leak() -> None:
     assert sum(SECRET in p.read_text(encoding="utf-8") for p in BAD) >= 4
+
+
+def test_errors_name_key_path_and_line_in_document_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "cameras:\n  - name: a\n    source: 0\n  - name: b\n    source: 1\n"
+                           "    fps: -3\n    motion:\n      keepalive: 0s\nservr: {}\nlogging: {level: loud}\n"
+                           "watchlist:\n  - name: r\n    classes: [dog]\n    indices: [[dog, [1]]]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        "cameras[1].fps: must be >= 0 (got -3) (line 6)",
+        "cameras[1].motion.keepalive: must be > 0 (got '0s') (line 8)",
+        "servr: unknown key (allowed: server, model, cameras, watchlist, alerts, events, logging, mqtt); "
+        "did you mean 'server'? (line 9)",
+        "logging.level: must be one of debug, info, warning, error (got 'loud') (line 10)",
+        "watchlist[0].indices: unknown key (allowed: name, classes, cameras, min_score, min_frames, end_after, "
+        "cooldown) (line 14)",
+    ]
+
+
+def test_derived_fields_cannot_be_written_in_a_file_but_code_may_pass_them() -> None:
+    errors = errors_of({"cameras": [CAM], "server": {"auth": {"secret": "x"}}})
+    assert errors == ["server.auth.secret: unknown key (allowed: mode, username, password_file, token_file, "
+                      "protect_metrics)"]
+    rule = RuleConfig(name="r", classes=("dog",), indices=(("dog", (1, 2)),))
+    assert rule.indices == (("dog", (1, 2)),)
+    assert RuleConfig(name="r", classes=("dog",)).indices == (("dog", tuple(range(151, 269))),)
+
+
+def test_models_are_frozen_and_copied_with_changes() -> None:
+    camera = CameraConfig(name="c", source="v.mp4", fps=2)
+    with pytest.raises(Exception):
+        camera.fps = 3      # type: ignore[misc]
+    assert camera.model_copy(update={"fps": 3.0}).fps == 3.0 and camera.fps == 2.0
+    assert camera == CameraConfig(name="c", source="v.mp4", fps=2.0) and hash(camera)
 
 
 def test_several_faults_are_reported_together() -> None:
@@ -248,6 +305,56 @@ def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The JSON Schema
+
+
+def test_schema_file_is_current_and_config_yaml_points_at_it() -> None:
+    assert (REPO / "config.schema.json").read_text(encoding="utf-8") == schema_text(), \
+        "regenerate it: python -m monitor config schema > config.schema.json"
+    first = (REPO / "config.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert first == "# yaml-language-server: $schema=config.schema.json"
+
+
+@pytest.mark.parametrize("path", [REPO / "config.yaml", *GOOD], ids=lambda p: p.stem)
+def test_valid_configs_pass_the_schema(path: Path) -> None:
+    jsonschema.Draft202012Validator.check_schema(json_schema())
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert [e.message for e in jsonschema.Draft202012Validator(json_schema()).iter_errors(document)] == []
+
+
+@pytest.mark.parametrize("stem", ["unknown_camera_key", "unknown_top_level_key", "port_out_of_range",
+                                  "duration_words", "upload_size_words", "crop_three_numbers", "cameras_empty",
+                                  "log_level_yaml_off", "webhook_missing_url", "min_score_above_one"])
+def test_schema_rejects_what_the_loader_rejects(stem: str) -> None:
+    document = yaml.safe_load((HERE / "configs" / "bad" / f"{stem}.yaml").read_text(encoding="utf-8"))
+    assert not jsonschema.Draft202012Validator(json_schema()).is_valid(document)
+
+
+def test_cli_prints_the_schema_and_refuses_bad_configs_with_exit_2(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "monitor", "config", "schema"], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout
+    assert json.loads(out) == json_schema()
+    bad = write(tmp_path, "cameras:\n  - {name: c, source: 'rtmp://u:hunter2@h/x', fsp: 5}\n")
+    for command in (["check-config"], ["run"]):
+        done = subprocess.run([sys.executable, "-m", "monitor", *command, "-c", str(bad)], capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and SECRET not in done.stderr
+        assert "cameras[0].fsp: unknown key (allowed: name, source, fps, " in done.stderr
+        assert "did you mean 'fps'? (line 2)" in done.stderr
+
+
+def test_a_checker_bug_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+    monkeypatch.setattr(Config, "model_validate", broken)
+    assert check_config_main(str(REPO / "config.yaml")) == 2
+    err = capsys.readouterr().err
+    assert "internal error while checking the config: RuntimeError: boom" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Auth secrets read from files
 
 
@@ -346,7 +453,7 @@ def test_duplicate_keys_are_reported_with_schema_errors(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.errors == [
         f"{path}:1: duplicate key 'port' (first at line 1; YAML would keep only the last)",
-        "cameras[0].fps: must be >= 0 (got -1)",
+        "cameras[0].fps: must be >= 0 (got -1) (line 2)",
     ]
 
 

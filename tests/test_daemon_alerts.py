@@ -24,7 +24,7 @@ from monitor.daemon import Daemon
 from tests.daemon_helpers import classified
 from testkit.waiting import wait_until
 from testkit.footage import read_video_frames
-from tests.helpers_http import Receiver
+from testkit.webhook import Receiver
 
 CARS, BOTTLES = "car-detection", "bottle-detection"
 MIN_SCORE = 0.08         # the watched class's score on the first seconds of CARS is far above this

@@ -59,3 +59,12 @@ def test_package_ships_no_test_tooling():
 def test_stages_are_folders():
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert flat == ["__init__.py", "__main__.py", "cli.py", "daemon.py"], flat
+
+
+def test_scripts_and_testkit_do_not_import_the_tests():
+    """scripts/ and testkit/ share tooling with the tests through testkit/, never by importing test modules."""
+    root = PACKAGE.parent
+    wrong = [f"{path.relative_to(root)}:{line} imports {module}"
+             for folder in ("scripts", "testkit") for path in sorted((root / folder).rglob("*.py"))
+             for line, module in _imports(path) if module.split(".")[0] == "tests"]
+    assert not wrong, "\n".join(wrong)

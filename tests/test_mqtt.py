@@ -145,7 +145,8 @@ def test_every_topic_and_discovery_payload(tmp_path, demo_weights, footage, brok
 
     # status, retained
     assert sub.on(f"{prefix}/status")[0].retain
-    # events: one JSON per start and end, the webhook's event dict
+    # events: one JSON per start and end, the webhook's event dict (the end follows the OFF)
+    sub.wait(lambda m: m.topic == f"{prefix}/events" and m.json()["kind"] == "end")
     events = [m.json() for m in sub.on(f"{prefix}/events")]
     assert not any(m.retain for m in sub.on(f"{prefix}/events"))
     kinds = [e["kind"] for e in events]
@@ -422,12 +423,16 @@ def test_config_section_errors(tmp_path, demo_weights) -> None:
             parse_config(data(tmp_path, demo_weights, [{"name": "a", "source": "x.mp4"}], rules or [], mqtt), tmp_path)
         return e.value.errors
 
-    found = errors({"port": 0, "topic_prefix": "a/#", "password": "x"})
-    assert any(e.startswith("mqtt.port:") for e in found)
-    assert any(e.startswith("mqtt.topic_prefix:") for e in found)
-    assert any(e.startswith("mqtt.password:") and "password_file" in e for e in found)
-    found = errors({"password_file": str(tmp_path / "missing")})
-    assert any(e.startswith("mqtt.password_file:") and "no such file" in e for e in found)
+    assert errors({"port": 0, "topic_prefix": "a/#", "password": "x"}) == [
+        "mqtt.port: must be between 1 and 65535 (got 0)",
+        "mqtt.topic_prefix: must be an MQTT topic without wildcards (+ #), blanks or control characters (got 'a/#')",
+        "mqtt.password: unknown key (allowed: host, port, username, password_file, tls, topic_prefix, "
+        "discovery_prefix, client_id, label_keepalive, queue_size)"]
+    assert errors({"password_file": "/nonexistent/pw"}) == ["mqtt.password_file: needs mqtt.username"]
+    assert errors({"username": "u", "password_file": "/nonexistent/pw"}) == [
+        "mqtt.password_file: cannot read '/nonexistent/pw': no such file"]
+    assert errors({"discovery_prefix": "monitor"}) == [
+        "mqtt.discovery_prefix: must differ from mqtt.topic_prefix (got 'monitor')"]
     found = errors({}, [{"name": "label", "classes": ["dog"]}])
     assert found == ["watchlist[0].name: 'label' is taken by an MQTT topic of every camera "
                      "(reserved with mqtt: label, snapshot, state, enabled)"]

@@ -15,7 +15,7 @@ from monitor.alerts.events import EventStore
 from monitor.core.metrics import Metrics
 from monitor.alerts.sinks import SinkSet
 
-from tests.helpers_http import Receiver
+from testkit.webhook import Receiver
 
 IMAGE = np.zeros((120, 160, 3), np.uint8)
 IMAGE[:, :80] = (200, 120, 40)

@@ -251,7 +251,6 @@ def test_head_of_a_stream_is_just_headers(served: Served) -> None:
 
 def test_reload_that_removes_a_camera_ends_its_stream(tmp_path: Path, videos_dir: Path, tmp_path_factory,
                                                       served: Served) -> None:
-    from dataclasses import replace
     root = tmp_path_factory.getbasetemp()
     cfg = make_config(tmp_path, demo_weights(root), [file_camera(videos_dir, "keep"), file_camera(videos_dir, "drop")],
                       server={"stream": {"fps": 5}})
@@ -260,7 +259,7 @@ def test_reload_that_removes_a_camera_ends_its_stream(tmp_path: Path, videos_dir
         try:
             keep.part()
             drop.part()
-            s.app.reload(replace(cfg, cameras=cfg.cameras[:1]))
+            s.app.reload(cfg.model_copy(update={"cameras": cfg.cameras[:1]}))
             with pytest.raises((AssertionError, OSError, ValueError)):
                 for _ in range(30):
                     drop.part()

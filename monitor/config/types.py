@@ -1,102 +1,350 @@
-"""Typed configuration: what the rest of the daemon reads. Validation lives in config.py."""
+"""The configuration as pydantic v2 models: what the daemon reads, what the loader validates, what the JSON
+Schema (`monitor config schema`, config.schema.json) describes.
+
+Adding a section or a key:
+  1. Add a field to a model below (or a new `class FooConfig(Section)` and a `foo: FooConfig = _section()`
+     field on Config). Use the value types of monitor.config.fields (Int(1, 64), Number(0, 1), Duration(),
+     Size, Bool, Text, Name, Choice("a", "b"), FilePath, Url("http"), List(...)): they give the wording the
+     error corpus expects, accept what YAML users write (30s, 10MB, relative paths) and describe themselves in
+     the schema. A plain `int`/`str` annotation works too, with pydantic's wording.
+  2. A check that needs other keys: a `@field_validator` reading `info.data` (fields listed before it), raising
+     `problem("...")` from monitor.config.fields; `problem(..., at=(i,))` points at an item of the value.
+  3. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
+     `python -m monitor config schema > config.schema.json` (a test compares them).
+Models are frozen: derive a changed copy with `cfg.model_copy(update={...})`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import string
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
+from pydantic.json_schema import SkipJsonSchema
+
+from monitor.core import groups
+from monitor.config.fields import (
+    NOT_GIVEN, Bool, Choice, any_case, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
+    from_config, problem, resolve_path, source_kind,
+)
+
+CAMERA_URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
+COMMAND_PLACEHOLDERS = ("camera", "rule", "label", "score", "event_id", "snapshot")
+AUTH_MODES = ("none", "basic", "bearer")
+
+
+class Section(BaseModel):
+    """Unknown keys are errors; `key:` with nothing after it means the defaults."""
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_defaults(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, dict):  # non-string YAML keys (1:, null:) are reported as unknown keys by name
+            return {k if isinstance(k, str) else str(k): v for k, v in data.items()}
+        return data
+
+
+def _section() -> Any:
+    """A nested section: absent means its defaults, validated like written ones (default paths resolve)."""
+    return Field(default_factory=dict)
+
+
+def _hidden(default: Any = NOT_GIVEN) -> Any:
+    return Field(default=default, repr=False, exclude=True)
+
+
+def _not_from_yaml(value: Any, info: ValidationInfo, allowed: Any) -> None:
+    """Derived fields: code may pass them, a config file may not."""
+    if from_config(info) and value is not NOT_GIVEN:
+        raise problem(f"unknown key (allowed: {', '.join(allowed)})", show_value=False)
+
+
+# --- server --------------------------------------------------------------------------------------------------
+
+class AuthConfig(Section):
+    mode: Choice(*AUTH_MODES) = "none"
+    username: Optional[Text] = None         # basic
+    password_file: Optional[FilePath] = None  # basic: file holding the password
+    token_file: Optional[FilePath] = None   # bearer: file holding the token
+    protect_metrics: Bool = True            # /metrics behind auth too
+    secret: SkipJsonSchema[str] = _hidden()  # read from the file at validation time, never logged
+
+    @field_validator("username", "password_file", "token_file", mode="after")
+    @classmethod
+    def _per_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        mode = info.data.get("mode")
+        needs = {"none": (), "basic": ("username", "password_file"), "bearer": ("token_file",)}.get(mode)
+        if needs is None:
+            return value    # the bad mode is reported; checking the other keys against it would mislead
+        if value is not None and info.field_name not in needs:
+            raise problem(f"not used with mode {mode!r}")
+        if value is None and info.field_name in needs:
+            raise problem(f"required with mode {mode!r}", show_value=False)
+        if info.field_name == "username" and value is not None and ":" in value:
+            raise problem("must not contain ':' (HTTP basic auth)")
+        return "" if info.field_name == "username" and value is None else value
+
+    @field_validator("secret", mode="wrap")
+    @classmethod
+    def _read_secret(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
+        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "secret"])
+        if value is not NOT_GIVEN:
+            return handler(value)
+        key = {"basic": "password_file", "bearer": "token_file"}.get(info.data.get("mode", ""))
+        file = info.data.get(key) if key else None
+        if file is None:
+            return ""
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory",
+                   PermissionError: "permission denied", UnicodeDecodeError: "not UTF-8 text"}.get(
+                type(exc), getattr(exc, "strerror", None) or str(exc))
+            raise problem(f"cannot read '{file}': {why}", show_value=False, sibling=key) from None
+        if not text:
+            raise problem(f"file '{file}' is empty", show_value=False, sibling=key)
+        return text
+
+
+class StreamConfig(Section):
+    fps: Number(above=0) = 10.0             # MJPEG frames per second sent to viewers
+    width: Int(0, 16384) = 0                # 0 = native width; else resized to this width
+    quality: Int(1, 100) = 80               # JPEG quality 1..100
+    max_viewers: Int(1, 10000) = 20
+
+
+class ServerConfig(Section):
+    host: Host = "127.0.0.1"
+    port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
+    upload_max_bytes: Size = 10 * 1024 * 1024
+    auth: AuthConfig = _section()
+    stream: StreamConfig = _section()
+
+
+class ModelConfig(Section):
+    weights: FilePath = Path("weights/resnet18-int8.pt")
+    threads: Int(1, 64) = 2
+    top_k: Int(1, 1000) = 3
+    batch_max: Int(1, 256) = 8
+
+
+# --- cameras -------------------------------------------------------------------------------------------------
+
+class MotionConfig(Section):
+    enabled: Bool = False
+    threshold: Number(high=1, above=0) = 0.02   # fraction of changed pixels on the small grey image
+    keepalive: Duration(allow_zero=False) = 30.0  # seconds: classify anyway this often while the scene is still
+
+
+def _source(value: Any, info: ValidationInfo) -> str:
+    """A webcam index, /dev/videoN, an rtsp/rtsps/http/https URL or a file path (made absolute).
+    A file that does not exist is not an error: the camera shows as down and retries."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise problem("webcam index must be >= 0")
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a webcam index, a device (/dev/videoN), an rtsp/http(s) URL or a file path")
+    text = value.strip()
+    kind = source_kind(text)
+    if kind == "url":
+        return check_url(text, CAMERA_URL_SCHEMES)
+    if text.lower().startswith(("rtsp:", "rtsps:", "http:", "https:")):
+        raise problem("malformed URL: expected scheme://host/...")
+    return str(resolve_path(text, info)) if kind == "file" else text
+
+
+def _crop_shape(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in ("center", "full"):
+        return value.lower()
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise problem("must be center, full or [x, y, width, height] in pixels")
+    return value
+
 
 # "center" | "full" | (x, y, w, h) region of interest in pixels
-Crop = Union[str, tuple[int, int, int, int]]
+Crop = Annotated[Union[Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
+                       Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
+                 Discriminator(lambda v: "word" if isinstance(v, str) else "box"), BeforeValidator(_crop_shape)]
+UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's location; the loader drops it
 
 
-@dataclass(frozen=True)
-class AuthConfig:
-    mode: str = "none"                      # none | basic | bearer
-    username: str = ""
-    password_file: Optional[Path] = None    # basic: file holding the password
-    token_file: Optional[Path] = None       # bearer: file holding the token
-    protect_metrics: bool = True            # /metrics behind auth too
-    secret: str = field(default="", repr=False)  # read from the file at validation time, never logged
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    fps: float = 10.0                       # MJPEG frames per second sent to viewers
-    width: int = 0                          # 0 = native width; else resized to this width
-    quality: int = 80                       # JPEG quality 1..100
-    max_viewers: int = 20
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    upload_max_bytes: int = 10 * 1024 * 1024
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    weights: Path = Path("weights/resnet18-int8.pt")
-    threads: int = 2
-    top_k: int = 3
-    batch_max: int = 8
-
-
-@dataclass(frozen=True)
-class MotionConfig:
-    enabled: bool = False
-    threshold: float = 0.02                 # fraction of changed pixels on the small grey image
-    keepalive: float = 30.0                 # seconds: classify anyway this often while the scene is still
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    name: str
-    source: str                             # "0", /dev/video0, rtsp://..., http(s)://..., a file path
-    fps: float = 5.0                        # classifications per second; 0 = every frame
+class CameraConfig(Section):
+    name: Name
+    # "0", /dev/video0, rtsp://..., http(s)://..., a file
+    source: Annotated[str, BeforeValidator(_source), WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}]})]
+    fps: Number(0) = 5.0                    # classifications per second; 0 = every frame
     crop: Crop = "center"
-    loop: bool = False                      # files only: start again at the end (demos)
-    open_timeout: float = 10.0              # seconds
-    read_timeout: float = 10.0              # seconds
-    stale_after: float = 10.0               # reopen when no frame arrived for this long
-    backoff_max: float = 30.0               # cap of the exponential reconnect backoff
-    motion: MotionConfig = field(default_factory=MotionConfig)
+    loop: Bool = False                      # files only: start again at the end (demos)
+    open_timeout: Duration(allow_zero=False) = 10.0
+    read_timeout: Duration(allow_zero=False) = 10.0
+    stale_after: Duration(allow_zero=False) = 10.0   # reopen when no frame arrived for this long
+    backoff_max: Duration(allow_zero=False) = 30.0   # cap of the exponential reconnect backoff
+    motion: MotionConfig = _section()
+
+    @field_validator("loop")
+    @classmethod
+    def _loop_needs_a_file(cls, loop: bool, info: ValidationInfo) -> bool:
+        kind = source_kind(info.data.get("source", ""))
+        if loop and "source" in info.data and kind != "file":
+            raise problem(f"only applies to file sources (source is a {kind})", show_value=False)
+        return loop
 
 
-@dataclass(frozen=True)
-class RuleConfig:
-    name: str
-    classes: tuple[str, ...]                # as written by the user (class or group names)
-    indices: tuple[tuple[str, tuple[int, ...]], ...]  # resolved: (class/group name, ImageNet indices)
-    cameras: tuple[str, ...] = ()           # empty = all cameras
-    min_score: float = 0.5
-    min_frames: int = 3
-    end_after: float = 10.0                 # seconds without a hit before the event ends
-    cooldown: float = 60.0                  # seconds after an event ends before the rule may alert again
+# --- watchlist -----------------------------------------------------------------------------------------------
+
+def _class_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise problem("must be an ImageNet class name or a group name (a string)")
+    try:
+        groups.lookup(name)
+        return name
+    except KeyError as exc:
+        reason = str(exc.args[0])
+    why = groups.explain_missing(name)
+    if why:
+        raise problem(f"no class for {name!r}: {why}", show_value=False)
+    if "ambiguous" in reason:
+        raise problem(reason, show_value=False)
+    message = f"unknown class {name!r}"
+    suggestions = groups.suggest(name)
+    if suggestions:
+        message += f"; did you mean: {', '.join(suggestions)}?"
+    else:
+        message += f" (not an ImageNet class or a group; groups: {', '.join(groups.group_names())})"
+    near = groups.near_missing(name)
+    if near:
+        message += f" (if you meant {near[0]!r}: {near[1]})"
+    raise problem(message, show_value=False)
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
-    url: str
-    timeout: float = 5.0
-    retries: int = 3
+class RuleConfig(Section):
+    name: Name
+    classes: List(Annotated[str, BeforeValidator(_class_name)])  # as written (class or group names)
+    # resolved: (canonical class/group name, ImageNet indices); derived from `classes` when not given
+    indices: SkipJsonSchema[tuple[tuple[str, tuple[int, ...]], ...]] = _hidden()
+    cameras: List(Text, empty="must not be empty (leave the key out to watch all cameras)") = ()  # () = all
+    min_score: Number(0, 1) = 0.5
+    min_frames: Int(1) = 3
+    end_after: Duration(allow_zero=False) = 10.0  # seconds without a hit before the event ends
+    cooldown: Duration() = 60.0             # seconds after an event ends before the rule may alert again
+
+    @field_validator("cameras", mode="wrap")
+    @classmethod
+    def _all_cameras(cls, value: Any, handler: Any) -> Any:
+        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
+
+    @field_validator("classes")
+    @classmethod
+    def _each_once(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        first: dict[str, int] = {}
+        for i, name in enumerate(classes):
+            canonical = groups.lookup(name)[0]
+            if canonical in first:
+                raise problem(f"{name!r} is listed twice (as {{path}}[{first[canonical]}])",
+                              show_value=False, at=(i,))
+            first[canonical] = i
+        return classes
+
+    @field_validator("indices", mode="wrap")
+    @classmethod
+    def _resolve(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "indices"])
+        if value is NOT_GIVEN:
+            value = tuple(groups.lookup(name) for name in info.data.get("classes", ()))
+        return handler(value)
 
 
-@dataclass(frozen=True)
-class AlertsConfig:
-    snapshots: Optional[Path] = None
+# --- alerts, events, logging ---------------------------------------------------------------------------------
+
+class WebhookConfig(Section):
+    url: Url("http", "https")
+    timeout: Duration(allow_zero=False) = 5.0
+    retries: Int(0, 10) = 3
+
+
+def _command_arg(value: Any, info: ValidationInfo) -> str:
+    if not isinstance(value, str) or not value:
+        raise problem("must be a non-empty string")
+    if not from_config(info):
+        return value    # code may pass any argv (the sink substitutes what it knows and leaves the rest)
+    allowed = ", ".join("{" + p + "}" for p in COMMAND_PLACEHOLDERS)
+    try:
+        fields = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise problem(f"malformed placeholder ({exc}); write {{{{ and }}}} for literal braces") from None
+    for _, field, spec, conversion in fields:
+        if field is not None and field not in COMMAND_PLACEHOLDERS:
+            raise problem(f"unknown placeholder {{{field}}} (allowed: {allowed})")
+        if field is not None and (spec or conversion):
+            raise problem(f"placeholder {{{field}}} takes no format spec or conversion")
+    return value
+
+
+def _argv(value: Any) -> Any:
+    if isinstance(value, str):
+        raise problem("must be a list of strings (the argv, run without a shell), "
+                      "e.g. [/usr/local/bin/notify, \"{camera}\"]")
+    return value
+
+
+class AlertsConfig(Section):
+    snapshots: Optional[FilePath] = None
     webhook: Optional[WebhookConfig] = None
-    command: tuple[str, ...] = ()           # argv with {camera} {rule} {label} {score} {event_id} {snapshot}
-    command_timeout: float = 10.0
-    queue_size: int = 64                    # per sink; full -> drop and count
+    # argv with {camera} {rule} {label} {score} {event_id} {snapshot}
+    command: Annotated[List(Annotated[str, BeforeValidator(_command_arg)]), BeforeValidator(_argv)] = ()
+    command_timeout: Duration(allow_zero=False) = 10.0
+    queue_size: Int(1, 100000) = 64         # per sink; full -> drop and count
+
+    @field_validator("command", mode="wrap")
+    @classmethod
+    def _no_command(cls, value: Any, handler: Any) -> Any:
+        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
-@dataclass(frozen=True)
-class EventsConfig:
-    database: Path = Path("events.db")
-    retention: float = 30 * 86400.0         # seconds
+class EventsConfig(Section):
+    database: FilePath = Path("events.db")
+    retention: Duration(allow_zero=False) = 30 * 86400.0
+
+
+class LoggingConfig(Section):
+    level: Choice("debug", "info", "warning", "error") = "info"
+    format: Choice("text", "json") = "text"
+
+
+# --- mqtt ----------------------------------------------------------------------------------------------------
+
+# Topic levels under <prefix>/<camera>/ that a watch-list rule may not take when MQTT is on (loader cross-check).
+MQTT_RESERVED_RULE_NAMES = ("label", "snapshot", "state", "enabled")
+
+
+def _topic_prefix(value: Any) -> str:
+    """An MQTT topic prefix: levels of printable characters, no wildcards, no empty level."""
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a non-empty string")
+    if any(c in "+#" or c.isspace() or not c.isprintable() for c in value):
+        raise problem("must be an MQTT topic without wildcards (+ #), blanks or control characters")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise problem("must not start or end with '/' nor contain an empty level ('//')")
+    if len(value.encode("utf-8")) > 200:
+        raise problem("must be at most 200 bytes")
+    return value
+
+
+def _client_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a non-empty string")
+    if len(value.encode("utf-8")) > 128 or any(not c.isprintable() for c in value):
+        raise problem("must be at most 128 bytes of printable characters")
+    return value
+
+
+Topic = Annotated[str, BeforeValidator(_topic_prefix), WithJsonSchema({"type": "string", "pattern": "^[^+#/\\s][^+#\\s]*$"})]
 
 
 def _default_client_id() -> str:
@@ -104,35 +352,67 @@ def _default_client_id() -> str:
     return f"monitor-{socket.gethostname()}"
 
 
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str = ""
-    password_file: Optional[Path] = None    # file holding the password (never inline in the config)
-    tls: bool = False                       # TLS with the system's CA certificates
-    topic_prefix: str = "monitor"
-    discovery_prefix: Optional[str] = "homeassistant"   # None: no Home Assistant discovery
-    client_id: str = field(default_factory=_default_client_id)
-    label_keepalive: float = 60.0           # seconds: re-publish an unchanged label this often
-    queue_size: int = 256                   # outgoing messages held while the broker is away; full -> dropped
-    password: str = field(default="", repr=False)  # read from password_file at validation time, never logged
+class MqttConfig(Section):
+    host: Host = "127.0.0.1"
+    port: Int(1, 65535) = 1883
+    username: Optional[Text] = None
+    password_file: Optional[FilePath] = None  # file holding the password (never inline in the config)
+    tls: Bool = False                       # TLS with the system's CA certificates
+    topic_prefix: Topic = "monitor"
+    discovery_prefix: Optional[Topic] = "homeassistant"   # None: no Home Assistant discovery
+    client_id: Annotated[str, BeforeValidator(_client_id), WithJsonSchema({"type": "string", "minLength": 1})] = \
+        Field(default_factory=_default_client_id)
+    label_keepalive: Duration(allow_zero=False) = 60.0   # seconds: re-publish an unchanged label this often
+    queue_size: Int(1, 100000) = 256        # outgoing messages held while the broker is away; full -> dropped
+    password: SkipJsonSchema[str] = _hidden()  # read from password_file at validation time, never logged
+
+    @field_validator("password_file", mode="after")
+    @classmethod
+    def _needs_username(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("username"):
+            raise problem("needs mqtt.username", show_value=False)
+        return value
+
+    @field_validator("discovery_prefix", mode="after")
+    @classmethod
+    def _not_the_topic_prefix(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and value == info.data.get("topic_prefix"):
+            raise problem("must differ from mqtt.topic_prefix")
+        return value
+
+    @field_validator("password", mode="wrap")
+    @classmethod
+    def _read_password(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
+        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "password"])
+        if value is not NOT_GIVEN:
+            return handler(value)
+        file = info.data.get("password_file")
+        if file is None:
+            return ""
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory",
+                   PermissionError: "permission denied", UnicodeDecodeError: "not UTF-8 text"}.get(
+                type(exc), getattr(exc, "strerror", None) or str(exc))
+            raise problem(f"cannot read '{file}': {why}", show_value=False, sibling="password_file") from None
+        if not text:
+            raise problem(f"file '{file}' is empty", show_value=False, sibling="password_file")
+        return text
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"                     # debug | info | warning | error
-    format: str = "text"                    # text | json
+class Config(Section):
+    server: ServerConfig = _section()
+    model: ModelConfig = _section()
+    cameras: List(CameraConfig, empty="must list at least one camera")
+    watchlist: List(RuleConfig, empty=None) = ()
+    alerts: AlertsConfig = _section()
+    events: EventsConfig = _section()
+    logging: LoggingConfig = _section()
+    mqtt: Optional[MqttConfig] = None       # absent or null: no MQTT
+    _path: Optional[Path] = PrivateAttr(None)
 
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    cameras: tuple[CameraConfig, ...] = ()
-    watchlist: tuple[RuleConfig, ...] = ()
-    alerts: AlertsConfig = field(default_factory=AlertsConfig)
-    events: EventsConfig = field(default_factory=EventsConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    mqtt: Optional[MqttConfig] = None       # None: no MQTT
-    path: Optional[Path] = None             # the file it was read from
+    @property
+    def path(self) -> Optional[Path]:
+        """The file it was read from (None when built in code)."""
+        return self._path
