@@ -1,30 +1,37 @@
-"""The runtime artifact: one file holding metadata and a frozen TorchScript module, hash-checked on every load.
+"""The runtime artifact: one file holding metadata and named binary parts, hash-checked on every load.
 
 Layout (all text lines are ASCII):
 
-    MONITOR-ARTIFACT 1\\n
-    <sha256 hex of header bytes + payload bytes>\\n
+    MONITOR-ARTIFACT 2\\n
+    <sha256 hex of header bytes + part bytes>\\n
     <header length in bytes>\\n
-    <header: UTF-8 JSON metadata>
-    <payload: torch.jit.save bytes>
+    <header: UTF-8 JSON metadata, with "parts": [[name, length], ...] in file order>
+    <the parts, concatenated>
 
-The digest covers metadata and payload, so a truncated, altered or swapped file is refused before torch
-parses a single byte of it.
+The torch artifact holds the frozen TorchScript module ("torchscript"); the OpenVINO artifact holds the IR
+("ir_xml", "ir_bin"). Both hold the last layer's float weights ("fc_weight" (1000, 512) float32, "fc_bias" (1000,)
+float32) so that heads and class activation maps need no runtime introspection. The digest covers metadata and
+parts, so a truncated, altered or swapped file is refused before a runtime parses a single byte of it.
+
+This module imports neither torch nor OpenVINO: the runtime that reads a part imports itself.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-import torch
+import numpy as np
 
-MAGIC = b"MONITOR-ARTIFACT 1\n"
+FORMAT = 2
+MAGIC_PREFIX = b"MONITOR-ARTIFACT "
+MAGIC = MAGIC_PREFIX + str(FORMAT).encode() + b"\n"
+REBUILD_HINT = ("rebuild with `monitor weights fetch`, `monitor weights build ...` or "
+                "`monitor weights demo --out FILE`")
 
 
 class ArtifactError(Exception):
@@ -35,7 +42,7 @@ class ArtifactError(Exception):
 class ArtifactMeta:
     name: str                          # e.g. "resnet18-int8"
     precision: str                     # "int8" | "fp32"
-    engine: str                        # quantized engine the model was converted for ("x86", "qnnpack", "" for fp32)
+    engine: str                        # torch quantized engine ("x86", "qnnpack"), "openvino", "" for torch fp32
     labels: tuple[str, ...]
     untrained: bool                    # True for `monitor weights demo`: predictions are meaningless
     preprocess: dict[str, Any]         # resize/crop/mean/std/input layout
@@ -43,32 +50,56 @@ class ArtifactMeta:
     calibration: dict[str, Any] = field(default_factory=dict)  # frames, sources, or {} when none was needed
     created_at: str = ""
     torch_version: str = ""
+    runtime: str = "torch"             # "torch" | "openvino": which runtime reads the parts
+    outputs: tuple[str, ...] = ("logits", "features", "feature_maps")
+    versions: dict[str, str] = field(default_factory=dict)     # tool versions that built it (openvino, nncf)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["labels"] = list(self.labels)
+        d["outputs"] = list(self.outputs)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ArtifactMeta":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known["labels"] = tuple(known.get("labels", ()))
+        known["outputs"] = tuple(known.get("outputs", cls.__dataclass_fields__["outputs"].default))
         return cls(**known)
 
 
-def save(path: str | Path, module: torch.jit.ScriptModule, meta: ArtifactMeta) -> str:
+def fc_parts(weight: np.ndarray, bias: np.ndarray) -> dict[str, bytes]:
+    """The last layer as parts: (1000, 512) and (1000,) float32, C order."""
+    return {"fc_weight": np.ascontiguousarray(weight, dtype=np.float32).tobytes(),
+            "fc_bias": np.ascontiguousarray(bias, dtype=np.float32).tobytes()}
+
+
+def fc_arrays(parts: Mapping[str, bytes], classes: int, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        weight = np.frombuffer(parts["fc_weight"], dtype=np.float32).reshape(classes, -1)
+        bias = np.frombuffer(parts["fc_bias"], dtype=np.float32).reshape(classes)
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{path}: last-layer weights missing or malformed ({e}); {REBUILD_HINT}") from None
+    return weight, bias
+
+
+def save(path: str | Path, parts: Mapping[str, bytes], meta: ArtifactMeta) -> str:
     """Write the artifact atomically (temp file + rename). Returns its sha256."""
     path = Path(path)
-    buf = io.BytesIO()
-    torch.jit.save(module, buf)
-    payload = buf.getvalue()
-    header = json.dumps(meta.to_json(), sort_keys=True).encode("utf-8")
-    digest = hashlib.sha256(header + payload).hexdigest()
+    names = list(parts)
+    header = json.dumps({**meta.to_json(), "parts": [[n, len(parts[n])] for n in names]},
+                        sort_keys=True).encode("utf-8")
+    h = hashlib.sha256(header)
+    for n in names:
+        h.update(parts[n])
+    digest = h.hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + digest.encode() + b"\n" + str(len(header)).encode() + b"\n" + header + payload)
+            f.write(MAGIC + digest.encode() + b"\n" + str(len(header)).encode() + b"\n" + header)
+            for n in names:
+                f.write(parts[n])
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the daemon may run as another user than the builder
@@ -79,19 +110,25 @@ def save(path: str | Path, module: torch.jit.ScriptModule, meta: ArtifactMeta) -
     return digest
 
 
-def read(path: str | Path) -> tuple[ArtifactMeta, bytes, str]:
-    """Read and verify the artifact: (metadata, TorchScript payload, sha256). Raises ArtifactError."""
+def read(path: str | Path) -> tuple[ArtifactMeta, dict[str, bytes], str]:
+    """Read and verify the artifact: (metadata, parts by name, sha256). Raises ArtifactError."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such weights file (create it with `monitor weights fetch` "
                             f"or `monitor weights demo --out {path}`)") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path}: is a folder, not a weights file") from None
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read weights file: {e.strerror}") from None
     if not data.startswith(MAGIC):
-        raise ArtifactError(f"{path}: not a monitor runtime artifact (build one with `monitor weights build`)")
-    # memoryview slices: a 12 MB artifact is not copied three times on its way to torch (peak RSS counts).
+        if data.startswith(MAGIC_PREFIX):
+            version = data[len(MAGIC_PREFIX):data.find(b"\n", len(MAGIC_PREFIX))][:8].decode("ascii", "replace")
+            raise ArtifactError(f"{path}: artifact format {version} from another monitor version; this one reads "
+                                f"format {FORMAT} (logits, features and feature maps in one pass): {REBUILD_HINT}")
+        raise ArtifactError(f"{path}: not a monitor runtime artifact ({REBUILD_HINT})")
+    # memoryview slices: the artifact is not copied three times on its way to the runtime (peak RSS counts).
     view = memoryview(data)
     try:
         digest_end = data.index(b"\n", len(MAGIC))
@@ -104,32 +141,19 @@ def read(path: str | Path) -> tuple[ArtifactMeta, bytes, str]:
     if hashlib.sha256(body).hexdigest() != digest:
         raise ArtifactError(f"{path}: sha256 mismatch: the file is truncated or altered "
                             f"({len(data)} bytes); rebuild or fetch it again")
-    header, payload = bytes(body[:header_len]), bytes(body[header_len:])
+    try:
+        header = json.loads(bytes(body[:header_len]))
+        meta = ArtifactMeta.from_json(header)
+        layout = [(str(n), int(size)) for n, size in header["parts"]]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtifactError(f"{path}: unreadable metadata: {e}") from None
+    parts: dict[str, bytes] = {}
+    offset = header_len
+    for name, size in layout:
+        parts[name] = bytes(body[offset:offset + size])
+        offset += size
     body.release()
     view.release()
-    del data  # only the payload stays alive while torch parses it
-    try:
-        meta = ArtifactMeta.from_json(json.loads(header))
-    except (ValueError, TypeError) as e:
-        raise ArtifactError(f"{path}: unreadable metadata: {e}") from None
-    return meta, payload, digest
-
-
-def load(path: str | Path) -> tuple[ArtifactMeta, torch.jit.ScriptModule, str]:
-    """Verify and load the artifact: (metadata, frozen module, sha256)."""
-    meta, payload, digest = read(path)
-    buf = io.BytesIO(payload)  # shares the bytes object, no copy
-    del payload
-    if meta.engine:
-        # Packed INT8 weights are re-packed for the current engine while the module loads.
-        if meta.engine not in torch.backends.quantized.supported_engines:
-            raise ArtifactError(f"{path}: built for quantized engine {meta.engine!r}, which this torch build lacks "
-                                f"({', '.join(torch.backends.quantized.supported_engines)})")
-        torch.backends.quantized.engine = meta.engine
-    try:
-        module = torch.jit.load(buf, map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError subclasses with multi-line C++ traces
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: TorchScript payload does not load: {first}") from None
-    module.eval()
-    return meta, module, digest
+    if offset != len(data) - (length_end + 1):
+        raise ArtifactError(f"{path}: parts do not add up to the file size; {REBUILD_HINT}")
+    return meta, parts, digest

@@ -1,21 +1,27 @@
-"""Classify BGR frames with the runtime artifact."""
+"""Classify BGR frames with a runtime artifact (OpenVINO or torch): probabilities, features and feature maps
+from one inference.
+
+Importing this module imports neither torch nor OpenVINO; the artifact's runtime is imported when it loads,
+so a daemon that runs the OpenVINO artifact never maps libtorch.
+"""
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
-import torch
 
 from monitor.inference import artifact
 from monitor.inference.preprocess import Crop, prepare_batch
 
 log = logging.getLogger(__name__)
 
-_threads_lock = threading.Lock()
-_threads_set: int | None = None
+RUNTIMES = ("auto", "openvino", "torch")
+OPENVINO_SUFFIX = ".ov"
+TORCH_SUFFIX = ".pt"
 
 
 class Prediction(NamedTuple):
@@ -24,22 +30,56 @@ class Prediction(NamedTuple):
     probability: float
 
 
+@dataclass(frozen=True)
+class Inference:
+    """Everything one pass of the network gives for a batch of N frames."""
+    probabilities: np.ndarray   # (N, 1000) float32, softmax of the logits
+    logits: np.ndarray          # (N, 1000) float32
+    features: np.ndarray        # (N, 512) float32: global-average-pooled layer4 output = the fc layer's input
+    feature_maps: np.ndarray    # (N, 512, 7, 7) float32: layer4 output (dequantized)
+
+
+class Backend(Protocol):
+    name: str
+    threads: int
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
 def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count once per process; later calls keep the first value."""
-    global _threads_set
-    with _threads_lock:
-        if _threads_set is None:
-            if threads:
-                torch.set_num_threads(threads)
-            try:
-                # One inference at a time (the classifier holds a lock): inter-op threads only cost memory.
-                torch.set_num_interop_threads(1)
-            except RuntimeError:
-                pass  # already fixed by earlier parallel work in this process
-            _threads_set = torch.get_num_threads()
-        elif threads and threads != _threads_set:
-            log.warning("torch threads already set to %d; ignoring %d", _threads_set, threads)
-        return _threads_set
+    """torch's intra-op threads (for the torch runtime and the benchmarks' torch baseline)."""
+    from monitor.inference.torch_runtime import configure_threads as torch_threads
+    return torch_threads(threads)
+
+
+def openvino_artifact(weights: str | Path) -> Path:
+    """The OpenVINO artifact that sits next to a torch artifact (weights/resnet18-int8.pt -> .ov)."""
+    return Path(weights).with_suffix(OPENVINO_SUFFIX)
+
+
+def select_artifact(weights: str | Path, runtime: str = "auto") -> Path:
+    """The file to load for `model.weights` + `model.runtime`.
+
+    auto: the OpenVINO artifact when it is there (given directly, or next to the torch one), else the file given.
+    """
+    path = Path(weights)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "torch":
+        return path.with_suffix(TORCH_SUFFIX) if path.suffix == OPENVINO_SUFFIX else path
+    if path.suffix == OPENVINO_SUFFIX:
+        return path
+    sibling = openvino_artifact(path)
+    if runtime == "openvino" or sibling.is_file():
+        return sibling
+    return path
 
 
 def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[Prediction]]:
@@ -55,13 +95,29 @@ def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) 
 class Classifier:
     """A loaded artifact. Thread-safe: one inference at a time, so callers never oversubscribe the cores."""
 
-    def __init__(self, weights: str | Path, threads: int | None = None) -> None:
-        self.threads = configure_threads(threads)
-        self.path = Path(weights)
-        self.meta, self._module, self.sha256 = artifact.load(self.path)
-        self.labels = self.meta.labels
-        self._size = int(self.meta.preprocess.get("crop", 224))
-        self._resize = int(self.meta.preprocess.get("resize", 256))
+    def __init__(self, weights: str | Path, threads: int | None = None, runtime: str = "auto",
+                 cache_dir: str | Path | None = None) -> None:
+        self.path = select_artifact(weights, runtime)
+        meta, parts, self.sha256 = artifact.read(self.path)
+        if runtime != "auto" and meta.runtime != runtime:
+            raise artifact.ArtifactError(f"{self.path}: a {meta.runtime} artifact, but runtime {runtime!r} was "
+                                         f"asked for")
+        self.meta = meta
+        self.labels = meta.labels
+        self.fc_weight, self.fc_bias = artifact.fc_arrays(parts, len(meta.labels), self.path)
+        if meta.runtime == "openvino":
+            from monitor.inference.openvino_runtime import OpenVinoBackend
+            self._backend: Backend = OpenVinoBackend(self.path, meta, parts, threads, cache_dir)
+        elif meta.runtime == "torch":
+            from monitor.inference.torch_runtime import TorchBackend
+            self._backend = TorchBackend(self.path, meta, parts, threads)
+        else:
+            raise artifact.ArtifactError(f"{self.path}: unknown runtime {meta.runtime!r}; {artifact.REBUILD_HINT}")
+        del parts
+        self.runtime = self._backend.name
+        self.threads = self._backend.threads
+        self._size = int(meta.preprocess.get("crop", 224))
+        self._resize = int(meta.preprocess.get("resize", 256))
         self._lock = threading.Lock()
 
     @property
@@ -69,18 +125,25 @@ class Classifier:
         return bool(self.meta.untrained)
 
     def prepare(self, frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None) -> np.ndarray:
+        """(N, size, size, 3) uint8 BGR: the artifact's input."""
         return prepare_batch(frames, crops, self._size, self._resize)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, size, size, 3) uint8 batch -> (N, 1000) float32 probabilities."""
-        with self._lock, torch.inference_mode():
-            logits = self._module(torch.from_numpy(batch))
-            return torch.softmax(logits, dim=1).numpy()
+    def run(self, batch: np.ndarray) -> Inference:
+        """One inference on a prepared batch."""
+        with self._lock:
+            logits, features, maps = self._backend.run(batch)
+        return Inference(probabilities=softmax(logits.copy()), logits=logits, features=features, feature_maps=maps)
+
+    def infer(self, frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None) -> Inference:
+        if not len(frames):
+            n = len(self.labels)
+            return Inference(np.zeros((0, n), np.float32), np.zeros((0, n), np.float32),
+                             np.zeros((0, self.fc_weight.shape[1]), np.float32),
+                             np.zeros((0, self.fc_weight.shape[1], self._size // 32, self._size // 32), np.float32))
+        return self.run(self.prepare(frames, crops))
 
     def probabilities(self, frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None) -> np.ndarray:
-        if not len(frames):
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.infer(self.prepare(frames, crops))
+        return self.infer(frames, crops).probabilities
 
     def classify(self, frames: Sequence[np.ndarray], top_k: int = 3,
                  crops: Sequence[Crop] | None = None) -> list[list[Prediction]]:

@@ -106,13 +106,21 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def _forward_impl(self, x: Tensor) -> Tensor:
+    def _forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        maps = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        features = torch.flatten(self.avgpool(maps), 1)
+        return self.fc(features), features, maps
+
+    def _forward_impl(self, x: Tensor) -> Tensor:
+        return self._forward_all(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward_impl(x)
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, pooled features (the fc layer's input) and the layer4 feature maps, from one pass."""
+        return self._forward_all(x)
 
 
 class QuantizableResNet(ResNet):
@@ -123,6 +131,10 @@ class QuantizableResNet(ResNet):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dequant(self._forward_impl(self.quant(x)))
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, features, maps = self._forward_all(self.quant(x))
+        return self.dequant(logits), self.dequant(features), self.dequant(maps)
 
     def fuse_model(self) -> None:
         tq.fuse_modules(self, ["conv1", "bn1", "relu"], inplace=True)
@@ -220,15 +232,25 @@ class Normalize(nn.Module):
 
 
 class Runtime(nn.Module):
-    """What the artifact holds: uint8 BGR NHWC frames in, logits out."""
+    """What the artifact holds: uint8 BGR NHWC frames in; logits, pooled features and feature maps out."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: ResNet) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.net = net
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.net.forward_all(self.normalize(x))
+
+
+def fc_params(net: ResNet) -> tuple[Tensor, Tensor]:
+    """The last layer as the network computes it: float, or the dequantized INT8 weight of a converted model."""
+    fc = net.fc
+    if isinstance(fc, QuantizedLinear):
+        weight, bias = fc.weight().dequantize(), fc.bias()
+    else:
+        weight, bias = fc.weight, fc.bias
+    return weight.detach().float().contiguous(), bias.detach().float().contiguous()
 
 
 def freeze(net: nn.Module, size: int = 224) -> torch.jit.ScriptModule:

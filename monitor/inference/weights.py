@@ -1,8 +1,10 @@
 """Official checkpoints, their download, and building the runtime artifact (INT8 or demo)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -230,8 +232,47 @@ def build(checkpoint: str | Path, out: str | Path, calibrate: Sequence[str] = ()
         meta = _meta("resnet18-int8", "int8", engine, False, source, {
             "needed": True, "frames": frames, "sources": [redact_url(s) for s in calibrate],
             "seconds": round(time.monotonic() - started, 1)})
-    artifact.save(out, model.freeze(net), meta)
+    if fp32:
+        save_torch(out, net, meta)
+    else:
+        save_torch(out, net, meta)
     return meta
+
+
+def save_torch(out: str | Path, net: torch.nn.Module, meta: artifact.ArtifactMeta) -> str:
+    """The torch artifact: frozen TorchScript + the last layer's (dequantized) weights."""
+    buf = io.BytesIO()
+    torch.jit.save(model.freeze(net), buf)
+    weight, bias = model.fc_params(net)
+    return artifact.save(out, {"torchscript": buf.getvalue(), **artifact.fc_parts(weight.numpy(), bias.numpy())},
+                         meta)
+
+
+def openvino_path(out: str | Path) -> Path:
+    """Where the OpenVINO artifact goes: next to the torch one (weights/resnet18-int8.pt -> .ov)."""
+    return Path(out).with_suffix(".ov")
+
+
+def save_openvino(out: str | Path, net: torch.nn.Module, meta: artifact.ArtifactMeta) -> str:
+    """The OpenVINO artifact of the same INT8 network: its IR (a QDQ graph) + the same last-layer weights."""
+    from monitor.inference import openvino_build
+
+    weight, bias = model.fc_params(net)
+    parts = {**openvino_build.ir_parts(net), **artifact.fc_parts(weight.numpy(), bias.numpy())}
+    ov_meta = dataclasses.replace(meta, runtime="openvino", engine="openvino", versions=openvino_build.versions())
+    return artifact.save(out, parts, ov_meta)
+
+
+def save_both(out: str | Path, net: torch.nn.Module, meta: artifact.ArtifactMeta) -> Path:
+    """The torch artifact at `out` and the OpenVINO one next to it; returns the OpenVINO artifact's path."""
+    out = Path(out)
+    if out.suffix == ".ov":
+        raise WeightsError(f"{out}: name the torch artifact (e.g. {out.with_suffix('.pt')}); "
+                           f"the OpenVINO one is written next to it as {out.name}")
+    save_torch(out, net, meta)
+    ov_out = openvino_path(out)
+    save_openvino(ov_out, net, meta)
+    return ov_out
 
 
 def synthetic_batches(count: int, batch: int = 8, seed: int = 0) -> Iterable[np.ndarray]:
@@ -257,7 +298,7 @@ def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.
     net = calibrated_int8(net, synthetic_batches(32, seed=seed + 1), engine)
     meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"random-init seed {seed}"},
                  {"needed": True, "frames": 32, "sources": ["synthetic"]})
-    artifact.save(out, model.freeze(net), meta)
+    save_torch(out, net, meta)
     return meta
 
 
