@@ -75,6 +75,11 @@ class Daemon:
     def worker_pause(self, names: frozenset[str]) -> None:
         self.worker.set_paused(names)
 
+    @property
+    def paused(self) -> frozenset[str]:
+        """Cameras whose classification is paused (MQTT enabled/set OFF); shown by /api/status."""
+        return self.worker.paused
+
     def _sinks(self, config: Config) -> SinkSet:
         listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,

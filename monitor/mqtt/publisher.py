@@ -47,7 +47,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seen: dict[str, object] = {}                 # camera -> the last Result looked at
+        self._seen: dict[str, tuple[int, float]] = {}      # camera -> (frame seq, time) of the last result seen
         self._label: dict[str, tuple[str, float]] = {}     # camera -> (label published, monotonic time)
         self._state: dict[str, tuple[str, str]] = {}       # camera -> (up|down, reason) published
         self._active: set[tuple[str, str]] = set()         # (camera, rule) currently ON
@@ -80,9 +80,12 @@ class Publisher:
 
     def _poll_label(self, name: str, now: float) -> None:
         result = self.results.get(name)
-        if result is None or result is self._seen.get(name) or not result.predictions:
+        if result is None or not result.predictions:
             return
-        self._seen[name] = result
+        key = (result.frame.seq, result.classified_at)   # not the Result itself: it holds a whole frame
+        if self._seen.get(name) == key:
+            return
+        self._seen[name] = key
         top = result.predictions[0]
         last = self._label.get(name)
         if last is not None and last[0] == top.label and now - last[1] < self.keepalive:
