@@ -102,10 +102,10 @@ class MqttBridge:
         removed = [c for c in old_names if c not in names]
         removed_pairs = [(c, r) for c in old_names for r in old_rules.get(c, ()) if r not in rules.get(c, ())]
         self._names, self._rules = names, rules
-        self.publisher.forget(removed, removed_pairs)
+        self.publisher.set_pairs((c, r) for c in names for r in rules.get(c, ()))   # first: no late ON/OFF ...
+        self.publisher.forget(removed, removed_pairs)                             # ... after these clears
         for cam in names:
             self._echo_enabled(cam, cam not in self.store.paused)
-        self.publisher.publish_rules_off((c, r) for c in names for r in rules.get(c, ()))
         if self.cfg.discovery_prefix:
             configs = discovery_configs(self.topics, self.cfg.discovery_prefix, names, rules)
             new = {topic: json.dumps(payload) for topic, payload in configs.items()}

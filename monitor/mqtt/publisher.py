@@ -51,6 +51,7 @@ class Publisher:
         self._label: dict[str, tuple[str, float]] = {}     # camera -> (label published, monotonic time)
         self._state: dict[str, tuple[str, str]] = {}       # camera -> (up|down, reason) published
         self._active: set[tuple[str, str]] = set()         # (camera, rule) currently ON
+        self._pairs: frozenset[tuple[str, str]] = frozenset()   # (camera, rule) watched now
 
     def start(self) -> None:
         self._stop.clear()
@@ -124,17 +125,20 @@ class Publisher:
         camera, rule = str(event.get("camera", "")), str(event.get("rule", ""))
         if not camera or not rule:
             return
-        if kind == "start" and image is not None:
+        if kind == "start" and image is not None and camera in {c for c, _ in self._pairs}:
             jpeg = self._jpeg(image, camera, predictions, str(event.get("label", "")), event.get("started_at"))
             if jpeg is not None:
                 self.client.retain(self.topics.snapshot(camera), jpeg)
         on = kind == "start"
         with self._lock:
-            if on:
+            # The end of an event of a rule or camera a reload removed may come after its topic was cleared:
+            # it must not bring the retained topic back.
+            if on and (camera, rule) in self._pairs:
                 self._active.add((camera, rule))
             else:
                 self._active.discard((camera, rule))
-        self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
+            if (camera, rule) in self._pairs:     # under the lock: forget() cannot clear it in between
+                self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
         self.client.publish(self.topics.events, json.dumps(dict(event, kind=kind), default=str))
 
     def _jpeg(self, image: np.ndarray, camera: str, predictions: Sequence[Prediction], label: str,
@@ -149,11 +153,13 @@ class Publisher:
 
     # -- initial and removed states ---------------------------------------------------------------------------
 
-    def publish_rules_off(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """OFF for every (camera, rule) not active now (a fresh start or a reload adds rules)."""
+    def set_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """The (camera, rule) pairs watched now; OFF for each one not active (a fresh start or a reload)."""
+        pairs = frozenset(pairs)
         with self._lock:
+            self._pairs = pairs
             active = set(self._active)
-        for camera, rule in pairs:
+        for camera, rule in sorted(pairs):
             if (camera, rule) not in active:
                 self.client.retain(self.topics.rule(camera, rule), "OFF")
 
@@ -169,4 +175,4 @@ class Publisher:
         for camera, rule in pairs:
             with self._lock:
                 self._active.discard((camera, rule))
-            self.client.retain(t.rule(camera, rule), b"")
+                self.client.retain(t.rule(camera, rule), b"")
