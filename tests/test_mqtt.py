@@ -11,6 +11,7 @@ import json
 import re
 import logging
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -245,13 +246,16 @@ def test_paused_survives_restart_and_removed_entities_are_cleared(tmp_path, demo
     second = Daemon(build(tmp_path, demo_weights, [cam("a", video), cam("b", video)], [rule], mqtt))
     daemons.append(second)
     mark = sub.mark()
-    second.start(web=False)
+    second.start(web=True)
     c_configs = [t for t in json.loads(sub.on(f"{prefix}/discovery_index")[0].payload) if "_c_" in t]
     assert len(c_configs) == 5
     for t in c_configs:
         assert sub.wait_topic(t, b"", after=mark).retain
     assert sub.wait_topic(f"{prefix}/b/enabled/state", after=mark).text == "OFF"
     assert second.worker.paused == {"b"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{second.web.port}/api/status", timeout=10) as resp:
+        status = json.load(resp)
+    assert {c["name"]: c["paused"] for c in status["cameras"]} == {"a": False, "b": True}
     wait_until(lambda: classified(second, "a") >= 5, timeout=15)
     assert classified(second, "b") == 0
     retained = retained_now(broker.port, (f"{ha}/#",))

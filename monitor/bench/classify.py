@@ -59,8 +59,10 @@ def bench_classify(args: argparse.Namespace) -> int:
         prep = median_ms_per_frame(_time(lambda b: clf.prepare(b), frames, batch), batch)
         rows.append({"batch": batch, "baseline_ms": round(base, 2), "int8_ms": round(ours, 2),
                      "int8_preprocess_ms": round(prep, 3), "speedup": round(base / ours, 1)})
+    from monitor.bench.heads_cost import heads_cost
+    heads_rows = [heads_cost(clf, frames, batch) for batch in (1, 4)]
     result = {"frames": len(frames), "threads": threads, "torch": torch.__version__, "weights": str(weights),
-              "model": clf.meta.name, "engine": clf.meta.engine, "rows": rows,
+              "model": clf.meta.name, "engine": clf.meta.engine, "rows": rows, "heads": heads_rows,
               "runtime_peak_rss_mb": round(runtime_peak_rss_mb(str(weights), threads), 1)}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -72,5 +74,8 @@ def bench_classify(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['batch']:>5} | {r['baseline_ms']:>17.2f} | {r['int8_ms']:>13.2f} | "
               f"{r['int8_preprocess_ms']:>19.3f} | {r['speedup']:>6.1f}x")
+    for r in heads_rows:
+        print(f"batch {r['batch']}: {r['heads']} custom heads + class activation map add {r['added_ms']:.3f} ms "
+              f"to {r['plain_ms']:.2f} ms per frame: {r['overhead_percent']:.2f} %")
     print(f"peak RSS of a process that loads the INT8 artifact and classifies: {result['runtime_peak_rss_mb']:.0f} MB")
     return 0
