@@ -267,7 +267,8 @@ class RuleConfig(Section):
         _not_from_yaml(cls, value, info)
         if value is NOT_GIVEN:
             # a custom class "head:class" has no ImageNet index: the engine reads the head's result
-            value = tuple((name, ()) if ":" in name else groups.lookup(name) for name in info.data.get("classes", ()))
+            value = tuple((name, ()) if ":" in name else groups.lookup(name)
+                          for name in info.data.get("classes", ()))
         return handler(value)
 
 
@@ -279,11 +280,6 @@ class CustomClassConfig(Section):
     cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
     crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
     examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
-
-    @field_validator("cameras", mode="wrap")
-    @classmethod
-    def _all_cameras(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
 # --- alerts, events, logging ---------------------------------------------------------------------------------
