@@ -282,9 +282,11 @@ class StreamEncoder:
 
     @staticmethod
     async def _sleep(viewer: Viewer, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: no extra task per viewer per frame
         try:
-            await asyncio.wait_for(viewer.wake.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):
+                await viewer.wake.wait()
+        except TimeoutError:
             pass
 
     def _skip(self, viewer: Viewer, count: int) -> None:
