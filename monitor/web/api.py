@@ -58,6 +58,7 @@ def camera_json(app: Any, name: str, camera: Any) -> dict[str, Any]:
                        "classes": {k: round(float(v), 6) for k, v in zip(c.classes, c.probabilities)}}
                       for c in result.custom.values()] if result is not None else [])
     doc["heatmap"] = name in getattr(app, "heatmaps", ())
+    doc["paused"] = name in getattr(app, "paused", ())    # classification paused over MQTT
     doc["stream"] = f"/stream/{name}.mjpg"
     doc["snapshot"] = f"/snapshot/{name}.jpg"
     return doc
