@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewers", type=int, default=20)
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
+    p = b.add_parser("capacity", help="live RTSP cameras added step by step: the most one box keeps up with")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="H.264 video files, served over RTSP")
+    p.add_argument("--fps", type=float, default=5.0, help="frames sampled per camera per second (default 5)")
+    p.add_argument("--cameras", default="0,1,4,8,12,16", metavar="N,N,...",
+                   help="camera counts to try; 0 = the daemon without cameras, the RSS baseline")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured window per step (default 20)")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first results (default 5)")
+    p.add_argument("--transcode", metavar="WxH@FPS", help="serve an H.264 transcode made at run time in a temp "
+                                                          "folder, e.g. 1920x1080@25")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
+    p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",
+                   help="the GStreamer RTSP server script (default ../shared/tools/rtsp_serve.py)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
     return parser
 
 

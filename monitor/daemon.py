@@ -33,6 +33,9 @@ log = logging.getLogger("monitor")
 EXIT_CONFIG = 2
 HEARTBEAT_FRESH = 15.0   # seconds: a component loop older than this is hung (the watchdog stops pinging)
 PRUNE_EVERY = 3600.0     # seconds between retention passes
+RELOAD_CAMERAS_STOP = 2.0   # seconds shared by all cameras a reload stops (a hung one is left to finish alone)
+RELOAD_SINKS_STOP = 2.0     # seconds a replaced sink set may spend delivering what it had queued
+RELOAD_JOIN = 3.0           # seconds a stop waits for a reload still running
 
 
 class Daemon:
@@ -63,6 +66,7 @@ class Daemon:
         self.web: Any = None
         self.started_at = time.time()
         self._started = False
+        self._stopping = False
 
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)
@@ -93,16 +97,10 @@ class Daemon:
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
+        self._stopping = True      # a reload still running starts nothing new from now on
         if self.web is not None:
             self.web.stop(timeout=min(1.0, left()))
-        cameras = list(self.cameras.values())
-        for cam in cameras:
-            cam.request_stop()  # all first, so they wind down in parallel
-        # One shared deadline: cameras blocked in OpenCV's open/read cannot wind down, and a join of 1 s each in
-        # turn would spend the whole budget on them (four hung cameras: 4 s) and starve the worker and the sinks.
-        cams_deadline = time.monotonic() + min(1.0, left())
-        for cam in cameras:
-            cam.stop(timeout=max(0.0, cams_deadline - time.monotonic()))
+        _stop_cameras(list(self.cameras.values()), min(1.0, left()))
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))
@@ -129,37 +127,72 @@ class Daemon:
     # -- reload ---------------------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> None:
-        """Apply a validated config: cameras, watch-list, alert sinks and logging change in place."""
+        """Apply a validated config: cameras, watch-list, alert sinks and logging change in place.
+
+        Runs on a thread of its own (the main thread keeps pinging the watchdog meanwhile) and is bounded: the
+        changed cameras stop in parallel under one deadline, the replaced sink set drains for at most
+        RELOAD_SINKS_STOP. Rules that did not change keep their open events, streaks and cooldowns."""
+        t0 = time.monotonic()
         old = self.config
         for key in ("server", "model", "events"):
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
         new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events})
         setup_logging(new.logging.level, new.logging.format)
-        if (new.alerts, new.watchlist) != (old.alerts, old.watchlist):
-            self.worker.set_alerts(None)
-            self.alerts.close_all()
-            self.sinks.stop(timeout=2.0)
-            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
-            self.sinks.start()
-            self.alerts = AlertEngine(new.watchlist, self.events, self.sinks, self.metrics, background=True)
-            self.worker.set_alerts(self.alerts)
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
-        for name, cam in list(self.cameras.items()):
-            if new_cams.get(name) != old_cams.get(name):
-                cam.stop(timeout=2.0)
-                del self.cameras[name]
-                self.metrics.camera_connected.labels(camera=name).set(0)
-        for name, cfg in new_cams.items():
-            if name not in self.cameras:
-                self.cameras[name] = self._camera(cfg)
-                self.cameras[name].start()
-        # Keep the config's camera order (the status page lists them in it).
-        self.cameras = {name: self.cameras[name] for name in new_cams}
-        self.worker.set_cameras(list(self.cameras.values()))
-        self.config = new
-        log.info("reloaded config: %d cameras, %d rules", len(self.cameras), len(new.watchlist))
+        changed = [name for name in self.cameras if new_cams.get(name) != old_cams.get(name)]
+        removed = [name for name in changed if name not in new_cams]
+        # The worker lets go of them first: after set_cameras() none of their results is published any more.
+        self.worker.set_cameras([c for name, c in self.cameras.items() if name not in changed])
+        _stop_cameras([self.cameras[name] for name in changed], RELOAD_CAMERAS_STOP)
+        try:
+            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed:
+                self._reload_alerts(old, new, removed)
+        finally:    # whatever happened to the alerts, the cameras the worker let go of are replaced
+            if not self._stopping:
+                self._replace_cameras(new_cams, changed, removed)
+        if not self._stopping:
+            self.config = new
+            log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
+                     time.monotonic() - t0)
+
+    def _replace_cameras(self, new_cams: dict[str, Any], changed: list[str], removed: list[str]) -> None:
+        cameras = {name: self.cameras[name] if name in self.cameras and name not in changed else self._camera(cfg)
+                   for name, cfg in new_cams.items()}   # the config's order: the status page lists them in it
+        for name, cam in cameras.items():
+            if self.cameras.get(name) is not cam:
+                cam.start()
+        self.cameras = cameras      # replaced whole: web handlers and healthy() iterate it meanwhile
+        self.worker.set_cameras(list(cameras.values()))
+        for name in removed:
+            self.results.drop(name)
+            self.metrics.remove_camera(name)
+
+    def _reload_alerts(self, old: Config, new: Config, removed: list[str]) -> None:
+        old_sinks = self.sinks if new.alerts != old.alerts and not self._stopping else None
+        if old_sinks is not None:
+            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+            self.sinks.take_over(old_sinks)
+            self.sinks.start()
+        ended = self.alerts.reconfigure(new.watchlist, sinks=self.sinks if old_sinks else None,
+                                        removed_cameras=removed)
+        if ended:
+            log.info("reload: ended %d open events of changed or removed rules and cameras", ended)
+        if old_sinks is not None:
+            old_sinks.stop(timeout=RELOAD_SINKS_STOP)
+
+
+def _stop_cameras(cameras: list[Camera], timeout: float) -> None:
+    """Stop cameras in parallel within one shared deadline.
+
+    Cameras blocked in OpenCV's open/read cannot wind down, and a join of `timeout` each in turn would spend
+    n times the budget on them (four hung cameras: four times) and starve what comes after."""
+    for cam in cameras:
+        cam.request_stop()  # all first, so they wind down in parallel
+    deadline = time.monotonic() + timeout
+    for cam in cameras:
+        cam.stop(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class _Signals:
@@ -240,14 +273,18 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
     tick = min(1.0, interval) if interval else 1.0
     next_prune = 0.0
     last_status = ""
+    reloading: threading.Thread | None = None
     while not signals.stop.is_set():
         signals.wake.wait(tick)
         signals.wake.clear()
         if signals.stop.is_set():
             break
-        if signals.reload.is_set():
-            signals.reload.clear()
-            _reload(daemon, config_path)
+        if signals.reload.is_set() and (reloading is None or not reloading.is_alive()):
+            signals.reload.clear()     # a SIGHUP during a reload stays set: one more reload after this one
+            # Off the main thread: stopping hung cameras and draining sinks takes seconds, and this thread must
+            # keep pinging the watchdog meanwhile.
+            reloading = threading.Thread(target=_reload, args=(daemon, config_path), name="reload", daemon=True)
+            reloading.start()
         now = time.monotonic()
         if now >= next_prune:
             next_prune = now + PRUNE_EVERY
@@ -261,6 +298,9 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
         elif interval:
             log.warning("heartbeat stale: not pinging the systemd watchdog")
         last_status = status
+    if reloading is not None and reloading.is_alive():
+        daemon._stopping = True
+        reloading.join(RELOAD_JOIN)
 
 
 def _reload(daemon: Daemon, config_path: str) -> None:

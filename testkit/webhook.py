@@ -1,4 +1,5 @@
-"""A real HTTP receiver on 127.0.0.1 for webhook tests: answers 200, answers 500, or accepts and hangs."""
+"""A real HTTP receiver on 127.0.0.1 for webhook tests: answers 200, answers 500, accepts and hangs, or redirects
+(301/302/307/308 to /moved on the same server, which answers 200 to anything)."""
 from __future__ import annotations
 
 import json
@@ -7,23 +8,43 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    """`with Receiver("ok"|"500"|"hang") as r:` then POST to r.url; r.requests holds the decoded JSON bodies."""
+    """`with Receiver("ok"|"500"|"hang"|"301"|"302"|"307"|"308") as r:` then POST to r.url; r.requests holds the
+    decoded JSON bodies of POSTs to r.url, r.calls every request as (method, path)."""
 
     def __init__(self, mode: str = "ok") -> None:
-        if mode not in ("ok", "500", "hang"):
+        if mode not in ("ok", "500", "hang", "301", "302", "307", "308"):
             raise ValueError(mode)
         self.mode = mode
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.calls: list[tuple[str, str]] = []
         self.hits = 0
         self.release = threading.Event()      # set at exit so hung handlers return
         self.received = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _answer(self, code: int, location: str | None = None) -> None:
+                self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def do_GET(self) -> None:  # noqa: N802
+                with receiver.received:
+                    receiver.calls.append(("GET", self.path))
+                self._answer(200)
+
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                with receiver.received:
+                    receiver.calls.append(("POST", self.path))
+                if self.path != "/hook":
+                    self._answer(200)
+                    return
                 with receiver.received:
                     receiver.hits += 1
                     receiver.headers.append(dict(self.headers))
@@ -35,11 +56,10 @@ class Receiver:
                 if receiver.mode == "hang":
                     receiver.release.wait(30)
                     return
-                code = 200 if receiver.mode == "ok" else 500
-                self.send_response(code)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                if receiver.mode.startswith("3"):
+                    self._answer(int(receiver.mode), f"http://127.0.0.1:{self.server.server_address[1]}/moved")
+                    return
+                self._answer(200 if receiver.mode == "ok" else 500)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -1,6 +1,8 @@
 """AlertEngine with deterministic probabilities and a fake clock, recording into a real SQLite EventStore."""
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +282,98 @@ def test_result_board_latest_fps_and_latency() -> None:
     assert board.fps_out("b") == 0.0
     clock.t += 10.0                          # nothing for a whole window: rate falls to 0
     assert board.fps_out("a") == 0.0 and board.get("a") is not None
+
+
+def test_failed_event_insert_is_logged_as_a_failure_not_as_event_none(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The database is locked by another process when an event starts: the insert fails (the store counts it). The
+    alert is still counted, and the log says that the event was not recorded instead of "event None started"."""
+    caplog.set_level(logging.INFO)
+    metrics, clock = Metrics(), Clock()
+    store = EventStore(tmp_path / "e.db", metrics, busy_timeout=0.1)
+    engine = AlertEngine([dog_rule(min_frames=1, end_after=5.0)], store, None, metrics, clock=clock)
+    locker = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        step(engine, clock, "cam1", {GOLDEN: 0.9})
+        step(engine, clock, "cam1", {}, dt=6.0)        # the unrecorded event ends
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "monitor.alerts.engine"]
+    assert not any("event None" in m for m in messages), messages
+    started = [r for r in caplog.records if "NOT recorded in the event history" in r.getMessage()]
+    assert len(started) == 1 and started[0].levelname == "WARNING", messages
+    assert "camera=cam1 rule=dogs label=dog" in started[0].getMessage()
+    assert any(m.startswith("unrecorded event ended: camera=cam1") for m in messages), messages
+    assert alerts_count(metrics, "dogs", "dog") == 1
+    assert (metrics.registry.get_sample_value("monitor_events_db_errors_total") or 0) >= 1
+    assert store.query() == []
+    store.close()
+
+
+class RecordingSinks:
+    """Records what the engine hands to its sinks (the real SinkSet is tested in test_sinks.py)."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict]] = []
+
+    def emit(self, kind: str, event: dict, frame: object, predictions: object = ()) -> None:
+        self.emitted.append((kind, dict(event)))
+
+
+def cat_rule(**kw: object) -> RuleConfig:
+    args = dict(name="cats", classes=("cat",), indices=(("cat", (TABBY, TIGER_CAT)),), min_score=0.6, min_frames=1)
+    args.update(kw)
+    return RuleConfig(**args)  # type: ignore[arg-type]
+
+
+def test_reconfigure_keeps_open_events_streaks_and_cooldowns_of_unchanged_rules(env) -> None:
+    """A reload that adds an unrelated rule must not end the open event (nor start it again), and a rule in its
+    cooldown stays in it."""
+    metrics, store, clock = env
+    sinks = RecordingSinks()
+    engine = AlertEngine([dog_rule(end_after=8.0, cooldown=60.0)], store, sinks, metrics, clock=clock)   # type: ignore[arg-type]
+    for _ in range(3):
+        step(engine, clock, "shed", {GOLDEN: 0.9})
+    step(engine, clock, "shed", {}, dt=8.0)                  # "shed": started, ended, now cooling down
+    for _ in range(3):
+        step(engine, clock, "yard", {GOLDEN: 0.9})          # an event opens on "yard"
+    step(engine, clock, "door", {GOLDEN: 0.9})
+    step(engine, clock, "door", {GOLDEN: 0.9})              # a streak of 2 of 3 on "door"
+    assert [e["camera"] for e in store.query() if e["ended_at"] is None] == ["yard"]
+
+    assert engine.reconfigure([dog_rule(end_after=8.0, cooldown=60.0), cat_rule()]) == 0
+    for _ in range(5):
+        step(engine, clock, "yard", {GOLDEN: 0.9})
+    assert engine.active("yard") == ["dog"]
+    step(engine, clock, "door", {GOLDEN: 0.9})              # the streak went on: third hit opens the event
+    assert engine.active("door") == ["dog"]
+    for _ in range(3):
+        step(engine, clock, "shed", {GOLDEN: 0.9})          # still inside the cooldown: no event
+    assert engine.active("shed") == []
+    step(engine, clock, "yard", {TABBY: 0.9})                # the new rule works
+    assert engine.active("yard") == ["dog", "cat"]
+    starts = [(e["camera"], e["rule"]) for kind, e in sinks.emitted if kind == "start"]
+    assert starts == [("shed", "dogs"), ("yard", "dogs"), ("door", "dogs"), ("yard", "cats")], starts
+    assert alerts_count(metrics, "dogs", "dog") == 3
+    assert len(store.query()) == 4
+
+
+def test_reconfigure_ends_events_of_changed_and_removed_rules_and_removed_cameras(env) -> None:
+    metrics, store, clock = env
+    engine = AlertEngine([dog_rule(min_frames=1), cat_rule()], store, None, metrics, clock=clock)
+    step(engine, clock, "yard", {GOLDEN: 0.9, TABBY: 0.05})
+    step(engine, clock, "door", {TABBY: 0.9})
+    step(engine, clock, "shed", {TABBY: 0.9})
+    assert len(store.query()) == 3
+    clock.t += 1.0
+    # dogs changed (min_score), cats unchanged, camera "shed" removed
+    assert engine.reconfigure([dog_rule(min_frames=1, min_score=0.7), cat_rule()], removed_cameras=["shed"]) == 2
+    ended = {(e["camera"], e["rule"]): e["ended_at"] for e in store.query()}
+    assert ended == {("yard", "dogs"): clock.t, ("door", "cats"): None, ("shed", "cats"): clock.t}
+    assert engine.active("yard") == [] and engine.active("door") == ["cat"] and engine.active("shed") == []
+    step(engine, clock, "yard", {GOLDEN: 0.9})       # the changed rule starts afresh (no cooldown carried over)
+    assert engine.active("yard") == ["dog"]
+    assert engine.reconfigure([cat_rule()]) == 1      # dogs removed
+    assert engine.active("yard") == [] and engine.active("door") == ["cat"]

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import jsonschema
 
@@ -25,8 +26,8 @@ from hypothesis import strategies as st
 
 from monitor.core import groups
 from monitor.config.loader import (
-    ConfigError, check_config_main, format_errors, json_schema, key_paths, load_config, parse_config,
-    parse_duration, parse_size, schema_text, source_kind,
+    ConfigError, check_config_main, format_errors, json_schema, load_config, parse_config, parse_duration,
+    parse_size, schema_text, source_kind,
 )
 from monitor.config.types import CameraConfig, Config, RuleConfig
 from monitor.core.labels import imagenet_classes
@@ -79,6 +80,21 @@ def errors_of(data: object, base_dir: Path | None = None) -> list[str]:
 
 
 CAM = {"name": "cam", "source": 0}
+
+
+def key_paths() -> list[str]:
+    """Every key the schema accepts, as paths like `server.auth.mode` or `cameras[].motion.enabled`."""
+    schema = json_schema()
+
+    def walk(node: dict, prefix: str) -> Iterator[str]:
+        for option in [node, *node.get("anyOf", []), *node.get("oneOf", [])]:
+            option = schema["$defs"][option["$ref"].rsplit("/", 1)[-1]] if "$ref" in option else option
+            for key, sub in option.get("properties", {}).items():
+                yield f"{prefix}.{key}" if prefix else key
+                yield from walk(sub, f"{prefix}.{key}" if prefix else key)
+            if option.get("type") == "array" and isinstance(option.get("items"), dict):
+                yield from walk(option["items"], prefix + "[]")
+    return list(dict.fromkeys(walk(schema, "")))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -221,3 +221,24 @@ def test_reloaded_camera_stays_connected_when_its_old_capture_thread_ends_late(
         assert connected(d, "cam") == 1, "the old camera's thread reset the new camera's connected gauge"
     finally:
         server.resume()
+
+
+def test_reload_forgets_a_removed_camera_result_and_metric_series(tmp_path: Path, demo_weights: Path,
+                                                                  videos_dir: Path, daemons: list[Daemon]) -> None:
+    """A camera removed by reload leaves nothing behind: no last frame on the ResultBoard (memory, pages), no metric
+    series (a zeroed one would be exported for ever and read as a camera that is down)."""
+    cams = [{"name": name, "source": str(videos_dir / "car-detection.mp4"), "loop": True, "fps": 5}
+            for name in ("keep", "gone")]
+    d = Daemon(build(tmp_path, demo_weights, cams))
+    daemons.append(d)
+    d.start(web=False)
+    assert wait_until(lambda: classified(d, "keep") >= 2 and classified(d, "gone") >= 2, 15)
+    d.reload(build(tmp_path, demo_weights, cams[:1]))
+    time.sleep(0.5)                                 # a frame of "gone" classified meanwhile must not bring it back
+    assert d.results.get("gone") is None and d.results.cameras() == ["keep"]
+    exported = generate_latest(d.metrics.registry).decode()
+    assert 'camera="gone"' not in exported, [line for line in exported.splitlines() if '"gone"' in line]
+    before = classified(d, "keep")
+    assert wait_until(lambda: classified(d, "keep") >= before + 2, 5) and connected(d, "keep") == 1
+    assert d.results.get("keep") is not None
+    d.stop()

@@ -234,3 +234,47 @@ def test_hung_webhook_does_not_slow_classification(tmp_path: Path, demo_weights:
     # the healthy receiver got every start and end, as JSON
     assert {r["kind"] for r in hook_ok.requests} == {"start", "end"}
     assert all(r["camera"] == "cars" and r["label"] == footage.label for r in hook_ok.requests)
+
+
+def test_reload_keeps_the_open_event_of_an_unchanged_rule(tmp_path: Path, demo_weights: Path, footage: Footage,
+                                                           daemons: list[Daemon]) -> None:
+    """SIGHUP adds an unrelated rule and points the webhook elsewhere while an event is open: the event stays
+    open (same row, no end, no second start anywhere); its end later goes to the new webhook."""
+    end_after = 2.0
+    rule = {"name": RULE, "classes": [footage.label], "min_score": MIN_SCORE, "min_frames": 3,
+            "end_after": end_after, "cooldown": 30}
+
+    def config(source: Path, rules: list[dict], hook_url: str) -> Config:
+        return parse_config({
+            "server": {"port": 0},
+            "model": {"weights": str(demo_weights), "threads": 2},
+            "cameras": [{"name": "cars", "source": str(source), "loop": True, "fps": 10}],
+            "watchlist": rules,
+            "alerts": {"webhook": {"url": hook_url, "timeout": 2, "retries": 0}},
+            "events": {"database": str(tmp_path / "events.db")},
+        }, tmp_path)
+
+    unrelated = {"name": "dogs", "classes": ["dog"], "min_score": 0.9}
+    with Receiver("ok") as hook1, Receiver("ok") as hook2:
+        d = Daemon(config(footage.cars, [rule], hook1.url))
+        daemons.append(d)
+        d.start(web=False)
+        rows = wait_until(lambda: d.events.query(), 15)
+        assert len(rows) == 1 and rows[0]["ended_at"] is None, rows
+        assert hook1.wait_for(1, 5)
+
+        d.reload(config(footage.cars, [rule, unrelated], hook2.url))
+        seen = classified(d, "cars")
+        assert wait_until(lambda: classified(d, "cars") >= seen + 20, 10)   # 2 s of hits after the reload
+        assert d.events.query() == rows, "the open event was ended or another one started"
+        assert d.alerts.active("cars") == [footage.label]
+        assert d.metrics.registry.get_sample_value("monitor_alerts_total", {"rule": RULE, "label": footage.label}) == 1
+        assert (hook1.hits, hook2.hits) == (1, 0), (hook1.requests, hook2.requests)
+
+        # the class goes away: the event ends, once, and its end reaches the new webhook
+        d.reload(config(footage.bottles, [rule, unrelated], hook2.url))
+        assert wait_until(lambda: d.events.get(rows[0]["id"])["ended_at"], end_after + 6), "event did not end"
+        assert hook2.wait_for(1, 5), "no webhook for the end of the event"
+        assert [(r["kind"], r["id"]) for r in hook2.requests] == [("end", rows[0]["id"])]
+        assert hook1.hits == 1 and len(d.events.query()) == 1
+        d.stop()

@@ -19,6 +19,8 @@ from typing import Iterator
 import pytest
 import yaml
 
+from testkit.waiting import wait_until
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 40.0          # interpreter + torch import + model load, on a busy 2-core machine
 RUNNING = r"monitor \S+ running: "
@@ -280,6 +282,67 @@ def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
     m.send(signal.SIGTERM)
     assert m.wait(10) == 0, m.text
     assert "Traceback" not in m.text
+
+
+def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[Monitor]) -> None:
+    """SIGHUP changes three cameras hung in OpenCV's open (they cannot stop) and the alert sinks, under a 1 s
+    watchdog (pinged every 0.5 s). Stopping them in turn on the main thread (2 s each) used to leave the watchdog
+    unpinged for over 6 s: systemd would kill a working daemon. Now they stop in parallel under one deadline, off
+    the main thread, and the pings keep coming."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.1)
+    pings: list[float] = []
+    done_receiving = threading.Event()
+
+    def receive() -> None:              # a thread of its own: arrival times are not delayed by the test's waits
+        while not done_receiving.is_set():
+            try:
+                fields = sock.recv(4096).decode().split("\n")
+            except socket.timeout:
+                continue
+            if "WATCHDOG=1" in fields:
+                pings.append(time.monotonic())
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    try:
+        with HungServer() as hung:
+            doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
+            doc["cameras"] += [{"name": f"hung{i}", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30}
+                               for i in range(3)]
+            doc["alerts"] = {"queue_size": 32}
+            cfg = write_config(tmp_path / "cfg.yaml", doc)
+            m = launch(monitors, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+            m.started()
+            assert wait_until(lambda: len(hung._held) >= 3, 10), "the cameras never connected to the hung server"
+            time.sleep(0.3)                         # ... and now block in OpenCV's open
+            for cam in doc["cameras"][1:]:
+                cam["open_timeout"] = 29            # changed: each must be stopped and replaced
+            doc["alerts"] = {"queue_size": 16}      # changed: the sink set is replaced too
+            write_config(cfg, doc)
+            first = len(pings)
+            sighup = time.monotonic()
+            m.send(signal.SIGHUP)
+            m.wait_line(r"reloaded config: 4 cameras", 10)
+            done = time.monotonic()
+            time.sleep(1.0)
+            assert sum("capture still blocked" in line for line in m.lines) >= 3, m.text
+            assert done - sighup < 4.5, f"reload took {done - sighup:.1f} s"
+            marks = [sighup] + pings[first:]
+            gaps = [b - a for a, b in zip(marks, marks[1:])]
+            assert marks[-1] > done and max(gaps) < 0.9, (
+                f"watchdog gaps during the reload: {[round(g, 2) for g in gaps]}\n{m.text}")
+            assert m.proc.poll() is None
+            m.send(signal.SIGTERM)
+            assert m.wait(10) == 0, m.text
+            assert "Traceback" not in m.text, m.text
+    finally:
+        done_receiving.set()
+        receiver.join(2)
+        sock.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

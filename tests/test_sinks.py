@@ -295,3 +295,24 @@ def test_snapshot_path_components_are_sanitised(tmp_path: Path, store: EventStor
     path = Path(store.get(eid)["snapshot"]).resolve()
     assert root.resolve() in path.parents
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{eid}-a_b\.jpg", path.name)
+
+
+@pytest.mark.parametrize("code", ["301", "302", "307"])
+def test_webhook_redirect_is_a_counted_failure_never_a_get(code: str, caplog: pytest.LogCaptureFixture) -> None:
+    """urllib follows 301/302 by turning the POST into a GET without its body: the receiver got nothing and the
+    delivery was counted as sent. A redirect is a failure: counted, logged with the code, not retried, no GET."""
+    metrics = Metrics()
+    with Receiver(code) as rx:
+        cfg = AlertsConfig(webhook=WebhookConfig(url=rx.url, timeout=2.0, retries=2))
+        sinks = SinkSet(cfg, metrics, None, retry_backoff=0.05)
+        sinks.start()
+        try:
+            sinks.emit("start", event(), None)
+            assert wait_until(lambda: failures(metrics, "webhook") == 1, 5.0)
+            time.sleep(0.3)                     # room for a (wrong) retry or a followed redirect to show up
+        finally:
+            sinks.stop(2.0)
+        assert rx.calls == [("POST", "/hook")], rx.calls
+    assert failures(metrics, "webhook") == 1
+    logged = [r.getMessage() for r in caplog.records if "alert sink webhook" in r.getMessage()]
+    assert len(logged) == 1 and f"HTTP {code}" in logged[0] and "/moved" in logged[0], logged

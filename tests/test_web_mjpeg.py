@@ -265,6 +265,9 @@ def test_reload_that_removes_a_camera_ends_its_stream(tmp_path: Path, videos_dir
                     drop.part()
             assert wait_until(lambda: s.web.streams.viewers_of("drop") == 0)
             assert request(s.port, "GET", "/stream/drop.mjpg").status == 404
+            # its metric series are removed, not left behind as zeros (the viewer gauge included)
+            metrics = request(s.port, "GET", "/metrics").body.decode()
+            assert 'camera="drop"' not in metrics and 'camera="keep"' in metrics
             assert [c["name"] for c in request(s.port, "GET", "/api/status").json()["cameras"]] == ["keep"]
             for _ in range(3):
                 keep.part()                                  # the other camera's viewer is undisturbed

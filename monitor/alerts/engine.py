@@ -149,6 +149,41 @@ class AlertEngine:
             self._io_lock.acquire()
         self._run(pending)
 
+    def reconfigure(self, rules: Sequence[RuleConfig], sinks: SinkSet | None = None,
+                    removed_cameras: Sequence[str] = ()) -> int:
+        """Apply a reloaded watch-list (and sink set) in place; returns how many open events it ended.
+
+        A rule whose definition is unchanged (same name, equal config) keeps its state on every camera: an open
+        event stays open and is not alerted again, a streak keeps counting, a cooldown is remembered. A rule
+        that changed or was removed ends its open events now and starts afresh. Events of `removed_cameras`
+        end now too (no more results will come from them). With `sinks`, every delivery from now on, the ends
+        of events started before included, goes to the new set; the caller stops the old one afterwards.
+        """
+        compiled = tuple(_compile(r) for r in rules)     # may raise: before anything changed
+        wanted = {r.cfg.name: r.cfg for r in compiled}
+        gone = set(removed_cameras)
+        if sinks is not None:
+            # Under _io_lock: a side effect running now finishes on the old set, which is drained after this.
+            with self._io_lock:
+                self._sinks = sinks
+        now = self._clock()
+        pending: list[_Pending] = []
+        with self._lock:
+            for key, st in list(self._states.items()):
+                if wanted.get(st.cfg.name) == st.cfg and st.camera not in gone:
+                    continue
+                if st.active is not None:
+                    self._end(st, now, pending)
+                del self._states[key]
+            self._rules = compiled
+            self._rules_for = {}
+            self._refresh_view()
+            if not pending or self._enqueue(pending):
+                return len(pending)
+            self._io_lock.acquire()
+        self._run(pending)
+        return len(pending)
+
     def active(self, camera: str) -> list[str]:
         """Labels of the events active on `camera`, oldest first (for the overlay banner)."""
         return list(self._active_view.get(camera, ()))
@@ -335,15 +370,22 @@ class AlertEngine:
                 ev["id"] = self._store.start_event(ev["camera"], ev["rule"], ev["label"], ev["score"],
                                                    ev["started_at"], None)
             self._metrics.alerts.labels(ev["rule"], ev["label"]).inc()
-            log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
-                     ev["rule"], ev["label"], ev["score"])
+            if self._store is not None and ev["id"] is None:
+                # The store logged and counted the failed write; the alert still goes out, without an id.
+                log.warning("event started but NOT recorded in the event history (the database write failed; "
+                            "its end will not be recorded either): camera=%s rule=%s label=%s score=%.3f",
+                            ev["camera"], ev["rule"], ev["label"], ev["score"])
+            else:
+                log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
+                         ev["rule"], ev["label"], ev["score"])
             if self._sinks is not None:
                 self._sinks.emit("start", dict(ev), p.image, predictions=p.predictions)
         elif p.kind == "end":
             if self._store is not None and ev["id"] is not None:
                 if not self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"]):
                     self._unwritten_ends.append(dict(ev))
-            log.info("event %s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", ev["id"],
+            what = "unrecorded event" if self._store is not None and ev["id"] is None else f"event {ev['id']}"
+            log.info("%s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", what,
                      ev["camera"], ev["rule"], ev["label"], ev["peak_score"], ev["ended_at"] - ev["started_at"])
             if self._sinks is not None:
                 self._sinks.emit("end", dict(ev), None)

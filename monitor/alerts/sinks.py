@@ -202,6 +202,17 @@ class _SnapshotSink(_Sink):
         return True
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows 301/302/303 by re-sending a POST as a GET without its body: the receiver would get an
+    empty request and we would count it delivered. A redirect is reported as the failure it is instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None              # urllib then raises HTTPError(code) for the 3xx response itself
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class _WebhookSink(_Sink):
     name = "webhook"
 
@@ -239,10 +250,15 @@ class _WebhookSink(_Sink):
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": f"monitor/{__version__}"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
                 resp.read(65536)
                 return None, False
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                # Retrying would get the same answer: the configured url is wrong.
+                where = redact_url(str(exc.headers.get("Location", ""))) if exc.headers is not None else ""
+                return (f"HTTP {exc.code} {exc.reason}: redirect{f' to {where}' if where else ''} not followed "
+                        "(set alerts.webhook.url to the final address)"), True
             # Client errors will not fix themselves, except timeouts and rate limiting.
             permanent = 400 <= exc.code < 500 and exc.code not in (408, 425, 429)
             return f"HTTP {exc.code} {exc.reason}", permanent
@@ -365,6 +381,17 @@ class SinkSet:
                             s.queue.qsize())
             else:
                 s.thread = None
+
+    def take_over(self, old: SinkSet) -> None:
+        """Adopt the snapshot tickets of the set this one replaces (reload), so the "end" of an event that
+        started before still reports the snapshot its "start" had."""
+        with old._lock:
+            starts = list(old._starts.items())
+        with self._lock:
+            for key, ticket in starts:
+                self._starts.setdefault(key, ticket)
+            while len(self._starts) > _REMEMBERED_STARTS:
+                self._starts.popitem(last=False)
 
     def emit(self, kind: str, event: dict, frame: np.ndarray | None,
              predictions: Sequence[Prediction] = ()) -> None:

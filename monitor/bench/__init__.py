@@ -14,4 +14,7 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "stream":
         from monitor.bench.stream import bench_stream
         return bench_stream(args)
+    if args.bench_command == "capacity":
+        from monitor.bench.capacity import bench_capacity
+        return bench_capacity(args)
     raise AssertionError(args.bench_command)

@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.config.types import CameraConfig
 from monitor.core.metrics import Metrics
+from monitor.capture.buffers import FramePool
 from monitor.capture.motion import MotionGate
 from monitor.core.redact import redact_url
 
@@ -24,12 +25,25 @@ log = logging.getLogger(__name__)
 
 DECODER_THREADS = 1
 
-# OpenCV's FFmpeg backend otherwise holds one process-wide lock for the whole of open(): a camera hanging in
-# open (up to its open_timeout) would stop every other camera from opening or reconnecting. FFmpeg itself is
-# thread-safe for separate contexts. OpenCV reads this at each open.
-os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
+# Process-wide FFmpeg settings that OpenCV reads (getenv) at every open. They are set here, once, when the
+# capture module is imported, before any capture thread exists: setenv while another thread runs getenv is
+# undefined behaviour in glibc. A value the operator exported is left alone.
+FFMPEG_ENV = {
+    # Otherwise OpenCV holds one process-wide lock for the whole of open(): a camera hanging in open (up to
+    # its open_timeout) would stop every other camera from opening or reconnecting. FFmpeg itself is
+    # thread-safe for separate contexts.
+    "OPENCV_FFMPEG_IS_THREAD_SAFE": "1",
+    # RTSP over UDP loses packets under load (grey smeared frames); TCP is lossless. Other protocols ignore it.
+    "OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp",
+}
+for _key, _value in FFMPEG_ENV.items():
+    os.environ.setdefault(_key, _value)
 
-CONNECTING, UP, DOWN = "connecting", "up", "down"
+CONNECTING, UP, DOWN, ERROR = "connecting", "up", "down", "error"
+HWACCEL = ("none", "auto")      # camera option: "auto" asks OpenCV for any hardware decoder, else software
+SOFTWARE, HARDWARE = "software", "hardware"
+WATCH_HOLD = 2.0            # seconds a latest()/wait_newer()/watch() call keeps every frame retrieved
+POOL_ARRAYS = 2             # frame arrays per camera: the newest (= due) frame and the last classified one
 END_OF_FILE = "end of file"
 
 BACKOFF_INITIAL = 0.5       # seconds before the first retry; doubles per consecutive failure up to backoff_max
@@ -95,6 +109,15 @@ class Camera:
     (frame index / file fps) instead of the wall clock. Live sources ignore pace=False: they cannot be slowed
     down, and holding frames back would only build latency.
 
+    Every frame is grabbed (decoded) so the stream never queues up, but only frames that are due, or that a
+    live view may show, are retrieved (converted to BGR and copied): latest(), wait_newer() and watch() mark
+    the camera watched for WATCH_HOLD seconds, and while it is not watched latest() is the newest *due* frame.
+    Retrieved frames go into a small pool of reused arrays (FramePool), so a camera holds at most the newest
+    frame, the due frame and the last classified one.
+
+    A crop that does not fit the frame puts the camera in state "error" (frames still flow to the live view,
+    none is classified) with the reason in status().
+
     `heartbeat` is refreshed at least every TICK seconds, also while down and waiting to reconnect, except while
     OpenCV itself blocks: up to open_timeout in open, up to min(read_timeout, stale_after) in read. A watchdog
     must allow for that. stop() does not wait for such a call: the daemon thread finishes it, then releases
@@ -125,6 +148,13 @@ class Camera:
         self._width = 0
         self._height = 0
         self._stamps: deque[float] = deque(maxlen=512)
+        self._retrieved = 0
+        self._last_at: float | None = None     # time.time() of the newest frame grabbed
+        self._decoder = ""                      # "software" | "hardware" once opened
+        self._watched_until = 0.0               # time.monotonic() until which every frame is retrieved
+        self._crop_error = ""                   # capture-thread only: why the crop does not fit the frame
+        self._pool = FramePool(POOL_ARRAYS)     # capture-thread only
+        self._hw_logged = False                 # capture-thread only: the software fallback is logged once
         self._logged_reason = ""                # capture-thread only: the last reason logged at warning level
         self._next_due: float | None = None     # capture-thread only
         self._file_frames = 0                   # capture-thread only: frames read from a file over all loops
@@ -172,12 +202,26 @@ class Camera:
         """True while the capture thread runs (it may still be finishing a blocked open/read after stop())."""
         return self._thread is not None and self._thread.is_alive()
 
+    def watch(self, seconds: float = WATCH_HOLD) -> None:
+        """A live view wants every frame for the next `seconds`: cheap, callable from any thread. latest() and
+        wait_newer() call it, so a viewer that keeps asking keeps the camera watched."""
+        until = time.monotonic() + seconds
+        if until > self._watched_until:
+            self._watched_until = until         # one float store: atomic under the GIL, no lock needed
+
+    @property
+    def watched(self) -> bool:
+        return time.monotonic() < self._watched_until
+
     def latest(self) -> Frame | None:
+        """The newest retrieved frame; while nobody watches, the newest due frame (up to 1/fps old)."""
+        self.watch()
         with self._cond:
             return self._latest
 
     def wait_newer(self, seq: int, timeout: float) -> Frame | None:
         """Block until a frame with .seq > seq exists (return it) or `timeout` passes / the camera stops (None)."""
+        self.watch(max(WATCH_HOLD, timeout + 1.0))
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._latest is None or self._latest.seq <= seq:
@@ -197,7 +241,6 @@ class Camera:
 
     def status(self) -> dict:
         with self._cond:
-            latest = self._latest
             return {
                 "name": self.name,
                 "source": self.source.shown,
@@ -206,10 +249,13 @@ class Camera:
                 "fps_in": round(self._fps_in_locked(), 2),
                 "frames": self._frames,
                 "reconnects": self._reconnects,
-                "last_frame_at": latest.captured_at if latest is not None else None,
+                "last_frame_at": self._last_at,
                 "width": self._width,
                 "height": self._height,
                 "backoff": round(self._backoff, 3),     # delay before the next reconnect attempt (0 while up)
+                "retrieved": self._retrieved,           # frames converted to BGR (due or watched)
+                "decoder": self._decoder,               # "software" | "hardware" ("" before the first open)
+                "hwaccel": self.cfg.hwaccel,
             }
 
     # ---------------------------------------------------------------- capture thread
@@ -260,10 +306,14 @@ class Camera:
         # A read may block at most until the stream counts as stale: a silent camera is then reopened.
         read_ms = int(min(self.cfg.read_timeout, self.cfg.stale_after) * 1000)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
+        hw = src.kind != "device" and self.cfg.hwaccel == "auto"
         if src.kind != "device":
             # One decoder thread per camera: FFmpeg's default (cores + 1 frame threads) keeps a frame buffer per
             # thread and adds latency; a camera-sized H.264 stream decodes in ~2 ms on one core anyway.
             params += [cv2.CAP_PROP_N_THREADS, DECODER_THREADS]
+            # ANY: OpenCV tries VAAPI, D3D11, MFX ... and decodes in software when none initialises.
+            params += [cv2.CAP_PROP_HW_ACCELERATION,
+                       cv2.VIDEO_ACCELERATION_ANY if hw else cv2.VIDEO_ACCELERATION_NONE]
         if src.kind == "device":
             path = f"/dev/video{src.target}" if isinstance(src.target, int) else str(src.target)
             if not os.path.exists(path):
@@ -276,10 +326,7 @@ class Camera:
             cap = cv2.VideoCapture(str(src.target), cv2.CAP_FFMPEG, params)
             what = f"file {src.shown}"
         else:
-            if src.is_rtsp:
-                # FFmpeg reads its options from this process-wide variable at every open. RTSP over UDP loses
-                # packets under load (grey smeared frames); TCP is lossless. Left alone when the operator set it.
-                os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+            # RTSP over TCP: OPENCV_FFMPEG_CAPTURE_OPTIONS, set once at import (FFMPEG_ENV above).
             started = time.monotonic()
             cap = cv2.VideoCapture(str(src.target), cv2.CAP_FFMPEG, params)
             what = src.shown
@@ -289,7 +336,21 @@ class Camera:
         if not cap.isOpened():
             cap.release()
             raise _Failure(f"cannot open {what}")
+        self._note_decoder(cap, hw)
         return cap
+
+    def _note_decoder(self, cap: cv2.VideoCapture, requested: bool) -> None:
+        got = cap.get(cv2.CAP_PROP_HW_ACCELERATION) if requested else 0.0
+        # The property reads back the acceleration type in use: NONE (0) or -1/ANY when it did not stick.
+        decoder = HARDWARE if got > 0 and int(got) != cv2.VIDEO_ACCELERATION_ANY else SOFTWARE
+        with self._cond:
+            self._decoder = decoder
+        if requested and decoder == SOFTWARE and not self._hw_logged:
+            self._hw_logged = True
+            log.info("camera %s: hwaccel auto: no hardware decoder available, decoding in software", self.name)
+        elif requested and decoder == HARDWARE and not self._hw_logged:
+            self._hw_logged = True
+            log.info("camera %s: hardware decoding (OpenCV acceleration type %d)", self.name, int(got))
 
     def _read(self, cap: cv2.VideoCapture) -> None:
         """Read until stop (returns) or failure (raises _Failure)."""
@@ -314,7 +375,7 @@ class Camera:
             if self._no_drop and not self._wait_slot_free():
                 break
             started = time.monotonic()
-            ok, image = cap.read()
+            ok = cap.grab()
             if self._stop.is_set():
                 break
             now = time.monotonic()
@@ -323,7 +384,7 @@ class Camera:
                 # OpenCV's read timeout fired. It then drains the decoder, so this read may still return one of
                 # the few frames held there (old ones), but the capture cannot deliver new frames any more.
                 raise _Failure(f"no frame for {now - last_frame:.0f} s", stable)
-            if not ok or image is None:
+            if not ok:
                 if is_file:
                     # Seeking is cheaper than reopening. A file that yields nothing after a rewind ends up in
                     # the backoff path (reopen later), never in a busy loop.
@@ -337,32 +398,79 @@ class Camera:
             since_rewind += 1
             if is_file:
                 self._file_frames += 1
-            if up_since is None:
-                up_since = now
-                self._set_state(UP, "")
-                self._m_connected.set(1)
-                log.info("camera %s: up (%dx%d, %s)", self.name, image.shape[1], image.shape[0], self.source.shown)
             # Due sampling runs on the wall clock, except for unpaced files, whose own timeline is the clock.
             clock = self._file_frames / file_fps if self._no_drop else now
-            self._publish(image, clock)
+            due = self._is_due(clock)
+            first = up_since is None
+            if not (due or first or self.watched):
+                self._count(None, False)        # decoded, never converted: nobody would look at it
+                continue
+            image = self._retrieve(cap)
+            if image is None:
+                raise _Failure("frame grabbed but cannot be converted (retrieve failed)", stable)
+            if first:
+                up_since = now
+                self._check_crop(image)
+                if self._crop_error:
+                    self._set_state(ERROR, self._crop_error)
+                else:
+                    self._set_state(UP, "")
+                self._m_connected.set(1)
+                log.info("camera %s: up (%dx%d, %s, %s decoding)", self.name, image.shape[1], image.shape[0],
+                         self.source.shown, self._decoder)
+            elif (image.shape[1], image.shape[0]) != (self._width, self._height):
+                self._check_crop(image)         # the stream changed resolution without a reconnect
+                self._set_state(ERROR if self._crop_error else UP, self._crop_error)
+            self._publish(image, clock, due)
 
-    def _publish(self, image: np.ndarray, clock: float) -> None:
-        due = self._is_due(clock)
+    def _retrieve(self, cap: cv2.VideoCapture) -> np.ndarray | None:
+        """Convert the grabbed frame into a pooled array (OpenCV writes in place when the size matches)."""
+        buf = self._pool.take()
+        ok, image = cap.retrieve(buf) if buf is not None else cap.retrieve()
+        if not ok or image is None:
+            return None
+        if image is not buf:
+            self._pool.adopt(image)
+        with self._cond:
+            self._retrieved += 1
+        return image
+
+    def _check_crop(self, image: np.ndarray) -> None:
+        """A crop [x, y, w, h] must lie inside the frame; the frame size is known only once it arrives."""
+        crop = self.cfg.crop
+        self._crop_error = ""
+        if isinstance(crop, (tuple, list)) and len(crop) == 4:
+            x, y, w, h = (int(v) for v in crop)
+            height, width = image.shape[:2]
+            if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+                self._crop_error = (f"crop [{x}, {y}, {w}, {h}] does not fit the {width}x{height} frame "
+                                    f"(needs x+w <= {width}, y+h <= {height}): not classified")
+
+    def _publish(self, image: np.ndarray, clock: float, due: bool) -> None:
+        if due and self._crop_error:
+            due = False                         # state "error" says why; the live view still gets the frame
         if due and self._gate is not None and not self._gate.should_classify(image, clock):
             due = False
             self._m_skipped.inc()
+        self._count(image, due)
+
+    def _count(self, image: np.ndarray | None, due: bool) -> None:
+        """Number the grabbed frame; with an image, make it the newest frame (and the due one if due)."""
         wall, mono = time.time(), time.monotonic()
         with self._cond:
             self._seq += 1
-            frame = Frame(image=image, seq=self._seq, captured_at=wall, captured_mono=mono)
-            self._latest = frame
             self._frames += 1
+            self._last_at = wall
             self._stamps.append(mono)
-            self._height, self._width = image.shape[:2]
-            dropped = due and self._due is not None
-            if due:
-                self._due = frame
-            self._cond.notify_all()
+            dropped = False
+            if image is not None:
+                frame = Frame(image=image, seq=self._seq, captured_at=wall, captured_mono=mono)
+                self._latest = frame
+                self._height, self._width = image.shape[:2]
+                dropped = due and self._due is not None
+                if due:
+                    self._due = frame
+                self._cond.notify_all()
         self._m_captured.inc()
         self._m_last_frame.set(wall)
         if dropped:
@@ -406,6 +514,9 @@ class Camera:
             self._state, self._reason, self._backoff = state, reason, backoff
         if state == UP:
             self._logged_reason = ""
+        elif state == ERROR and reason != self._logged_reason:
+            self._logged_reason = reason
+            log.error("camera %s: %s", self.name, reason)
         elif state == DOWN and reason != self._logged_reason:
             # Once per distinct reason: a camera that stays unreachable must not flood the log at every retry.
             self._logged_reason = reason

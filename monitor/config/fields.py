@@ -83,18 +83,13 @@ def Number(low: float | None = None, high: float | None = None, above: float | N
 
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string like `500ms`, `30s`, `5m`, `2h`, `30d`, `1h30m`; ValueError if not one."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and re.fullmatch(_DURATION_RE, value.strip()):
-        parts = _DURATION_PART_RE.findall(value.strip())
-        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts) if parts else float(value)
-    else:
-        raise ValueError("not a duration")
-    if not math.isfinite(seconds):
-        raise ValueError("not a finite duration")
-    return seconds
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if not re.fullmatch(_DURATION_RE, text):
+        raise ValueError(f"not a duration: {value!r}")
+    parts = _DURATION_PART_RE.findall(text)
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts) if parts else float(text)
 
 
 def Duration(allow_zero: bool = True) -> Any:
@@ -189,6 +184,8 @@ def List(item: Any, empty: str | None = "must not be empty") -> Any:
     """A list whose items are checked one by one (errors at `key[i]`), as a tuple; `empty` is the error for an
     empty list or null (None: allowed)."""
     def check(value: Any) -> Any:
+        if value == () and isinstance(value, tuple):
+            return value    # a default or code's (); YAML's empty list is [] and is checked below
         if value is None or value == []:
             if empty is None:
                 return ()
@@ -215,6 +212,21 @@ def _file_path(value: Any, info: ValidationInfo) -> Path:
 
 
 FilePath = _checked(_file_path, Path, WithJsonSchema({"type": "string", "minLength": 1}))
+
+
+def read_secret(file: Path, key: str) -> str:
+    """A password or token kept in a file of its own (never inline in the config), stripped; the error names
+    `key`, the field holding the file's path (raise it from a validator of a field after that one)."""
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory",
+               PermissionError: "permission denied", UnicodeDecodeError: "not UTF-8 text"}.get(
+            type(exc), getattr(exc, "strerror", None) or str(exc))
+        raise problem(f"cannot read '{file}': {why}", show_value=False, sibling=key) from None
+    if not text:
+        raise problem(f"file '{file}' is empty", show_value=False, sibling=key)
+    return text
 
 
 def check_url(value: Any, schemes: tuple[str, ...]) -> str:

@@ -22,8 +22,8 @@ from monitor.config.fields import parse_duration, parse_size, source_kind
 from monitor.config.types import UNION_TAGS, Config
 from monitor.core.redact import redact_url
 
-__all__ = ["ConfigError", "load_config", "parse_config", "format_errors", "check_config_main", "key_paths",
-           "json_schema", "parse_duration", "parse_size", "source_kind"]
+__all__ = ["ConfigError", "load_config", "parse_config", "format_errors", "check_config_main", "json_schema",
+           "schema_text", "parse_duration", "parse_size", "source_kind"]
 
 Loc = tuple[Any, ...]
 _MAX_NODES = 100_000    # line bookkeeping stops here (a YAML alias bomb expands exponentially)
@@ -116,23 +116,6 @@ def json_schema() -> dict[str, Any]:
 
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def key_paths() -> list[str]:
-    """Every key the schema accepts, as paths like `server.auth.mode` or `cameras[].motion.enabled`."""
-    schema = json_schema()
-    defs = schema.get("$defs", {})
-
-    def walk(node: dict, prefix: str) -> Iterator[str]:
-        for option in [node, *node.get("anyOf", []), *node.get("oneOf", [])]:
-            option = defs[option["$ref"].rsplit("/", 1)[-1]] if "$ref" in option else option
-            for key, sub in option.get("properties", {}).items():
-                path = f"{prefix}.{key}" if prefix else key
-                yield path
-                yield from walk(sub, path)
-            if option.get("type") == "array" and isinstance(option.get("items"), dict):
-                yield from walk(option["items"], prefix + "[]")
-    return list(dict.fromkeys(p for p in walk(schema, "") if not p.endswith("[]")))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,47 +231,30 @@ def _cross_checks(data: dict) -> Iterator[tuple[Loc, str]]:
 # ---------------------------------------------------------------------------------------------------------
 # Reading the file
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate keys (PyYAML silently keeps the last one) instead of hiding them."""
-
-    def __init__(self, stream: str, source: str) -> None:
-        super().__init__(stream)
-        self.source = source
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    self.duplicates.append(f"{self.source}:{line}: duplicate key {key!r} "
-                                           f"(first at line {seen[key]}; YAML would keep only the last)")
-                else:
-                    seen[key] = line
-            except TypeError:
-                pass  # unhashable key: construct_mapping below reports it
-        return super().construct_mapping(node, deep)
-
-
-def _node_lines(root: yaml.Node | None) -> dict[Loc, int]:
-    """The line of every key path: a mapping key's own line, a list item's first line."""
+def _walk(root: yaml.Node | None, source: str) -> tuple[dict[Loc, int], list[str]]:
+    """The line of every key path (a key's own line, a list item's first line), and the duplicate keys, which
+    PyYAML would silently drop. Walks the nodes before construction, so merge keys (<<) are no duplicates."""
     lines: dict[Loc, int] = {}
+    duplicates: dict[int, str] = {}
     stack: list[tuple[Loc, Any]] = [((), root)] if root is not None else []
     while stack and len(lines) < _MAX_NODES:
         loc, node = stack.pop()
         lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):   # merge keys (<<) are flattened in place by construction
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
             for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    lines.setdefault(loc + (key.value,), key.start_mark.line + 1)
-                    stack.append((loc + (key.value,), value))
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:    # an alias may bring one mapping here twice: keyed by line
+                    duplicates[line] = (f"{source}:{line}: duplicate key {key.value!r} (first at line "
+                                        f"{seen[key.tag, key.value]}; YAML would keep only the last)")
+                seen.setdefault((key.tag, key.value), line)
+                lines.setdefault(loc + (key.value,), line)
+                stack.append((loc + (key.value,), value))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((loc + (i,), item) for i, item in enumerate(node.value))
-    return lines
+    return lines, [duplicates[line] for line in sorted(duplicates)]
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
@@ -301,11 +267,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
         why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory, not a config file",
                PermissionError: "permission denied"}.get(type(exc), f"cannot read: {exc.strerror or exc}")
         raise ConfigError([f"{path}: {why}"], path) from None
-    loader = _StrictLoader(text, str(path))
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-        return data, _node_lines(node), loader.duplicates
+        lines, duplicates = _walk(node, str(path))
+        return (loader.construct_document(node) if node is not None else None), lines, duplicates
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

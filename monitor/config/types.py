@@ -9,8 +9,12 @@ Adding a section or a key:
      the schema. A plain `int`/`str` annotation works too, with pydantic's wording.
   2. A check that needs other keys: a `@field_validator` reading `info.data` (fields listed before it), raising
      `problem("...")` from monitor.config.fields; `problem(..., at=(i,))` points at an item of the value.
-  3. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
-     `python -m monitor config schema > config.schema.json` (a test compares them).
+     A secret: a `FooConfig.password_file: Optional[FilePath]` and a hidden derived field read with
+     fields.read_secret() (see AuthConfig.secret).
+  3. A check across entries or sections (unique names, rules naming cameras): _cross_checks() in loader.py.
+  4. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
+     `python -m monitor config schema > config.schema.json` (a test compares them). A file that is only
+     valid with your key: tests/configs/good/; one broken config per new check: tests/configs/bad/.
 Models are frozen: derive a changed copy with `cfg.model_copy(update={...})`.
 """
 from __future__ import annotations
@@ -24,9 +28,10 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
+from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.fields import (
-    NOT_GIVEN, Bool, Choice, any_case, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, check_url,
-    from_config, problem, resolve_path, source_kind,
+    NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, any_case,
+    check_url, from_config, problem, read_secret, resolve_path, source_kind,
 )
 
 CAMERA_URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -57,9 +62,10 @@ def _hidden(default: Any = NOT_GIVEN) -> Any:
     return Field(default=default, repr=False, exclude=True)
 
 
-def _not_from_yaml(value: Any, info: ValidationInfo, allowed: Any) -> None:
-    """Derived fields: code may pass them, a config file may not."""
+def _not_from_yaml(cls: type[BaseModel], value: Any, info: ValidationInfo) -> None:
+    """Derived fields (hidden from the schema): code may pass them, a config file may not."""
     if from_config(info) and value is not NOT_GIVEN:
+        allowed = [name for name, f in cls.model_fields.items() if not f.exclude]
         raise problem(f"unknown key (allowed: {', '.join(allowed)})", show_value=False)
 
 
@@ -91,23 +97,11 @@ class AuthConfig(Section):
     @field_validator("secret", mode="wrap")
     @classmethod
     def _read_secret(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
-        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "secret"])
+        _not_from_yaml(cls, value, info)
         if value is not NOT_GIVEN:
             return handler(value)
         key = {"basic": "password_file", "bearer": "token_file"}.get(info.data.get("mode", ""))
-        file = info.data.get(key) if key else None
-        if file is None:
-            return ""
-        try:
-            text = file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = {FileNotFoundError: "no such file", IsADirectoryError: "is a directory",
-                   PermissionError: "permission denied", UnicodeDecodeError: "not UTF-8 text"}.get(
-                type(exc), getattr(exc, "strerror", None) or str(exc))
-            raise problem(f"cannot read '{file}': {why}", show_value=False, sibling=key) from None
-        if not text:
-            raise problem(f"file '{file}' is empty", show_value=False, sibling=key)
-        return text
+        return read_secret(info.data[key], key) if key and info.data.get(key) else ""
 
 
 class StreamConfig(Section):
@@ -152,6 +146,8 @@ def _source(value: Any, info: ValidationInfo) -> str:
     if not isinstance(value, str) or not value.strip():
         raise problem("must be a webcam index, a device (/dev/videoN), an rtsp/http(s) URL or a file path")
     text = value.strip()
+    if text == SAMPLE_SOURCE:
+        return str(sample_clip())   # the packaged demo clip (a file named "sample" is spelled ./sample)
     kind = source_kind(text)
     if kind == "url":
         return check_url(text, CAMERA_URL_SCHEMES)
@@ -169,8 +165,9 @@ def _crop_shape(value: Any) -> Any:
 
 
 # "center" | "full" | (x, y, w, h) region of interest in pixels
-Crop = Annotated[Union[Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
-                       Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
+Crop = Annotated[Union[
+    Annotated[Literal["center", "full"], Tag("word"), WithJsonSchema(any_case("center", "full"))],
+    Annotated[tuple[Int(0), Int(0), Int(1), Int(1)], Tag("box")]],
                  Discriminator(lambda v: "word" if isinstance(v, str) else "box"), BeforeValidator(_crop_shape)]
 UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's location; the loader drops it
 
@@ -187,6 +184,7 @@ class CameraConfig(Section):
     read_timeout: Duration(allow_zero=False) = 10.0
     stale_after: Duration(allow_zero=False) = 10.0   # reopen when no frame arrived for this long
     backoff_max: Duration(allow_zero=False) = 30.0   # cap of the exponential reconnect backoff
+    hwaccel: Choice("none", "auto") = "none"         # auto: any hardware decoder OpenCV finds, else software
     motion: MotionConfig = _section()
 
     @field_validator("loop")
@@ -236,11 +234,6 @@ class RuleConfig(Section):
     end_after: Duration(allow_zero=False) = 10.0  # seconds without a hit before the event ends
     cooldown: Duration() = 60.0             # seconds after an event ends before the rule may alert again
 
-    @field_validator("cameras", mode="wrap")
-    @classmethod
-    def _all_cameras(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
-
     @field_validator("classes")
     @classmethod
     def _each_once(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
@@ -256,7 +249,7 @@ class RuleConfig(Section):
     @field_validator("indices", mode="wrap")
     @classmethod
     def _resolve(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        _not_from_yaml(value, info, [f for f in cls.model_fields if f != "indices"])
+        _not_from_yaml(cls, value, info)
         if value is NOT_GIVEN:
             value = tuple(groups.lookup(name) for name in info.data.get("classes", ()))
         return handler(value)
@@ -302,11 +295,6 @@ class AlertsConfig(Section):
     command: Annotated[List(Annotated[str, BeforeValidator(_command_arg)]), BeforeValidator(_argv)] = ()
     command_timeout: Duration(allow_zero=False) = 10.0
     queue_size: Int(1, 100000) = 64         # per sink; full -> drop and count
-
-    @field_validator("command", mode="wrap")
-    @classmethod
-    def _no_command(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
 class EventsConfig(Section):

@@ -22,6 +22,8 @@ class Metrics:
         # capture
         self.frames_captured = Counter("monitor_frames_captured", "Frames read from the camera", ["camera"], registry=r)
         self.frames_classified = Counter("monitor_frames_classified", "Frames classified", ["camera"], registry=r)
+        self.frames_failed = Counter("monitor_frames_failed", "Due frames that could not be classified (bad frame)",
+                                     ["camera"], registry=r)
         self.frames_dropped = Counter(
             "monitor_frames_dropped", "Due frames replaced by a newer one before the worker took them", ["camera"],
             registry=r)
@@ -57,3 +59,14 @@ class Metrics:
         self.build_info = Info("monitor_build", "Version of the daemon and its runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.model_info = Info("monitor_model", "The loaded model artifact", registry=r)
+
+    def remove_camera(self, camera: str) -> None:
+        """Drop every series labelled with `camera` (it was removed by a reload): a zeroed series would be exported
+        for ever and look like a camera that is down."""
+        for collector in (self.frames_captured, self.frames_classified, self.frames_dropped,
+                          self.frames_skipped_still, self.camera_connected, self.camera_reconnects,
+                          self.camera_last_frame, self.stream_viewers, self.stream_frames_skipped):
+            try:
+                collector.remove(camera)
+            except KeyError:
+                pass             # never labelled (e.g. nobody watched its stream)

@@ -21,7 +21,8 @@ def crop_box(height: int, width: int, crop: Crop, resize: int = 256, size: int =
         return 0, 0, width, height
     if isinstance(crop, (tuple, list)) and len(crop) == 4:
         x, y, w, h = (int(v) for v in crop)
-        x0, y0 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+        # No clamping of the origin into the frame: that turned a crop beyond the frame into a 1-pixel strip.
+        x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, width), min(y + h, height)
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"crop {tuple(crop)} lies outside the {width}x{height} frame")

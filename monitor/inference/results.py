@@ -84,6 +84,11 @@ class ResultBoard:
             track = self._tracks.get(camera)
             return track.latest.latency if track is not None and track.latest is not None else None
 
+    def drop(self, camera: str) -> None:
+        """Forget `camera` (removed by a reload): its last frame must not stay in memory or on a page."""
+        with self._lock:
+            self._tracks.pop(camera, None)
+
     def cameras(self) -> list[str]:
         with self._lock:
             return list(self._tracks)

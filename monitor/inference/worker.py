@@ -11,11 +11,15 @@ from monitor.inference.classifier import top_k_predictions
 from monitor.inference.results import Result, ResultBoard
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from monitor.capture.camera import Camera, Frame
-    from monitor.inference.classifier import Classifier
+    from monitor.inference.classifier import Classifier, Prediction
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+FAILURE_LOG_EVERY = 60.0    # seconds: at most one log line per camera about frames that cannot be classified
 
 
 class ResultObserver(Protocol):
@@ -47,12 +51,17 @@ class InferenceWorker:
         # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
         self.latencies: deque[float] = deque(maxlen=20000)
         self._cameras: tuple[Camera, ...] = ()
+        self._publish_lock = threading.Lock()   # publishing a batch vs. set_cameras()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failure_logged: dict[str, tuple[float, int]] = {}   # camera -> (last log time, failures since)
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
-        self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
+        """Replace the cameras; once this returns, no result of a camera left out is published any more (a
+        reload then drops its board entry and metric series, and nothing may bring them back)."""
+        with self._publish_lock:
+            self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
         self._wake.set()
 
     def set_alerts(self, alerts: ResultObserver | None) -> None:
@@ -105,14 +114,33 @@ class InferenceWorker:
     def _classify(self, batch: list[tuple[Camera, Frame]]) -> None:
         clf = self.classifier
         started = time.monotonic()
-        probs = clf.probabilities([f.image for _, f in batch], [cam.cfg.crop for cam, _ in batch])
+        try:
+            probs = clf.probabilities([f.image for _, f in batch], [cam.cfg.crop for cam, _ in batch])
+        except Exception as e:
+            if len(batch) > 1:
+                # One bad frame must not cost the other cameras their results: classify them one by one (only
+                # after a failure, so the normal path stays one batch).
+                for item in batch:
+                    self._classify([item])
+            else:
+                self._failed(batch[0][0].name, batch[0][1], e)
+            return
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(batch))
         tops = top_k_predictions(probs, clf.labels, self.top_k)
+        with self._publish_lock:
+            self._publish(batch, probs, tops, done)
+        self.classified += len(batch)
+
+    def _publish(self, batch: list[tuple[Camera, Frame]], probs: np.ndarray, tops: list[list[Prediction]],
+                 done: float) -> None:
         alerts = self.alerts  # read once: a reload may swap it mid-batch
         now = time.time()
+        current = self._cameras
         for (cam, frame), row, preds in zip(batch, probs, tops):
+            if cam not in current:
+                continue         # removed or replaced by a reload while its frame was being classified
             latency = done - frame.captured_mono
             result = Result(camera=cam.name, frame=frame, predictions=preds, probabilities=row,
                             classified_at=now, latency=latency)
@@ -127,4 +155,17 @@ class InferenceWorker:
                                  "predictions": [(p.label, round(p.probability, 4)) for p in preds]})
             if alerts is not None:
                 alerts.observe(result)
-        self.classified += len(batch)
+
+    def _failed(self, camera: str, frame: Frame, error: Exception) -> None:
+        """Count a frame that cannot be classified; log it at most once per FAILURE_LOG_EVERY per camera."""
+        self.metrics.frames_failed.labels(camera=camera).inc()
+        now = time.monotonic()
+        last, since = self._failure_logged.get(camera, (-FAILURE_LOG_EVERY, 0))
+        if now - last < FAILURE_LOG_EVERY:
+            self._failure_logged[camera] = (last, since + 1)
+            return
+        self._failure_logged[camera] = (now, 0)
+        shape = getattr(frame.image, "shape", None)
+        more = f" ({since} more since the last report)" if since else ""
+        log.warning("camera %s: frame %d cannot be classified: %s: %s (frame shape %s)%s; counted in "
+                    "monitor_frames_failed_total", camera, frame.seq, type(error).__name__, error, shape, more)

@@ -464,7 +464,15 @@ class StreamHub:
                 return
             self._total -= 1
             self._viewers[camera] = count
-            self.metrics.stream_viewers.labels(camera=camera).set(count)
+            if count == 0 and camera not in self.app.cameras:
+                # The last viewer of a camera removed by a reload: its series goes, it does not come back as 0.
+                self._viewers.pop(camera, None)
+                try:
+                    self.metrics.stream_viewers.remove(camera)
+                except KeyError:
+                    pass
+            else:
+                self.metrics.stream_viewers.labels(camera=camera).set(count)
             if count == 0:
                 enc = self._encoders.pop(camera, None)
                 if enc is not None:

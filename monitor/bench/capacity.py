@@ -1,0 +1,403 @@
+"""`monitor bench capacity SOURCE... --fps 5`: how many live cameras one box keeps up with.
+
+Serves the footage as real RTSP streams (GStreamer, rtsp_serve.py), then for each camera count runs the daemon
+(capture threads, inference worker, alert engine; no HTTP) in a fresh child process against that many streams
+and measures over a fixed window: sampled frames classified vs due, frames replaced before classification,
+capture-to-result p50/p99, process CPU and RSS. The answer is the most cameras at which every sampled frame was
+classified with p99 under the latency bound. A child per step keeps one step's memory out of the next one's
+figures; the step with 0 cameras is the baseline RSS (model loaded, nothing captured).
+
+This module must stay light at import (the child imports it): no torch, no bench.common.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_SERVE = Path("../shared/tools/rtsp_serve.py")
+SYSTEM_PYTHON = "/usr/bin/python3"       # Debian puts GStreamer's `gi` bindings into the system Python
+P99_BOUND_MS = 100.0
+CLASSIFIED_MIN = 0.97                    # of the due frames: the window's edges cut a frame or two per camera
+START_TIMEOUT = 60.0                     # seconds for every camera of a step to deliver a first result
+
+
+# ---------------------------------------------------------------- the child: one daemon, N cameras
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MB (VmRSS, VmHWM)."""
+    cur = peak = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024.0
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024.0
+    return cur, peak
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_path: str | None,
+             weights: str | None) -> dict[str, Any]:
+    """In the child: run the daemon on `urls` and measure one window."""
+    import logging
+
+    from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig
+    from monitor.core.logsetup import setup_logging
+    from monitor.daemon import Daemon
+
+    setup_logging("warning", "text")
+    logging.getLogger("monitor").setLevel(logging.WARNING)
+    if config_path:
+        from monitor.config.loader import load_config
+        model = load_config(config_path).model
+    else:
+        model = ModelConfig()
+    if weights:
+        model = _replace(model, weights=Path(weights))
+    cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=20, read_timeout=10,
+                              stale_after=10) for i, u in enumerate(urls))
+    with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
+        config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
+                        logging=LoggingConfig(level="warning"))
+        started = time.monotonic()
+        daemon = Daemon(config)
+        daemon.start(web=False)
+        try:
+            board = daemon.results
+            deadline = time.monotonic() + START_TIMEOUT
+            while not all(board.get(c.name) is not None for c in cams):
+                if time.monotonic() > deadline:
+                    waiting = {c.name: daemon.cameras[c.name].status()["reason"] or daemon.cameras[c.name]
+                               .status()["state"] for c in cams if board.get(c.name) is None}
+                    return {"cameras": len(cams), "error": f"no result within {START_TIMEOUT:g} s from {waiting}"}
+                time.sleep(0.1)
+            first_result = time.monotonic() - started
+            time.sleep(warmup)
+            before = _counts(daemon)
+            cpu0, t0 = _cpu_seconds(), time.monotonic()
+            load0 = os.getloadavg()[0]
+            time.sleep(seconds)
+            cpu1, t1 = _cpu_seconds(), time.monotonic()
+            after = _counts(daemon)
+            new = daemon.worker.classified - before["classified_all"]
+            latencies = list(daemon.worker.latencies)[-new:] if new > 0 else []
+            rss, peak = _rss_mb()
+            statuses = [daemon.cameras[c.name].status() for c in cams]
+        finally:
+            daemon.stop()
+    window = t1 - t0
+    diff = {k: after[k] - before[k] for k in before}
+    due = fps * window * len(cams) if cams else 0.0
+    return {
+        "cameras": len(cams), "seconds": round(window, 2), "fps": fps,
+        "due": round(due, 1), "classified": diff["classified"], "dropped": diff["dropped"],
+        "failed": diff["failed"],
+        "classified_ratio": round(diff["classified"] / due, 3) if due else None,
+        "grabbed_fps_per_camera": round(diff["grabbed"] / window / max(len(cams), 1), 2),
+        "retrieved_per_camera_per_s": round(diff["retrieved"] / window / max(len(cams), 1), 2),
+        "p50_ms": round(_percentile(latencies, 50) * 1000, 1) if latencies else None,
+        "p99_ms": round(_percentile(latencies, 99) * 1000, 1) if latencies else None,
+        "cpu_cores": round((cpu1 - cpu0) / window, 3),
+        "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
+        "load1": round((load0 + os.getloadavg()[0]) / 2, 2),
+        "first_result_s": round(first_result, 2),
+        "resolution": sorted({f"{s['width']}x{s['height']}" for s in statuses}),
+        "decoders": sorted({s["decoder"] for s in statuses}),
+        "torch_loaded": "torch" in sys.modules,
+    }
+
+
+def run_decode_step(urls: list[str], fps: float, seconds: float, retrieve: bool) -> dict[str, Any]:
+    """In the child, without the daemon: OpenCV captures opened as Camera opens them, grab() every frame and,
+    with `retrieve`, retrieve() `fps` frames per second into one reused array. What the decoder alone and the
+    conversion cost per camera, the floor under the daemon's figure."""
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from monitor.capture.camera import DECODER_THREADS     # noqa: F401  (sets the FFmpeg env like the daemon)
+
+    rss0, _ = _rss_mb()
+    stop = threading.Event()
+    grabbed = [0] * len(urls)
+    errors: list[str] = []
+
+    def run(i: int, url: str) -> None:
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 20000,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000,
+                                                     cv2.CAP_PROP_N_THREADS, DECODER_THREADS])
+        buf: np.ndarray | None = None
+        next_at = time.monotonic()
+        while not stop.is_set():
+            if not cap.grab():
+                errors.append(f"grab failed on {url}")
+                break
+            grabbed[i] += 1
+            if retrieve and time.monotonic() >= next_at:
+                next_at += 1.0 / fps
+                ok, out = cap.retrieve(buf) if buf is not None else cap.retrieve()
+                buf = out if ok else buf
+        cap.release()
+
+    threads = [threading.Thread(target=run, args=(i, u), daemon=True) for i, u in enumerate(urls)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    rss, _ = _rss_mb()
+    stop.set()
+    for t in threads:
+        t.join(15)
+    n = max(len(urls), 1)
+    return {"cameras": len(urls), "retrieve": retrieve, "rss_mb": round(rss, 1),
+            "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(sum(grabbed) / seconds / n, 1),
+            "errors": errors[:3]}
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace or pydantic's model_copy, whichever the config types are."""
+    if hasattr(obj, "model_copy"):
+        return obj.model_copy(update=changes)
+    from dataclasses import replace
+    return replace(obj, **changes)
+
+
+def _counts(daemon: Any) -> dict[str, int]:
+    reg = daemon.metrics.registry
+
+    def total(name: str) -> int:
+        return int(sum(reg.get_sample_value(name, {"camera": n}) or 0 for n in daemon.cameras))
+
+    statuses = [c.status() for c in daemon.cameras.values()]
+    return {"classified": total("monitor_frames_classified_total"),
+            "dropped": total("monitor_frames_dropped_total"),
+            "failed": total("monitor_frames_failed_total"),
+            "grabbed": sum(s["frames"] for s in statuses),
+            "retrieved": sum(s.get("retrieved", s["frames"]) for s in statuses),
+            "classified_all": daemon.worker.classified}
+
+
+def _child_main() -> int:
+    spec = json.loads(sys.argv[2])
+    if "decode" in spec:
+        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"] == "retrieve")
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
+                      spec.get("weights"))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the parent: server, transcode, steps
+
+
+def _transcode(video: Path, spec: str, folder: Path) -> Path:
+    """WIDTHxHEIGHT@FPS: H.264 as IP cameras send it (no B-frames, a key frame every 2 s), in a temp folder."""
+    try:
+        size, rate = spec.split("@")
+        width, height = (int(v) for v in size.lower().split("x"))
+        fps = float(rate)
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: --transcode {spec!r}: expected WIDTHxHEIGHT@FPS, e.g. "
+                         f"1920x1080@25") from None
+    out = folder / f"{video.stem}-{width}x{height}.mp4"
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-an",
+           "-vf", f"scale={width}:{height},fps={fps:g}", "-c:v", "libx264", "-preset", "veryfast",
+           "-profile:v", "main", "-bf", "0", "-g", str(max(1, round(2 * fps))), "-pix_fmt", "yuv420p", str(out)]
+    print(f"transcoding {video.name} to {width}x{height} at {fps:g} fps (temporary) ...", file=sys.stderr,
+          flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"monitor bench capacity: ffmpeg failed on {video}: {done.stderr.strip()[-500:]}")
+    return out
+
+
+class _Server:
+    """rtsp_serve.py on 127.0.0.1:port; a temp dir of its own as TMPDIR (its looped copies go there)."""
+
+    def __init__(self, serve: Path, videos: list[Path], minutes: float, folder: Path) -> None:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = folder / "serve.log"
+        tmp = folder / "serve-tmp"
+        tmp.mkdir()
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([SYSTEM_PYTHON, str(serve), "--minutes", f"{minutes:g}", str(self.port),
+                                          *map(str, videos)], stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)},
+                                         start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "ready" not in self.log.read_text(errors="replace").split():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"monitor bench capacity: RTSP server did not start: "
+                                 f"{self.log.read_text(errors='replace').strip()[-500:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "monitor.bench.capacity", "--child", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=spec["seconds"] + spec["warmup"] + 180)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"cameras": len(spec["urls"]), "error": f"child exited {proc.returncode}: {proc.stderr.strip()[-800:]}"}
+
+
+def _passes(row: dict[str, Any]) -> bool:
+    return ("error" not in row and row["cameras"] > 0 and row["dropped"] == 0 and row["failed"] == 0
+            and (row["classified_ratio"] or 0) >= CLASSIFIED_MIN and row["p99_ms"] is not None
+            and row["p99_ms"] < P99_BOUND_MS)
+
+
+def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
+                 serve: Path, transcode: str | None, config: str | None, weights: str | None,
+                 progress: Any = None, breakdown_cameras: int = 0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
+        folder = Path(tmp)
+        served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
+        # Each step reconnects from the start of the (looped) file: enough for one step plus its start-up.
+        minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
+        server = _Server(serve, served, minutes, folder)
+        try:
+            urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served]
+            rows = []
+            for n in steps:
+                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
+                        "warmup": warmup, "config": config, "weights": weights}
+                row = _run_child(spec)
+                row["passes"] = _passes(row)
+                rows.append(row)
+                if progress is not None:
+                    print(_format_row(row, rows), file=progress, flush=True)
+            breakdown = []
+            for mode in ("grab", "retrieve") if breakdown_cameras else ():
+                spec = {"urls": [urls[i % len(urls)] for i in range(breakdown_cameras)], "fps": fps,
+                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode}
+                row = _run_child(spec)
+                breakdown.append(row)
+                if progress is not None and "error" not in row:
+                    print(f"OpenCV alone, {row['cameras']} captures, "
+                          f"{'grab() + retrieve() at ' + format(fps, 'g') + ' fps into one array' if row['retrieve'] else 'grab() only'}: "
+                          f"{row['per_camera_mb']} MB per camera ({row['grabbed_fps_per_camera']} fps grabbed)",
+                          file=progress, flush=True)
+        finally:
+            server.stop()
+    base = next((r for r in rows if r["cameras"] == 0 and "error" not in r), None)
+    for r in rows:
+        if base is not None and r["cameras"] > 0 and "error" not in r:
+            r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
+    passing = [r["cameras"] for r in rows if r.get("passes")]
+    return {"sources": [v.name for v in videos], "transcode": transcode, "fps": fps, "window_s": seconds,
+            "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "max_cameras": max(passing) if passing else 0,
+            "cores": os.cpu_count()}
+
+
+def _format_row(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    if "error" in row:
+        return f"{row['cameras']:>7} | error: {row['error']}"
+    prev = [r for r in rows[:-1] if "error" not in r]
+    extra = ""
+    if prev and row["cameras"] > prev[-1]["cameras"]:
+        extra = f"{(row['rss_mb'] - prev[-1]['rss_mb']) / (row['cameras'] - prev[-1]['cameras']):.1f}"
+    ratio = "-" if row["classified_ratio"] is None else f"{row['classified_ratio']:.3f}"
+    p50 = "-" if row["p50_ms"] is None else f"{row['p50_ms']:.0f}"
+    p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.0f}"
+    cpu_cam = f"{row['cpu_cores'] / row['cameras']:.3f}" if row["cameras"] else "-"
+    verdict = "yes" if row.get("passes") else ("-" if row["cameras"] == 0 else "NO")
+    return (f"{row['cameras']:>7} | {ratio:>10} | {row['dropped']:>7} | {p50:>6} | {p99:>6} | "
+            f"{row['cpu_cores']:>9.2f} | {cpu_cam:>8} | {row['rss_mb']:>7.0f} | {extra:>9} | "
+            f"{row['load1']:>5.1f} | {verdict}")
+
+
+HEADER = (f"{'cameras':>7} | {'classified':>10} | {'dropped':>7} | {'p50 ms':>6} | {'p99 ms':>6} | "
+          f"{'CPU cores':>9} | {'CPU/cam':>8} | {'RSS MB':>7} | {'MB/extra':>9} | {'load':>5} | ok")
+
+
+def bench_capacity(args: argparse.Namespace) -> int:
+    serve = Path(args.rtsp_serve)
+    if not serve.is_file():
+        raise SystemExit(f"monitor bench capacity: the RTSP server script {serve} is missing: pass "
+                         f"--rtsp-serve PATH to rtsp_serve.py (GStreamer; see ../shared/tools)")
+    if not Path(SYSTEM_PYTHON).exists():
+        raise SystemExit(f"monitor bench capacity: {SYSTEM_PYTHON} (with GStreamer's gi bindings) is missing")
+    if args.transcode and not shutil.which("ffmpeg"):
+        raise SystemExit("monitor bench capacity: --transcode needs ffmpeg on PATH")
+    videos = [Path(s).resolve() for s in args.sources]
+    for v in videos:
+        if not v.is_file():
+            raise SystemExit(f"monitor bench capacity: {v}: no such file (SOURCE is a video file to serve)")
+    try:
+        steps = sorted({int(s) for s in args.cameras.split(",")})
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: --cameras {args.cameras!r}: expected e.g. 0,1,4,8,16") from None
+    if not steps or steps[0] < 0 or args.fps <= 0 or args.seconds <= 0:
+        raise SystemExit("monitor bench capacity: --cameras must be >= 0, --fps and --seconds > 0")
+    config = args.config
+    if not config and Path("config.yaml").is_file():
+        config = "config.yaml"                  # its model section, as the other commands do
+    from monitor.inference.weights import resolve_weights
+    weights = resolve_weights(args.weights, config)
+    if not weights.is_file():
+        raise SystemExit(f"monitor bench capacity: no weights at {weights}: pass --weights FILE (or create it with "
+                         f"`monitor weights demo --out {weights}`: same speed as trained weights)")
+    out = sys.stderr if args.json else sys.stdout
+    print(f"monitor bench capacity: {', '.join(v.name for v in videos)}"
+          f"{' transcoded to ' + args.transcode if args.transcode else ''}, {args.fps:g} fps sampled per "
+          f"camera, {args.seconds:g} s window after {args.warmup:g} s warm-up, {os.cpu_count()} cores; "
+          f"one daemon process per step; model from {args.weights or config or 'defaults'}", file=out)
+    print(HEADER, file=out, flush=True)
+    r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
+                     args.weights, progress=out, breakdown_cameras=args.breakdown)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    res = sorted({x for row in r["steps"] for x in row.get("resolution", [])})
+    dec = sorted({x for row in r["steps"] for x in row.get("decoders", [])})
+    print(f"streams {', '.join(res)} ({', '.join(dec)} decoding); "
+          f"torch loaded: {any(row.get('torch_loaded') for row in r['steps'])}")
+    print(f"most cameras with every sampled frame classified and p99 < {P99_BOUND_MS:.0f} ms: {r['max_cameras']}")
+    per = [f"{row['cameras']}: {row['rss_per_camera_mb']}" for row in r["steps"] if "rss_per_camera_mb" in row]
+    if per:
+        print(f"RSS per camera over the 0-camera daemon (MB): {', '.join(per)}")
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--child":
+    raise SystemExit(_child_main())
