@@ -396,7 +396,10 @@ def verify(path: str | Path, frames_from: Sequence[str] = (), frames: int = 150,
                "inference_seconds": round(time.monotonic() - t, 4), "top1_on_test_image": pred.label}
     torch_path, ov_path = Path(clf.path).with_suffix(".pt"), openvino_path(clf.path)
     if clf.meta.precision == "int8" and torch_path.is_file() and ov_path.is_file():
-        sources = list(frames_from) or [str(p) for p in DEFAULT_FOOTAGE if p.is_file()]
+        from monitor.core.sample import sample_clip
+        # the sample videos of a development checkout, else the clip shipped in the package
+        sources = (list(frames_from) or [str(p) for p in DEFAULT_FOOTAGE if p.is_file()]
+                   or [str(p) for p in (sample_clip(),) if p.is_file()])
         if sources:
             summary["agreement"] = agreement(torch_path, sources, frames, reference)
         else:
