@@ -67,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
 
+    c = sub.add_parser("classes", help="custom classes: train a head from examples, show one").add_subparsers(
+        dest="classes_command", required=True, metavar="ACTION")
+    p = c.add_parser("train", help="train a head on the backbone's features: one sub-folder per class (+ none)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("examples", metavar="EXAMPLES_DIR", help="EXAMPLES_DIR/<class>/ with images or video files")
+    p.add_argument("--out", metavar="FILE", help="head file (default: heads/NAME.head)")
+    p.add_argument("--crop", choices=["center", "full"], default="center",
+                   help="how an example is cropped: as a camera's default crop (center) or whole (full)")
+    p.add_argument("--frames-per-video", type=int, default=40, metavar="N")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    p = c.add_parser("show", help="print a head's classes, backbone and training summary")
+    p.add_argument("head", metavar="HEAD")
+    p.add_argument("--weights", metavar="FILE", help="also check that the head fits this backbone")
+
     b = sub.add_parser("bench", help="print benchmark figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT")
     p = b.add_parser("classify", help="per frame: PIL + FP32 baseline, torch INT8, OpenVINO INT8; RSS; start time")
@@ -80,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--native-rate", action="store_true", help="pace files at their frame rate (live cameras)")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive single-thread loop")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
+    p = b.add_parser("smoothing", help="events one rule produces on footage, without and with smoothing")
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: ../shared/data/videos)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="rule classes (ImageNet, groups, head:class; default: the most frequent top-1 class)")
+    p.add_argument("--head", metavar="FILE", help="custom head for head:class entries")
+    p.add_argument("--min-score", type=float, help="default: a row per percentile of the class's score")
+    p.add_argument("--min-frames", type=int, default=3)
+    p.add_argument("--end-after", type=float, default=10.0)
+    p.add_argument("--cooldown", type=float, default=0.0)
+    p.add_argument("--fps", type=float, default=5.0, help="sampled frames per second of video (default 5)")
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--method", choices=["median", "mean"], default="median")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
     p = b.add_parser("stream", help="MJPEG fan-out: process CPU with 1 viewer vs 20 viewers")
@@ -136,6 +166,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "classify":
             from monitor.commands.classify import classify_main
             return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json)
+        if args.command == "classes":
+            from monitor.commands import classes
+            if args.classes_command == "train":
+                return classes.train_main(args.name, args.examples, resolve_weights(args.weights, args.config),
+                                          args.out, args.crop, args.frames_per_video, args.folds, args.json)
+            return classes.show_main(args.head, Path(args.weights) if args.weights else None)
         if args.command == "bench":
             from monitor.bench import bench_main
             return bench_main(args)

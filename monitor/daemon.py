@@ -17,6 +17,9 @@ from monitor.alerts.engine import AlertEngine
 from monitor.inference.artifact import ArtifactError
 from monitor.capture.camera import Camera
 from monitor.inference.classifier import Classifier
+from monitor.inference.heads import HeadError
+from monitor.inference.heads.headset import HeadSet
+from monitor.inference.heads.service import CustomClasses
 from monitor.config.loader import ConfigError, format_errors, load_config
 from monitor.config.types import Config
 from monitor.alerts.events import EventStore, EventStoreError
@@ -54,13 +57,16 @@ class Daemon:
         self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
                                       "runtime": self.classifier.runtime,
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
+        self.heads = load_heads(config, self.classifier.sha256)
+        self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
         self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
-                                      top_k=config.model.top_k, batch_max=config.model.batch_max)
+                                      top_k=config.model.top_k, batch_max=config.model.batch_max,
+                                      heads=self.heads)
         self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
         self.worker.set_cameras(list(self.cameras.values()))
         self.web: Any = None
@@ -77,6 +83,7 @@ class Daemon:
         """Start consumers before producers: sinks, worker, cameras, then the HTTP port."""
         self.sinks.start()
         self.worker.start()
+        self.custom.start()
         for cam in self.cameras.values():
             cam.start()
         if web:
@@ -101,6 +108,7 @@ class Daemon:
         if self.web is not None:
             self.web.stop(timeout=min(1.0, left()))
         _stop_cameras(list(self.cameras.values()), min(1.0, left()))
+        self.custom.stop(timeout=min(0.5, left()))
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))
@@ -139,6 +147,11 @@ class Daemon:
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
         new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events})
         setup_logging(new.logging.level, new.logging.format)
+        if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):
+            heads = load_heads(new, self.classifier.sha256)     # raises before anything changed
+            self.heads = heads
+            self.worker.heads = heads
+            self.custom.replace_heads(heads, examples_dirs(new))
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
         changed = [name for name in self.cameras if new_cams.get(name) != old_cams.get(name)]
@@ -195,6 +208,22 @@ def _stop_cameras(cameras: list[Camera], timeout: float) -> None:
         cam.stop(timeout=max(0.0, deadline - time.monotonic()))
 
 
+def load_heads(config: Config, backbone_sha256: str) -> HeadSet:
+    """The custom_classes heads, checked against the backbone and the watch-list's "head:class" names."""
+    heads = HeadSet.load(config.custom_classes, backbone_sha256)
+    errors = heads.check_rules(config.watchlist)
+    if errors:
+        raise HeadError("\n".join(errors))
+    return heads
+
+
+def examples_dirs(config: Config) -> dict[str, Path]:
+    """Each custom class's example folder: as configured, else next to the event database (state, not repo)."""
+    state = Path(config.events.database).parent
+    return {c.name: Path(c.examples) if c.examples is not None else state / "examples" / c.name
+            for c in config.custom_classes}
+
+
 class _Signals:
     """Handlers only set flags (uvicorn style); a second SIGTERM/SIGINT forces exit."""
 
@@ -240,7 +269,7 @@ def run_main(config_path: str, weights: str | None = None) -> int:
     signals.install()
     try:
         daemon = Daemon(config, Path(weights) if weights else None)
-    except (ArtifactError, EventStoreError) as e:
+    except (ArtifactError, EventStoreError, HeadError) as e:
         log.error("%s", e)
         return EXIT_CONFIG
     try:

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, seed, settings
 from hypothesis import strategies as st
 
-from monitor.web.server import ROUTES
+from monitor.web.app import ROUTES
 from testkit.waiting import wait_until as wait_for
 from tests.webapp import Served, file_camera, make_config, request
 
@@ -51,7 +51,7 @@ CLIENT_EXAMPLES = 700
 # per request (a thread stack's touched pages, an upload body, a frame) would add 20 MB or more.
 RSS_GROWTH_LIMIT_MB = 20.0
 IDLE_SOCKETS = 200
-COMPONENT_THREADS = ("http", "http-lobby", "inference-worker", "alert-io")
+COMPONENT_THREADS = ("http", "inference-worker", "alert-io")
 
 
 # ---------------------------------------------------------------------------------------------------- the server
@@ -95,8 +95,8 @@ def _capture_groups(pattern: str) -> list[tuple[int, int]]:
                 j += 2 if pattern[j] == "\\" else 1
             i = j + 1
             continue
-        if c == "(":
-            stack.append((i, pattern[i + 1:i + 2] != "?"))
+        if c == "(":                                   # capturing: "(" and named "(?P<name>"
+            stack.append((i, pattern[i + 1:i + 2] != "?" or pattern[i + 1:i + 4] == "?P<"))
         elif c == ")":
             start, capturing = stack.pop()
             if capturing and not stack:
@@ -121,7 +121,7 @@ def _literal(fragment: str, where: str) -> str:
 
 
 def route_paths(route: Any, values: list[str]) -> list[str]:
-    """Concrete paths for a route of monitor.web.server.ROUTES: each capture group filled with every value of
+    """Concrete paths for a route of monitor.web.app.ROUTES: each capture group filled with every value of
     `values` it accepts (else with the simplest string it accepts), so a route added later is covered too."""
     source = route.pattern.pattern
     assert source.startswith("^") and source.endswith("$"), source
@@ -166,6 +166,10 @@ class Answer:
         """Strict: a status line, header lines with colons, an empty line; AssertionError otherwise."""
         head, sep, body = self.raw.partition(b"\r\n\r\n")
         assert sep, f"answer without a complete head: {self.raw[:300]!r}"
+        while re.fullmatch(rb"HTTP/1\.1 1[0-9][0-9] [^\r\n]*", head):
+            # an interim answer (100 Continue to "Expect: 100-continue"): HTTP/1.1 clients read past it
+            head, sep, body = body.partition(b"\r\n\r\n")
+            assert sep, f"answer without a complete head after an interim one: {self.raw[:300]!r}"
         lines = head.split(b"\r\n")
         m = _STATUS_LINE.fullmatch(lines[0])
         assert m, f"no HTTP/1.x status line: {self.raw[:300]!r}"
@@ -239,7 +243,7 @@ def check_answer(answer: Answer, method: str, allowed_5xx: set[int]) -> None:
     length = answer.headers.get("content-length")
     assert length is not None and length.isdigit(), answer
     if method == "HEAD":
-        # a HEAD that http.server could not parse (bad version...) is answered as a plain error, with a body
+        # a HEAD refused before it was parsed (bad version...) is answered as a plain error, with a body
         assert len(answer.body) in (0, int(length)), answer
     else:
         assert len(answer.body) == int(length), answer
@@ -249,7 +253,7 @@ def check_answer(answer: Answer, method: str, allowed_5xx: set[int]) -> None:
 
 
 def _request_line_words(data: bytes) -> list[str]:
-    # as http.server reads it: one line up to LF, decoded latin-1, split on whitespace
+    # the request line: one line up to LF, decoded latin-1, split on whitespace
     return data.split(b"\n", 1)[0][:65537].decode("latin-1").rstrip("\r\n").split()
 
 
@@ -274,7 +278,7 @@ def expects_answer(data: bytes) -> bool:
     """A connection that sent a whole request head gets an answer; one that hung up before (or sent only blank
     lines, which RFC 9112 section 2.2 lets a server skip) may be closed without one."""
     if len(data) > 65536:
-        return True                                     # 431 from the lobby, or a request
+        return True                                     # 431 (head too large), or a request
     head_complete = b"\r\n\r\n" in data or b"\n\n" in data
     return head_complete and bool(_request_line_words(data))
 
@@ -412,7 +416,7 @@ def _join_headers(draw: Callable, eol: bytes) -> bytes:
         lines.append(line.encode("latin-1", "replace"))
     special = draw(st.integers(0, 15))
     if special == 0:
-        lines.extend([b"X-Many: 1"] * draw(st.integers(95, 130)))      # http.server allows 100 header lines
+        lines.extend([b"X-Many: 1"] * draw(st.integers(95, 130)))      # at most 100 header lines
     elif special == 1:
         lines.append(b" folded-continuation")
     elif special == 2:
@@ -576,7 +580,7 @@ def open_fds() -> int:
 
 
 class ErrorLog(logging.Handler):
-    """Collects ERROR records of monitor.web: the server logs every exception it caught while answering."""
+    """Collects ERROR records of monitor.web and uvicorn: every exception caught while answering is logged."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
@@ -586,11 +590,13 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
     def __enter__(self) -> "ErrorLog":
-        logging.getLogger("monitor.web").addHandler(self)
+        for name in ("monitor.web", "uvicorn"):
+            logging.getLogger(name).addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("monitor.web").removeHandler(self)
+        for name in ("monitor.web", "uvicorn"):
+            logging.getLogger(name).removeHandler(self)
 
 
 def healthz_seconds(port: int) -> float:
@@ -635,7 +641,7 @@ def test_a_method_http_does_not_define_is_501(served: Served) -> None:
     (b"HEAD /api/status HTTP/0.9\r\n\r\n", 505),
 ])
 def test_http09_requests_get_a_status_line(served: Served, data: bytes, status: int) -> None:
-    """http.server answers HTTP/0.9 with a bare body (no status line, no headers): a client cannot tell it from
+    """An HTTP/0.9 answer is a bare body (no status line, no headers): a client cannot tell it from
     a broken response, and content types are lost. Refuse it with a proper HTTP/1.0 error instead."""
     a = exchange(served.port, data).parse()
     assert a.status == status, a
@@ -665,7 +671,7 @@ def test_fuzz_http_requests(served: Served) -> None:
 
     component = [t for t in threading.enumerate()
                  if t.name in COMPONENT_THREADS or t.name.startswith(("camera-", "sink-"))]
-    assert {"http", "http-lobby", "inference-worker", "camera-cam1"} <= {t.name for t in component}
+    assert {"http", "inference-worker", "camera-cam1"} <= {t.name for t in component}
     frames0 = served.app.cameras["cam1"].status()["frames"]
     t0 = time.monotonic()
     rss_start = vm_rss_mb()
@@ -681,7 +687,8 @@ def test_fuzz_http_requests(served: Served) -> None:
         run_hypothesis(raw_requests(), raw, RAW_EXAMPLES, 2)
         run_hypothesis(client_requests(), client, CLIENT_EXAMPLES, 2)
         batch = stats.sent - warm_sent
-        assert wait_for(lambda: served.web.active_requests == 0 and served.web.lobby.waiting == 0, 5)
+        assert wait_for(lambda: served.web.active_requests == 0 and served.web.connections == 0, 8), \
+            (served.web.active_requests, served.web.connections)
         assert wait_for(lambda: served.web.streams.viewers == 0, 15)
         gc.collect()
         rss_after, fds_after, threads_after = vm_rss_mb(), open_fds(), threading.active_count()
@@ -704,8 +711,8 @@ def test_fuzz_http_requests(served: Served) -> None:
     status = request(port, "GET", "/api/status").json()
     assert status["cameras"][0]["state"] == "up" and status["ready"] is True
     assert served.app.cameras["cam1"].status()["frames"] > frames0
-    # nothing left behind: no handler, no head held for a handler, no socket
-    assert served.web._http._heads == {}
+    # nothing left behind: no request in progress, no connection, no socket
+    assert wait_for(lambda: served.web.active_requests == 0 and served.web.connections == 0, 3)
     assert fds_after - fds_before <= 8, (fds_before, fds_after)
     assert threads_after <= threads_before + 2, (threads_before, threads_after)
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_MB, (rss_before, rss_after)
@@ -715,7 +722,8 @@ def test_fuzz_http_requests(served: Served) -> None:
 
 
 def test_idle_sockets_do_not_delay_a_new_client(served: Served) -> None:
-    """200 connections that send nothing or half a request head hold no handler; /healthz still loads fast."""
+    """200 connections that send nothing or half a request head are only open sockets (no request in progress);
+    /healthz still loads fast."""
     port = served.port
     baseline = [healthz_seconds(port) for _ in range(20)]
     idle: list[socket.socket] = []
@@ -725,10 +733,10 @@ def test_idle_sockets_do_not_delay_a_new_client(served: Served) -> None:
             if i % 2:
                 s.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\nX-Partial: " + str(i).encode())
             idle.append(s)
-        assert wait_for(lambda: served.web.lobby.waiting >= IDLE_SOCKETS, 3), served.web.lobby.waiting
+        assert wait_for(lambda: served.web.connections >= IDLE_SOCKETS, 3), served.web.connections
         assert served.web.active_requests == 0
         loaded = [healthz_seconds(port) for _ in range(20)]
-        assert served.web.lobby.waiting >= IDLE_SOCKETS          # none was dropped to make room
+        assert served.web.connections >= IDLE_SOCKETS            # none was dropped to make room
     finally:
         for s in idle:
             s.close()

@@ -1,6 +1,6 @@
 """Security of the HTTP port and of what the daemon writes: auth on every route and method, no secret anywhere.
 
-Routes come from monitor.web.server.ROUTES, so a route added later is enumerated (and must be protected) too.
+Routes come from monitor.web.app.ROUTES, so a route added later is enumerated (and must be protected) too.
 Secrets: the camera password inside an RTSP URL, and the HTTP password read from server.auth.password_file.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from monitor.capture.frames import FrameSourceError, video_frames
 from monitor.core.logsetup import JsonFormatter, TextFormatter
 from monitor.core.metrics import Metrics
 from monitor.core.redact import redact_url
-from monitor.web.server import ROUTES
+from monitor.web.app import ROUTES
 from testkit.rtsp import free_port
 from tests.test_fuzz_http import STANDARD_METHODS, Answer, all_route_paths, ask, exchange, tiny_image
 from tests.webapp import Served, file_camera, make_config, wait_frames
@@ -39,7 +39,7 @@ METHODS = STANDARD_METHODS + ("BREW",)      # every method HTTP defines, and one
 NO_SUCH_CAMERA = "no-such-cam"
 # Handlers that answer 200 to an authenticated GET/HEAD of a sample path naming things that exist.
 OK_WHEN_AUTHENTICATED = {"page", "static", "healthz", "readyz", "metrics", "status", "events", "event_snapshot",
-                         "stream", "snapshot"}
+                         "stream", "snapshot", "openapi"}
 
 
 def quote(text: str) -> str:
@@ -161,7 +161,7 @@ def _check_all_routes(served: Served, event: int, good: dict[str, str], refused:
                 n += 1
                 what = (method, path, headers, query)
                 if method not in STANDARD_METHODS:
-                    # http.server answers a method HTTP does not define before any routing: nothing is served,
+                    # a method HTTP does not define is refused before any routing: nothing is served,
                     # and the answer is the same whether the path exists or not
                     assert a.status == 501 and a.body == unknown_method.body, (what, a)
                 elif is_open:
@@ -388,7 +388,7 @@ def test_a_long_request_line_logged_at_debug_does_not_stall_the_server(basic_ser
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
     try:
-        line = b"GET /" + b"a" * 60000 + b" HTTP/1.1\r\n\r\n"
+        line = b"GET /" + b"a" * 60000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         t0 = time.perf_counter()
         a = exchange(port, line).parse()
         took = time.perf_counter() - t0

@@ -141,7 +141,7 @@ def test_fan_out_encodes_once_and_slow_viewer_skips(served: Served) -> None:
         time.sleep(3.0)
         enc1, t1 = encoder.encoded_frames, time.monotonic()
         frames1 = served.app.cameras["cam1"].status()["frames"]
-        stats = {s["address"]: s for s in encoder.fanout.stats()}
+        stats = {s["address"]: s for s in encoder.stats()}
         newest = encoder.latest()[0]
         encoded = enc1 - enc0
         seconds = t1 - t0

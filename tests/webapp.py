@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import socket
 import threading
@@ -116,6 +117,43 @@ def raw_status(answer: bytes) -> int:
     return int(line[1]) if len(line) >= 2 else 0
 
 
+class _Dechunked(io.RawIOBase):
+    """The payload of a chunked HTTP/1.1 body, strictly framed (AssertionError on a framing error)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.left = 0
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def readinto(self, b: Any) -> int:
+        if self.done:
+            return 0
+        if self.left == 0:
+            line = self.raw.readline()
+            if not line:
+                return 0
+            assert line.endswith(b"\r\n"), f"bad chunk size line {line[:40]!r}"
+            self.left = int(line.split(b";")[0], 16)
+            if self.left == 0:
+                self.done = True
+                return 0
+        data = self.raw.read(min(len(b), self.left))
+        if not data:
+            return 0
+        b[:len(data)] = data
+        self.left -= len(data)
+        if self.left == 0:
+            assert self.raw.read(2) == b"\r\n", "chunk not followed by CRLF"
+        return len(data)
+
+
 class MjpegReader:
     """A client of /stream/<camera>.mjpg that parses the multipart stream strictly."""
 
@@ -142,6 +180,9 @@ class MjpegReader:
             self.headers[k.strip().lower()] = v.strip()
         ctype = self.headers.get("content-type", "")
         self.boundary = ctype.partition("boundary=")[2].encode() if self.status == 200 else b""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            # HTTP/1.1: the stream comes in chunks; the multipart parts are parsed from the de-chunked bytes
+            self.file = io.BufferedReader(_Dechunked(self.file))
 
     def part(self) -> tuple[dict[str, str], bytes]:
         """The next part: (its headers, its body); AssertionError on any framing error."""

@@ -4,7 +4,10 @@
                     ^  miss resets the count                                 (cooldown starts at the end)
 
 A rule entry is a class or a group of classes; its score is the SUM of its classes' probabilities (two dog breeds
-at 0.35 each make "dog" 0.70). A frame hits when the best entry reaches min_score; that entry names the event.
+at 0.35 each make "dog" 0.70). An entry "head:class" (e.g. "porch:package") scores that custom head's probability
+for the class. A frame hits when the best entry reaches min_score; that entry names the event. With smoothing,
+each entry's score is first replaced by the median (or mean) of its last `window` scores, so one odd frame
+neither starts nor prolongs an event (Frigate smooths its classification scores the same way).
 """
 from __future__ import annotations
 
@@ -36,7 +39,10 @@ _IO_IMAGES = 8            # ... of which only the first few keep their frame (a 
 class _CompiledRule:
     cfg: RuleConfig
     names: tuple[str, ...]
-    indices: tuple[np.ndarray, ...]
+    indices: tuple[np.ndarray | None, ...]            # ImageNet indices, or None for a custom entry
+    custom: tuple[tuple[str, str] | None, ...]         # (head, class) of a custom entry
+    window: int                                       # 1 = no smoothing
+    median: bool
 
 
 @dataclass
@@ -55,6 +61,7 @@ class _State:
     streak_peak: float = 0.0
     cooldown_until: float = float("-inf")
     active: _Active | None = None
+    history: deque | None = None     # smoothing: the last `window` per-entry score vectors
 
 
 @dataclass
@@ -122,10 +129,10 @@ class AlertEngine:
                 rules = self._rules_for[camera] = tuple(
                     r for r in self._rules if not r.cfg.cameras or camera in r.cfg.cameras)
             for rule in rules:
-                label, score = _best(rule, probs)
                 st = self._states.get((rule.cfg.name, camera))
                 if st is None:
                     st = self._states[(rule.cfg.name, camera)] = _State(cfg=rule.cfg, camera=camera)
+                label, score = _best(rule, _scores(rule, probs, result), st)
                 self._step(st, label, score, now, result, pending)
             self._end_stale(now, pending)
             if not pending:
@@ -398,17 +405,45 @@ def _compile(rule: RuleConfig) -> _CompiledRule:
     if not rule.indices:
         raise ValueError(f"watchlist rule {rule.name!r}: no classes resolved (classes={list(rule.classes)})")
     names = tuple(name for name, _ in rule.indices)
-    idx = tuple(np.asarray(ix, dtype=np.intp) for _, ix in rule.indices)
-    for name, ix in zip(names, idx):
-        if ix.size == 0:
+    idx: list[np.ndarray | None] = []
+    custom: list[tuple[str, str] | None] = []
+    for name, ix in rule.indices:
+        head, sep, cls = name.partition(":")
+        if sep:
+            idx.append(None)
+            custom.append((head, cls))
+            continue
+        if not ix:
             raise ValueError(f"watchlist rule {rule.name!r}: class {name!r} resolved to no ImageNet index")
-    return _CompiledRule(cfg=rule, names=names, indices=idx)
+        idx.append(np.asarray(ix, dtype=np.intp))
+        custom.append(None)
+    smoothing = getattr(rule, "smoothing", None)
+    window = max(1, int(smoothing.window)) if smoothing is not None else 1
+    median = smoothing is None or smoothing.method == "median"
+    return _CompiledRule(cfg=rule, names=names, indices=tuple(idx), custom=tuple(custom), window=window,
+                         median=median)
 
 
-def _best(rule: _CompiledRule, probs: np.ndarray) -> tuple[str, float]:
-    best_name, best_score = rule.names[0], -1.0
-    for name, ix in zip(rule.names, rule.indices):
-        s = float(probs[ix].sum())
-        if s > best_score:
-            best_name, best_score = name, s
-    return best_name, best_score
+def _scores(rule: _CompiledRule, probs: np.ndarray, result: Result) -> np.ndarray:
+    """This frame's score of every entry of the rule."""
+    out = np.empty(len(rule.names), dtype=np.float64)
+    for i, (ix, custom) in enumerate(zip(rule.indices, rule.custom)):
+        if ix is not None:
+            out[i] = probs[ix].sum()
+        else:
+            head = result.custom.get(custom[0]) if result.custom else None
+            out[i] = head.score(custom[1]) if head is not None else 0.0   # head not run on this camera
+    return out
+
+
+def _best(rule: _CompiledRule, scores: np.ndarray, st: _State) -> tuple[str, float]:
+    if rule.window > 1:
+        if st.history is None:
+            # Starts as `window` frames of nothing seen: a first odd frame is smoothed away like any other,
+            # and a lasting presence hits after the same ceil(window/2) frames (median) as in steady state.
+            st.history = deque([np.zeros_like(scores)] * rule.window, maxlen=rule.window)
+        st.history.append(scores)
+        stacked = np.stack(st.history)
+        scores = np.median(stacked, axis=0) if rule.median else stacked.mean(axis=0)
+    best = int(np.argmax(scores))
+    return rule.names[best], float(scores[best])

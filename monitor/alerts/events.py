@@ -40,7 +40,7 @@ CRASH_NOTE = "closed at startup: the process ended while the event was open; end
 
 
 class EventStoreError(RuntimeError):
-    """The database cannot be opened or its schema created (names the file)."""
+    """The database cannot be opened, its schema created, or (strict reads) read; the message names the file."""
 
 
 class EventStore:
@@ -145,8 +145,10 @@ class EventStore:
 
     # -- reads ----------------------------------------------------------------------------------------------
 
-    def query(self, camera: str | None = None, since: float | None = None, limit: int = 100) -> list[dict]:
-        """Events newest first, optionally of one camera and/or started at or after `since`."""
+    def query(self, camera: str | None = None, since: float | None = None, limit: int = 100,
+              strict: bool = False) -> list[dict]:
+        """Events newest first, optionally of one camera and/or started at or after `since`. A failed read is
+        logged and counted; it gives [] unless `strict` (the HTTP API), where it raises EventStoreError."""
         where: list[str] = []
         args: list[Any] = []
         if camera is not None:
@@ -158,10 +160,10 @@ class EventStore:
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at DESC, id DESC"
         sql += " LIMIT ?"
         args.append(max(0, int(limit)))
-        return [dict(zip(_COLUMNS, row)) for row in self._read("query", sql, args)]
+        return [dict(zip(_COLUMNS, row)) for row in self._read("query", sql, args, strict)]
 
-    def get(self, event_id: int) -> dict | None:
-        rows = self._read("get", _SELECT + " WHERE id = ?", (int(event_id),))
+    def get(self, event_id: int, strict: bool = False) -> dict | None:
+        rows = self._read("get", _SELECT + " WHERE id = ?", (int(event_id),), strict)
         return dict(zip(_COLUMNS, rows[0])) if rows else None
 
     def close(self) -> None:
@@ -218,15 +220,19 @@ class EventStore:
                 self._error(what, exc)
                 return None
 
-    def _read(self, what: str, sql: str, args: Iterable[Any]) -> list[tuple]:
+    def _read(self, what: str, sql: str, args: Iterable[Any], strict: bool = False) -> list[tuple]:
         with self._lock:
             if self._conn is None:
                 self._error(what, "the store is closed")
+                if strict:
+                    raise EventStoreError(f"events database {self.path}: {what} failed: the store is closed")
                 return []
             try:
                 return self._conn.execute(sql, tuple(args)).fetchall()
             except sqlite3.Error as exc:
                 self._error(what, exc)
+                if strict:
+                    raise EventStoreError(f"events database {self.path}: {what} failed: {exc}") from exc
                 return []
 
     def _error(self, what: str, exc: object) -> None:

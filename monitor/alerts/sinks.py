@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from monitor import __version__
+from monitor.inference.heads.service import clean_snapshot_path
 from monitor.inference.overlay import draw_overlay
 from monitor.core.redact import redact_url
 
@@ -177,6 +178,19 @@ class _SnapshotSink(_Sink):
             return False
         img = draw_overlay(d.image, str(ev.get("camera", "")), d.predictions, None, [str(ev.get("label", ""))],
                            self.owner.untrained, when=ev.get("started_at"))
+        if ":" in str(ev.get("label", "")):
+            # A custom-class event can be marked right or wrong, which files its frame as a training example:
+            # that needs the picture without the overlay.
+            self._write_jpeg(d.image, clean_snapshot_path(path), ev)
+        if not self._write_jpeg(img, path, ev):
+            return False
+        store = self.owner.store
+        if store is not None and ev.get("id") is not None:
+            store.set_snapshot(int(ev["id"]), str(path))
+        return True
+
+
+    def _write_jpeg(self, img: np.ndarray, path: Path, ev: dict) -> bool:
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
             self.fail("cannot encode JPEG for event %s", ev.get("id"))
@@ -196,9 +210,6 @@ class _SnapshotSink(_Sink):
                 pass
             self.fail("cannot write snapshot %s: %s", path, exc)
             return False
-        store = self.owner.store
-        if store is not None and ev.get("id") is not None:
-            store.set_snapshot(int(ev["id"]), str(path))
         return True
 
 

@@ -14,6 +14,9 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "stream":
         from monitor.bench.stream import bench_stream
         return bench_stream(args)
+    if args.bench_command == "smoothing":
+        from monitor.bench.smoothing import bench_smoothing
+        return bench_smoothing(args)
     if args.bench_command == "capacity":
         from monitor.bench.capacity import bench_capacity
         return bench_capacity(args)

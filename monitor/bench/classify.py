@@ -125,8 +125,10 @@ def bench_classify(args: argparse.Namespace) -> int:
             for runtime in ("openvino", "torch"):
                 start.setdefault(runtime, []).append(round(first_classification_seconds(weights, runtime, videos[0],
                                                                                       threads), 2))
+    from monitor.bench.heads_cost import heads_cost
+    heads_rows = [heads_cost(ov, frames, batch) for batch in (1, 4)]  # on the daemon's runtime
     result = {"frames": len(frames), "threads": threads, "weights": str(weights), "model": pt.meta.name,
-              "rows": rows, "peak_rss_mb": rss, "start_to_first_classification_s": start}
+              "rows": rows, "heads": heads_rows, "peak_rss_mb": rss, "start_to_first_classification_s": start}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -143,4 +145,7 @@ def bench_classify(args: argparse.Namespace) -> int:
     if start:
         print("`monitor run` start to first classification (s; OpenVINO: cold cache, then warm): "
               + "; ".join(f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in start.items()))
+    for r in heads_rows:
+        print(f"batch {r['batch']}: {r['heads']} custom heads + class activation map add {r['added_ms']:.3f} ms "
+              f"to {r['plain_ms']:.2f} ms per frame (OpenVINO): {r['overhead_percent']:.2f} %")
     return 0

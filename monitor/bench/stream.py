@@ -26,7 +26,7 @@ WARMUP = 2.0               # seconds after the viewers connected before measurin
 # The viewers: N threads, each a real HTTP client reading /stream/<camera>.mjpg and checking its framing.
 # Prints "ready" once every viewer got a first part, then "done <json>" after `seconds` of measured reading.
 _VIEWERS = r'''
-import json, socket, sys, threading, time
+import http.client, json, sys, threading, time
 port, camera, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 warmup, seconds = float(sys.argv[4]), float(sys.argv[5])
 parts = [0] * count
@@ -37,14 +37,12 @@ stop = threading.Event()
 def view(i):
     first_done = False
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(f"GET /stream/{camera}.mjpg HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        f = s.makefile("rb")
-        status = f.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(status.decode(errors="replace").strip())
-        while f.readline() not in (b"\r\n", b""):
-            pass
+        # HTTP/1.1 like a browser: the stream comes chunked; http.client takes the chunks apart
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/stream/{camera}.mjpg", headers={"Host": "bench"})
+        f = conn.getresponse()
+        if f.status != 200:
+            raise RuntimeError(f"HTTP {f.status}")
         while not stop.is_set():
             if not f.readline().startswith(b"--"):
                 raise RuntimeError("bad boundary")
@@ -61,7 +59,7 @@ def view(i):
             if not first_done:
                 first_done = True
                 first.wait(30)
-        s.close()
+        conn.close()
     except Exception as e:
         errors.append(repr(e))
         if not first_done:
@@ -83,6 +81,50 @@ got = [p - s for p, s in zip(parts, start)]
 print("done " + json.dumps({"parts": got, "errors": errors[:3]}), flush=True)
 stop.set()
 '''
+
+
+# The web framework's memory: a fresh process imports what the daemon imports without the web layer, then the
+# web layer (FastAPI, uvicorn, pydantic models, python-multipart), then serves requests on a daemon-less app.
+# The stdlib HTTP server the old hand-built layer stood on is imported last, for reference.
+_FRAMEWORK_RSS = r'''
+import http.client, json, sys, types
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+import monitor.daemon, monitor.config.loader
+base = rss()
+import monitor.web.server
+imported = rss()
+from monitor.config.loader import parse_config
+from monitor.core.metrics import Metrics
+cfg = parse_config({"model": {"weights": "/nonexistent.pt"}, "cameras": [{"name": "c", "source": "0"}],
+                    "server": {"port": 0}}, __import__("pathlib").Path("/tmp"))
+app = types.SimpleNamespace(config=cfg, cameras={}, metrics=Metrics(), ready=lambda: True)
+web = monitor.web.server.WebServer(app, "127.0.0.1", 0)
+web.start()
+started = rss()
+conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+n = int(sys.argv[1])
+for i in range(n):
+    conn.request("GET", ("/healthz", "/metrics", "/openapi.json", "/nope")[i % 4])
+    conn.getresponse().read()
+conn.close()
+served = rss()
+web.stop()
+import http.server, socketserver, email.parser
+print(json.dumps({"base": base, "import": imported - base, "started": started - imported,
+                  "served": served - started, "requests": n, "stdlib_http_server": rss() - served}))
+'''
+
+
+def framework_rss(requests: int = 2000) -> dict[str, float]:
+    """MB of RSS the web layer adds: at import, at start, after serving `requests` requests (fresh process)."""
+    out = subprocess.run([sys.executable, "-c", _FRAMEWORK_RSS, str(requests)], capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode != 0:
+        raise SystemExit(f"monitor bench stream: framework RSS run failed: {out.stderr[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _cpu() -> tuple[float, float]:
@@ -202,6 +244,7 @@ def bench_stream(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise SystemExit(f"monitor bench stream: {args.config}: invalid config:\n{e}") from None
     r = run_stream_bench(source, weights, args.seconds, args.viewers, stream)
+    r["web_rss_mb"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in framework_rss().items()}
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -220,4 +263,8 @@ def bench_stream(args: argparse.Namespace) -> int:
           f"({verdict} the {TARGET_RATIO}x target); +{r['per_extra_viewer_percent']:.2f}% per extra viewer")
     if r["stream_only_ratio"] is not None:
         print(f"streaming's own share (minus the no-viewer run): {r['stream_only_ratio']:.2f}x")
+    m = r["web_rss_mb"]
+    print(f"web layer RSS (fresh process, {m['base']:.0f} MB before it): import +{m['import']:.1f} MB, "
+          f"started +{m['started']:.1f} MB, {m['requests']} requests served +{m['served']:.1f} MB; "
+          f"(the stdlib http.server the old layer used: +{m['stdlib_http_server']:.1f} MB)")
     return 0

@@ -211,7 +211,7 @@ def _entries(section: Any) -> list[tuple[int, dict]]:
 
 
 def _cross_checks(data: dict) -> Iterator[tuple[Loc, str]]:
-    for key, what in (("cameras", "camera"), ("watchlist", "rule")):
+    for key, what in (("cameras", "camera"), ("watchlist", "rule"), ("custom_classes", "custom class")):
         first: dict[str, int] = {}
         for i, entry in _entries(data.get(key)):
             name = entry.get("name")
@@ -226,6 +226,25 @@ def _cross_checks(data: dict) -> Iterator[tuple[Loc, str]]:
                 close = difflib.get_close_matches(name, cameras, n=1, cutoff=0.6)
                 yield (("watchlist", i, "cameras", j), f"unknown camera {name!r} (cameras: "
                        f"{', '.join(cameras) or 'none'})" + (f"; did you mean {close[0]!r}?" if close else ""))
+    yield from _custom_class_checks(data, cameras)
+
+
+def _custom_class_checks(data: dict, cameras: list[str]) -> Iterator[tuple[Loc, str]]:
+    """custom_classes[].cameras exist; watch-list entries "head:class" name a configured custom class (that the
+    head has the class is checked when the daemon loads the head file)."""
+    heads = [e["name"] for _, e in _entries(data.get("custom_classes")) if isinstance(e.get("name"), str)]
+    for i, entry in _entries(data.get("custom_classes")):
+        for j, name in enumerate(entry.get("cameras") if isinstance(entry.get("cameras"), list) else ()):
+            if isinstance(name, str) and name.strip() and name not in cameras:
+                yield (("custom_classes", i, "cameras", j), f"unknown camera {name!r} (cameras: "
+                       f"{', '.join(cameras) or 'none'})")
+    for i, rule in _entries(data.get("watchlist")):
+        for j, name in enumerate(rule.get("classes") if isinstance(rule.get("classes"), list) else ()):
+            head = name.partition(":")[0] if isinstance(name, str) and ":" in name else None
+            if head and head.strip() and head not in heads:
+                close = difflib.get_close_matches(head, heads, n=1, cutoff=0.6)
+                yield (("watchlist", i, "classes", j), f"{name!r}: no custom class {head!r} (custom_classes: "
+                       f"{', '.join(heads) or 'none'})" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------

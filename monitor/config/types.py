@@ -115,6 +115,11 @@ class ServerConfig(Section):
     host: Host = "127.0.0.1"
     port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
     upload_max_bytes: Size = 10 * 1024 * 1024
+    upload_max_pixels: Int(1, 2_000_000_000) = 40_000_000   # an upload promising more is refused undecoded
+    upload_timeout: Duration(allow_zero=False) = 30.0   # seconds for a whole upload body to arrive (408 after)
+    max_connections: Int(8, 65536) = 256     # open HTTP connections (kept below the process's fd limit)
+    keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
+    head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
     auth: AuthConfig = _section()
     stream: StreamConfig = _section()
 
@@ -201,6 +206,12 @@ class CameraConfig(Section):
 def _class_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise problem("must be an ImageNet class name or a group name (a string)")
+    if ":" in name:     # "head:class", a custom class; the loader checks the head is configured
+        head, _, cls = name.partition(":")
+        if not head.strip() or not cls.strip() or ":" in cls:
+            raise problem(f"{name!r}: a custom class is written as <custom_classes name>:<class>, "
+                          f"e.g. porch:package", show_value=False)
+        return name
     try:
         groups.lookup(name)
         return name
@@ -223,6 +234,11 @@ def _class_name(name: Any) -> str:
     raise problem(message, show_value=False)
 
 
+class SmoothingConfig(Section):
+    window: Int(2, 100) = 5                 # sampled frames the score is smoothed over
+    method: Choice("median", "mean") = "median"
+
+
 class RuleConfig(Section):
     name: Name
     classes: List(Annotated[str, BeforeValidator(_class_name)])  # as written (class or group names)
@@ -233,13 +249,14 @@ class RuleConfig(Section):
     min_frames: Int(1) = 3
     end_after: Duration(allow_zero=False) = 10.0  # seconds without a hit before the event ends
     cooldown: Duration() = 60.0             # seconds after an event ends before the rule may alert again
+    smoothing: Optional[SmoothingConfig] = None   # score = median/mean of its last `window` frames' scores
 
     @field_validator("classes")
     @classmethod
     def _each_once(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
         first: dict[str, int] = {}
         for i, name in enumerate(classes):
-            canonical = groups.lookup(name)[0]
+            canonical = name if ":" in name else groups.lookup(name)[0]
             if canonical in first:
                 raise problem(f"{name!r} is listed twice (as {{path}}[{first[canonical]}])",
                               show_value=False, at=(i,))
@@ -251,8 +268,24 @@ class RuleConfig(Section):
     def _resolve(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
         _not_from_yaml(cls, value, info)
         if value is NOT_GIVEN:
-            value = tuple(groups.lookup(name) for name in info.data.get("classes", ()))
+            # a custom class "head:class" has no ImageNet index: the engine reads the head's result
+            value = tuple((name, ()) if ":" in name else groups.lookup(name) for name in info.data.get("classes", ()))
         return handler(value)
+
+
+# --- custom classes ------------------------------------------------------------------------------------------
+
+class CustomClassConfig(Section):
+    name: Name                              # rules name its classes as "<name>:<class>"
+    head: FilePath                          # head file (`monitor classes train`)
+    cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
+    crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
+    examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
+
+    @field_validator("cameras", mode="wrap")
+    @classmethod
+    def _all_cameras(cls, value: Any, handler: Any) -> Any:
+        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
 # --- alerts, events, logging ---------------------------------------------------------------------------------
@@ -312,6 +345,7 @@ class Config(Section):
     model: ModelConfig = _section()
     cameras: List(CameraConfig, empty="must list at least one camera")
     watchlist: List(RuleConfig, empty=None) = ()
+    custom_classes: List(CustomClassConfig, empty=None) = ()
     alerts: AlertsConfig = _section()
     events: EventsConfig = _section()
     logging: LoggingConfig = _section()

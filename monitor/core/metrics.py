@@ -43,6 +43,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("monitor_batch_size", "Frames per inference batch",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=r)
+        self.custom_class_probability = Gauge(
+            "monitor_custom_class_probability", "Probability of each class of a custom head on the newest frame",
+            ["camera", "head", "class"], registry=r)
         # alerts and sinks
         self.alerts = Counter("monitor_alerts", "Events started", ["rule", "label"], registry=r)
         self.sink_failures = Counter("monitor_sink_failures", "Alert deliveries that failed", ["sink"], registry=r)

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
+from monitor.inference.heads.cam import overlay as heat_overlay
+
 if TYPE_CHECKING:
     from monitor.inference.classifier import Prediction
+    from monitor.inference.results import CustomResult
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE = (255, 255, 255)
@@ -29,17 +32,21 @@ def _font_scale(width: int) -> float:
 
 
 def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Prediction], fps: float | None,
-                 active: Sequence[str], untrained: bool, when: float | None = None) -> np.ndarray:
+                 active: Sequence[str], untrained: bool, when: float | None = None,
+                 custom: Sequence[CustomResult] = (),
+                 heatmap: tuple[np.ndarray, Sequence[int]] | None = None) -> np.ndarray:
     """Return a new BGR image with the overlay drawn; `image` (shared by other readers) is never modified.
 
     Layout: a translucent panel top-left (camera, local time, fps, then one line per prediction with its score
     and a bar), an amber "UNTRAINED DEMO MODEL" marker top-right, and a solid red "EVENT: ..." banner along the
     bottom edge while `active` is non-empty. Sizes follow the image width so the text stays legible.
+    `custom` adds one "head: class" line per custom head; `heatmap` (map, box) blends the class activation map
+    over the region the network saw.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"draw_overlay: expected a BGR uint8 image of shape (H, W, 3), got "
                          f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
-    out = image.copy()
+    out = heat_overlay(image, heatmap[0], heatmap[1]) if heatmap is not None else image.copy()
     h, w = out.shape[:2]
     scale = _font_scale(w)
     thick = max(1, int(round(scale * 2)))
@@ -51,6 +58,7 @@ def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Predictio
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if when is None else when))
     header = f"{camera}  {stamp}" + (f"  {fps:.1f} fps" if fps is not None else "")
     rows = [(p.label[:_LABEL_CHARS], float(p.probability)) for p in predictions]
+    rows += [(f"{c.head}: {c.label}"[:_LABEL_CHARS], c.probability) for c in custom]
     label_w = max([cv2.getTextSize(lbl, _FONT, scale, thick)[0][0] for lbl, _ in rows] or [0])
     score_w = cv2.getTextSize("0.00", _FONT, scale, thick)[0][0]
     bar_max = max(20, int(120 * scale))

@@ -4,14 +4,36 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
 if TYPE_CHECKING:  # runtime imports would create cycles (capture/classifier import heavier modules)
     from monitor.capture.camera import Frame
     from monitor.inference.classifier import Prediction
+
+
+@dataclass(frozen=True)
+class CustomResult:
+    """One custom-class head's answer for one frame (a head on the pooled features of the same pass)."""
+    head: str                         # the custom_classes entry's name, e.g. "porch"
+    classes: tuple[str, ...]          # e.g. ("none", "package")
+    probabilities: np.ndarray         # (C,) float32, softmax
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    @property
+    def probability(self) -> float:
+        return float(np.max(self.probabilities))
+
+    def score(self, class_name: str) -> float:
+        try:
+            return float(self.probabilities[self.classes.index(class_name)])
+        except ValueError:
+            return 0.0                # a retrained head without that class: the rule cannot hit
 
 
 @dataclass(frozen=True)
@@ -22,6 +44,9 @@ class Result:
     probabilities: np.ndarray         # (1000,) float32, softmax
     classified_at: float              # time.time()
     latency: float                    # seconds, capture to result
+    custom: Mapping[str, CustomResult] = field(default_factory=dict)   # head name -> its answer
+    heatmap: np.ndarray | None = None  # (7, 7) float32 class activation map of the top ImageNet class
+    box: tuple[int, int, int, int] | None = None   # the frame region (x, y, w, h) the network saw
 
 
 class _CameraTrack:

@@ -7,14 +7,18 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+import numpy as np
+
 from monitor.inference.classifier import top_k_predictions
-from monitor.inference.results import Result, ResultBoard
+from monitor.inference.heads.cam import activation_maps, pooled_features
+from monitor.inference.heads.headset import crop_key
+from monitor.inference.preprocess import crop_box
+from monitor.inference.results import CustomResult, Result, ResultBoard
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from monitor.capture.camera import Camera, Frame
-    from monitor.inference.classifier import Classifier, Prediction
+    from monitor.inference.classifier import Classifier, Inference, Prediction
+    from monitor.inference.heads.headset import HeadEntry, HeadSet
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,9 @@ class InferenceWorker:
     """
 
     def __init__(self, classifier: Classifier, board: ResultBoard, alerts: ResultObserver | None, metrics: Metrics,
-                 top_k: int = 3, batch_max: int = 8, idle_wake: float = 0.5) -> None:
+                 top_k: int = 3, batch_max: int = 8, idle_wake: float = 0.5, heads: HeadSet | None = None) -> None:
         self.classifier = classifier
+        self.heads = heads              # custom-class heads; replaced whole on a reload
         self.board = board
         self.alerts = alerts
         self.metrics = metrics
@@ -114,8 +119,11 @@ class InferenceWorker:
     def _classify(self, batch: list[tuple[Camera, Frame]]) -> None:
         clf = self.classifier
         started = time.monotonic()
+        frames = [f.image for _, f in batch]
+        crops = [cam.cfg.crop for cam, _ in batch]
+        jobs = self._head_jobs(batch, frames, crops)   # may append extra crops of the same frames
         try:
-            probs = clf.probabilities([f.image for _, f in batch], [cam.cfg.crop for cam, _ in batch])
+            inference = clf.infer(frames, crops)
         except Exception as e:
             if len(batch) > 1:
                 # One bad frame must not cost the other cameras their results: classify them one by one (only
@@ -125,34 +133,81 @@ class InferenceWorker:
             else:
                 self._failed(batch[0][0].name, batch[0][1], e)
             return
+        n = len(batch)
+        probs = inference.probabilities[:n]
+        tops = top_k_predictions(probs, clf.labels, self.top_k)
+        # Why the top class: exact class activation maps, one (512,) x (512, 7, 7) product per frame.
+        heatmaps = activation_maps(inference.feature_maps[:n], clf.fc_weight[[p[0].index for p in tops]])
+        customs = self._run_heads(n, jobs, inference)
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)
-        self.metrics.batch_size.observe(len(batch))
-        tops = top_k_predictions(probs, clf.labels, self.top_k)
+        self.metrics.batch_size.observe(len(frames))
         with self._publish_lock:
-            self._publish(batch, probs, tops, done)
+            self._publish(batch, probs, tops, done, customs, heatmaps)
         self.classified += len(batch)
 
+    def _head_jobs(self, batch: list[tuple[Camera, Frame]], frames: list[np.ndarray],
+                   crops: list) -> list[tuple[int, HeadEntry, int]]:
+        """(frame k, head entry, feature row) for every head of every camera in the batch. A head on the
+        camera's own crop reuses that frame's features; a head with a region of its own adds that region of the
+        same frame to the batch, so one inference call still serves everything."""
+        heads = self.heads
+        if heads is None or not len(heads):
+            return []
+        jobs = []
+        extra_rows: dict[tuple[int, object], int] = {}
+        for k, (cam, frame) in enumerate(batch):
+            own = crop_key(cam.cfg.crop)
+            for entry in heads.for_camera(cam.name):
+                if entry.crop is None or entry.crop == own:
+                    jobs.append((k, entry, k))
+                    continue
+                row = extra_rows.get((k, entry.crop))
+                if row is None:
+                    row = extra_rows[(k, entry.crop)] = len(frames)
+                    frames.append(frame.image)
+                    crops.append(entry.crop)
+                jobs.append((k, entry, row))
+        return jobs
+
+    @staticmethod
+    def _run_heads(n: int, jobs: list[tuple[int, HeadEntry, int]], inference: Inference) -> list[dict]:
+        customs: list[dict[str, CustomResult]] = [{} for _ in range(n)]
+        if not jobs:
+            return customs
+        pooled = pooled_features(inference.feature_maps)
+        for k, entry, row in jobs:
+            p = entry.head.probabilities(pooled[row:row + 1])[0]
+            customs[k][entry.name] = CustomResult(entry.name, entry.head.classes, p)
+        return customs
+
     def _publish(self, batch: list[tuple[Camera, Frame]], probs: np.ndarray, tops: list[list[Prediction]],
-                 done: float) -> None:
+                 done: float, customs: list[dict[str, CustomResult]], heatmaps: np.ndarray) -> None:
         alerts = self.alerts  # read once: a reload may swap it mid-batch
         now = time.time()
         current = self._cameras
-        for (cam, frame), row, preds in zip(batch, probs, tops):
+        for k, ((cam, frame), row, preds) in enumerate(zip(batch, probs, tops)):
             if cam not in current:
                 continue         # removed or replaced by a reload while its frame was being classified
             latency = done - frame.captured_mono
+            h, w = frame.image.shape[:2]
             result = Result(camera=cam.name, frame=frame, predictions=preds, probabilities=row,
-                            classified_at=now, latency=latency)
+                            classified_at=now, latency=latency, custom=customs[k], heatmap=heatmaps[k],
+                            box=crop_box(h, w, cam.cfg.crop))
             self.board.publish(result)
             self.metrics.frames_classified.labels(camera=cam.name).inc()
             self.metrics.capture_to_result_seconds.observe(latency)
+            for c in customs[k].values():
+                for cls, value in zip(c.classes, c.probabilities):
+                    self.metrics.custom_class_probability.labels(cam.name, c.head, cls).set(float(value))
             self.latencies.append(latency)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("classified camera=%s seq=%d top=%s latency_ms=%.1f", cam.name, frame.seq,
                           ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
                           extra={"camera": cam.name, "seq": frame.seq, "latency": latency,
-                                 "predictions": [(p.label, round(p.probability, 4)) for p in preds]})
+                                 "predictions": [(p.label, round(p.probability, 4)) for p in preds],
+                                 "custom": {c.head: (c.label, round(c.probability, 4))
+                                            for c in customs[k].values()}})
             if alerts is not None:
                 alerts.observe(result)
 

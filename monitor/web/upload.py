@@ -1,102 +1,297 @@
-"""The uploaded image of POST /api/classify: from a multipart field `file` or a raw image body, checked and decoded."""
+"""POST /api/classify: receive the body (bounded in size, memory and time), take the image out of it (raw image
+body, or the multipart field `file` through python-multipart), size it from its header, decode it within a
+pixel budget shared by all uploads, classify it."""
 from __future__ import annotations
 
-import struct
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
+import cv2
 import numpy as np
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import parse_options_header
 
 from monitor.capture.frames import FrameSourceError, decode_image
 from monitor.web.api import ApiError
-from monitor.web.multipart import MultipartError, parse_header_params, parse_multipart
+from monitor.web.imagesize import FORMATS, image_header
 
-# A 10 MB PNG can hold a 30000 x 30000 image (2.7 GB decoded): refuse by the header before decoding.
-MAX_PIXELS = 40_000_000
+# python-multipart logs a warning for every malformed body: a client could fill the daemon's log with them.
+# The refusal is answered (400, with the reason) and counted instead.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
+
 FIELD = "file"
+CLASSIFY_SIDE = 1024                  # uploads are classified at most this large (short side) ...
+CLASSIFY_MIN = 256                    # ... and decoded at reduced size only down to this
+_REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+MAX_PARTS = 16
+MAX_BOUNDARY = 70                     # RFC 2046 section 5.1.1
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG, GIF, BMP, WebP or JPEG; None if not recognised."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return struct.unpack(">II", data[16:24])
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        return struct.unpack("<HH", data[6:10])
-    if data[:2] == b"BM" and len(data) >= 26:
-        w, h = struct.unpack("<ii", data[18:26])
-        return abs(w), abs(h)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8X":
-            w = int.from_bytes(data[24:27], "little") + 1
-            h = int.from_bytes(data[27:30], "little") + 1
-            return w, h
-        if chunk == b"VP8L" and len(data) >= 25:
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if chunk == b"VP8 ":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        return None
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
-    return None
+# ---------------------------------------------------------------------------------------------- Content-Type
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    pos, n = 2, len(data)
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:                    # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > n:
-                return None
-            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return w, h
-        if marker == 0xDA or length < 2:      # start of scan before any frame header: give up
-            return None
-        pos += 2 + length
-    return None
+@dataclass(frozen=True)
+class BodyKind:
+    multipart: bool
+    boundary: bytes = b""
+    media_type: str = ""
 
 
-def _check_and_decode(data: bytes, name: str) -> np.ndarray:
+def body_kind(content_type: str | None) -> BodyKind:
+    """What the Content-Type announces: 415 for anything but multipart/form-data or an image; 400 when it is
+    malformed."""
+    if not content_type:
+        raise ApiError(415, f"no Content-Type: send multipart/form-data with a field {FIELD!r}, or an image/* body")
+    kind, params = parse_options_header(content_type)
+    media = kind.decode("latin-1").lower()
+    if media == "multipart/form-data":
+        names = [p.split("=", 1)[0].strip().lower() for p in content_type.split(";")[1:]]
+        if any(not n for n in names):
+            raise ApiError(400, "Content-Type: empty parameter name")
+        if names.count("boundary") > 1:
+            raise ApiError(400, "Content-Type: parameter 'boundary' repeated")
+        if "boundary" not in names:
+            raise ApiError(400, "Content-Type: multipart/form-data with no boundary parameter")
+        boundary = params.get(b"boundary", b"")
+        if boundary.startswith(b'"'):
+            raise ApiError(400, "Content-Type: unterminated quoted boundary")
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise ApiError(400, f"Content-Type: invalid multipart boundary (1 to {MAX_BOUNDARY} characters, "
+                                f"got {len(boundary)})")
+        return BodyKind(True, boundary, media)
+    if media.startswith("image/") or media == "application/octet-stream":
+        return BodyKind(False, media_type=media)
+    raise ApiError(415, f"Content-Type {media[:80]!r} is not accepted: send multipart/form-data with a field "
+                        f"{FIELD!r}, or an image/* body")
+
+
+# ---------------------------------------------------------------------------------------------- multipart
+
+
+@dataclass
+class Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    name: str | None = None
+    filename: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
+    """The parts of a multipart/form-data body (python-multipart does the parsing); ApiError 400 when the body
+    is malformed."""
+    parts: list[Part] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+    ended = False
+
+    def begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise ApiError(400, f"malformed multipart body: more than {MAX_PARTS} parts")
+        parts.append(Part())
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def header_end() -> None:
+        name = header["field"].decode("latin-1").strip().lower()
+        parts[-1].headers[name] = header["value"].decode("utf-8", "replace").strip()
+        header["field"] = header["value"] = b""
+
+    def headers_done() -> None:
+        part = parts[-1]
+        disposition = part.headers.get("content-disposition")
+        if disposition is None:
+            raise ApiError(400, f"malformed multipart body: part {len(parts)} has no Content-Disposition")
+        kind, params = parse_options_header(disposition)
+        if kind.lower() != b"form-data" or b"name" not in params:
+            raise ApiError(400, f"malformed multipart body: part {len(parts)} is not form-data with a name")
+        if disposition.lower().count("name=") - disposition.lower().count("filename=") > 1:
+            raise ApiError(400, f"malformed multipart body: parameter 'name' repeated in part {len(parts)}")
+        part.name = params[b"name"].decode("utf-8", "replace")
+        if b"filename" in params:
+            part.filename = params[b"filename"].decode("utf-8", "replace")
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].chunks.append(data[start:end])
+
+    def end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
+        "on_header_end": header_end, "on_headers_finished": headers_done, "on_part_data": part_data,
+        "on_end": end}, max_header_count=16)
+    if b"--" + boundary not in body:
+        raise ApiError(400, "malformed multipart body: it does not contain the multipart boundary")
+    # RFC 2046 allows a preamble before the first delimiter, which python-multipart does not skip.
+    first = body.find(b"--" + boundary)
+    if first > 0:
+        delimited = body.find(b"\r\n--" + boundary)
+        first = delimited + 2 if delimited >= 0 else first
+    try:
+        parser.write(body[first:] if first > 0 else body)
+        parser.finalize()
+    except MultipartParseError as e:
+        what = "malformed part header line" if "header" in str(e) else "bad delimiter"
+        raise ApiError(400, f"malformed multipart body: {what} ({e})") from None
+    if not parts:
+        raise ApiError(400, "malformed multipart body: no parts")
+    if not ended:
+        raise ApiError(400, "malformed multipart body: not terminated by the closing boundary")
+    return parts
+
+
+def file_field(body: bytes, boundary: bytes) -> tuple[bytes, str]:
+    """(data, filename or field name) of the field `file` of a multipart/form-data body; ApiError 400 when the
+    body is malformed or has no such field."""
+    parts = parse_multipart(body, boundary)
+    part = next((p for p in parts if p.name == FIELD), None)
+    if part is None:
+        names = ", ".join(repr(p.name) for p in parts)
+        raise ApiError(400, f"multipart body has no field {FIELD!r} (fields: {names})"[:300])
+    return part.data, f"upload {part.filename or FIELD!r}"[:120]
+
+
+# ---------------------------------------------------------------------------------------------- pixel budget
+
+
+class PixelBudget:
+    """Pixels being decoded at once, over all uploads: a decode waits until its image fits (one at the full
+    budget, many small ones together), so decoded images never hold more than the budget in memory."""
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels = int(pixels)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._used + pixels <= self.pixels, timeout) and self._take(pixels)
+
+    def _take(self, pixels: int) -> bool:
+        self._used += pixels
+        return True
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self._used -= pixels
+            self._cond.notify_all()
+
+
+def checked_decode(data: bytes, name: str, budget: PixelBudget, wait: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an uploaded image after sizing it from its header: 415 when its format cannot be sized (or it is
+    not an image), 413 when it promises more pixels than the budget; 503 when the budget stays busy. Returns
+    the image scaled down to CLASSIFY_SIDE (short side) and its (width, height) as uploaded."""
     if not data:
         raise ApiError(415, f"{name}: empty, not an image")
-    size = image_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ApiError(413, f"{name}: image is {size[0]}x{size[1]} pixels, more than {MAX_PIXELS // 1_000_000} "
-                            f"megapixels")
+    header = image_header(data)
+    if header is None:
+        raise ApiError(415, f"{name}: not a readable image of a known size (accepted: {', '.join(FORMATS)})")
+    if header.width == 0 or header.height == 0:
+        raise ApiError(415, f"{name}: {header.format} header with an empty size ({header.width}x{header.height})")
+    # OpenCV decodes at reduced size in one buffer (JPEG even scales while decoding); at full size it holds the
+    # image twice. Formats whose decoders hold wide planes get a proportionally smaller budget: same memory.
+    reduction = next((f for f in _REDUCED if min(header.width, header.height) // f >= CLASSIFY_MIN), None)
+    limit = budget.pixels * 3 // max(3, header.decode_bytes_per_pixel) // (1 if reduction else 2)
+    if header.pixels > limit:
+        raise ApiError(413, f"{name}: {header.format} image is {header.width}x{header.height} pixels, more than "
+                            f"the {limit:,} allowed for this format and shape (server.upload_max_pixels: "
+                            f"{budget.pixels:,})")
+    cost = header.pixels * max(3, header.decode_bytes_per_pixel) // 3 * (1 if reduction else 2)
+    if not budget.acquire(min(cost, budget.pixels), wait):
+        raise ApiError(503, "too many large uploads being decoded, try again", {"Retry-After": "2"})
     try:
-        return decode_image(data, name)
+        image = _decode_small(data, name, reduction)
+    finally:
+        budget.release(min(cost, budget.pixels))
+    return image, (header.width, header.height)
+
+
+def _decode_small(data: bytes, name: str, reduction: int | None) -> np.ndarray:
+    # The classifier looks at 224 x 224: a large upload is decoded at 1/2, 1/4 or 1/8 of its size (JPEG scales
+    # while decoding; other formats are decoded once and scaled), then scaled down to CLASSIFY_SIDE.
+    try:
+        image = None
+        if reduction is not None:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
+        if image is None:
+            image = decode_image(data, name)
     except FrameSourceError as e:
         raise ApiError(415, str(e)) from None
+    h, w = image.shape[:2]
+    if min(h, w) > CLASSIFY_SIDE:
+        scale = CLASSIFY_SIDE / min(h, w)
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return image
 
 
-def image_from_body(content_type: str | None, body: bytes) -> np.ndarray:
-    """Decode the uploaded image: 400 malformed multipart, 415 not an image / unsupported type, 413 too many pixels."""
-    if not content_type:
-        raise ApiError(415, "no Content-Type: send multipart/form-data with a field 'file', or an image/* body")
+# ---------------------------------------------------------------------------------------------- the body
+
+
+class BodyBudget:
+    """Bytes of upload bodies held in memory at once (event loop only, no lock). Slow clients hold only what
+    they sent, so they cannot keep others out the way slots would."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def read_body(receive: Callable[[], Any], length: int | None, cap: int, deadline: float,
+                    budget: BodyBudget) -> bytes:
+    """The whole request body within `cap` bytes and by `deadline` (time.monotonic()): 413 past the cap, 408
+    past the deadline, 503 when all uploads together would exceed the memory budget. Raises ClientGone when
+    the client hangs up. The body's bytes stay taken from `budget` until the caller gives them back."""
+    chunks: list[bytes] = []
+    size = 0
     try:
-        kind, _ = parse_header_params(content_type)
-    except MultipartError as e:
-        raise ApiError(400, f"Content-Type: {e}") from None
-    if kind == "multipart/form-data":
-        try:
-            parts = parse_multipart(body, content_type)
-        except MultipartError as e:
-            raise ApiError(400, f"malformed multipart body: {e}") from None
-        part = next((p for p in parts if p.name == FIELD), None)
-        if part is None:
-            raise ApiError(400, f"multipart body has no field {FIELD!r} (fields: "
-                                f"{', '.join(repr(p.name) for p in parts)})")
-        return _check_and_decode(part.data, f"upload {part.filename or FIELD!r}"[:120])
-    if kind.startswith("image/") or kind == "application/octet-stream":
-        return _check_and_decode(body, f"upload ({kind})")
-    raise ApiError(415, f"Content-Type {kind!r} is not accepted: send multipart/form-data with a field "
-                        f"{FIELD!r}, or an image/* body")
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                if chunk:
+                    if size + len(chunk) > cap:
+                        raise ApiError(413, f"upload larger than server.upload_max_bytes ({cap} bytes)")
+                    if not budget.take(len(chunk)):
+                        raise ApiError(503, "uploads in progress fill the upload memory, try again",
+                                       {"Retry-After": "2"})
+                    size += len(chunk)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        budget.give(size)
+        expected = f" of {length}" if length is not None else ""
+        raise ApiError(408, f"upload body not received within the deadline ({size}{expected} bytes arrived)",
+                       {"Connection": "close"}) from None
+    except BaseException:
+        budget.give(size)
+        raise
+    return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client hung up before its request was read: nobody to answer."""

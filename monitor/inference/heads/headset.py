@@ -1,0 +1,105 @@
+"""The heads the daemon runs: which cameras each applies to, on which crop, swappable while running."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from monitor.inference.heads.head import Head, HeadError, load_head
+
+if TYPE_CHECKING:
+    from monitor.inference.preprocess import Crop
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    name: str                          # custom_classes[].name, the prefix of "porch:package" in rules
+    head: Head
+    path: Path
+    cameras: tuple[str, ...]           # empty = every camera
+    crop: Crop | None                  # own region (an extra crop in the same inference call) or None: the
+                                       # camera's crop, whose features the worker already has
+
+    def applies_to(self, camera: str) -> bool:
+        return not self.cameras or camera in self.cameras
+
+
+def crop_key(crop: Any) -> Any:
+    """Comparable form of a crop ("center", "full" or [x, y, w, h] as list or tuple)."""
+    return tuple(int(v) for v in crop) if isinstance(crop, (list, tuple)) else crop
+
+
+class HeadSet:
+    """Thread-safe: the worker reads `for_camera` on every batch; `swap` (retraining) replaces one head."""
+
+    def __init__(self, entries: Sequence[HeadEntry], backbone_sha256: str) -> None:
+        self.backbone_sha256 = backbone_sha256
+        self._lock = threading.Lock()
+        self._entries: dict[str, HeadEntry] = {e.name: e for e in entries}
+        self._by_camera: dict[str, tuple[HeadEntry, ...]] = {}
+
+    @classmethod
+    def load(cls, configs: Sequence[Any], backbone_sha256: str) -> "HeadSet":
+        """From custom_classes config entries (.name .head .cameras .crop); every bad head reported at once."""
+        entries, errors = [], []
+        for i, c in enumerate(configs):
+            try:
+                head = load_head(c.head, backbone_sha256)
+            except HeadError as e:
+                errors.append(f"custom_classes[{i}] ({c.name}): {e}")
+                continue
+            entries.append(HeadEntry(c.name, head, Path(c.head), tuple(c.cameras or ()),
+                                     crop_key(c.crop) if c.crop is not None else None))
+        if errors:
+            raise HeadError("\n".join(errors))
+        return cls(entries, backbone_sha256)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> HeadEntry | None:
+        return self._entries.get(name)
+
+    def entries(self) -> list[HeadEntry]:
+        return list(self._entries.values())
+
+    def for_camera(self, camera: str) -> tuple[HeadEntry, ...]:
+        cached = self._by_camera.get(camera)
+        if cached is None:
+            with self._lock:
+                cached = tuple(e for e in self._entries.values() if e.applies_to(camera))
+                self._by_camera[camera] = cached
+        return cached
+
+    def swap(self, name: str, head: Head) -> HeadEntry:
+        """Replace the head of entry `name` (a retrain): the next batch uses it; no restart, no lost frame."""
+        head.check_backbone(self.backbone_sha256, where=f"custom class {name!r}")
+        with self._lock:
+            old = self._entries.get(name)
+            if old is None:
+                raise KeyError(f"no custom class {name!r} (configured: {', '.join(self._entries) or 'none'})")
+            new = HeadEntry(name, head, old.path, old.cameras, old.crop)
+            self._entries = {**self._entries, name: new}     # replaced whole: readers see old or new
+            self._by_camera = {}
+        return new
+
+    def check_rules(self, rules: Sequence[Any]) -> list[str]:
+        """Messages for watch-list entries "head:class" naming an unknown head or a class the head lacks."""
+        errors = []
+        for i, rule in enumerate(rules):
+            for j, (name, _) in enumerate(rule.indices):
+                head_name, sep, cls = name.partition(":")
+                if not sep:
+                    continue
+                entry = self._entries.get(head_name)
+                if entry is None:
+                    errors.append(f"watchlist[{i}].classes[{j}]: {name!r}: no custom class {head_name!r} "
+                                  f"(custom_classes: {', '.join(self._entries) or 'none'})")
+                elif cls not in entry.head.classes:
+                    errors.append(f"watchlist[{i}].classes[{j}]: {name!r}: head {entry.path} has no class {cls!r} "
+                                  f"(it has: {', '.join(entry.head.classes)})")
+        return errors

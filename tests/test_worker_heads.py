@@ -1,0 +1,102 @@
+"""The inference worker runs custom heads on the features of the same pass (an own crop is one more row of the
+same inference call) and attaches the top class's activation map to every result."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from monitor.inference.classifier import Classifier
+from monitor.inference.heads import Head
+from monitor.inference.heads.cam import activation_map, pooled_features
+from monitor.inference.heads.headset import HeadEntry, HeadSet
+from monitor.inference.results import ResultBoard
+from monitor.inference.worker import InferenceWorker
+
+
+@dataclass(frozen=True)
+class _Frame:
+    image: np.ndarray
+    seq: int
+    captured_at: float
+    captured_mono: float
+
+
+class _Camera:                       # the part of capture.Camera the worker uses
+    def __init__(self, name: str, crop, image: np.ndarray) -> None:
+        self.name = name
+        self.cfg = SimpleNamespace(crop=crop)
+        self._frame: _Frame | None = _Frame(image, 1, 0.0, 0.0)
+
+    def take_due(self):
+        frame, self._frame = self._frame, None
+        return frame
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.results = []
+
+    def observe(self, result) -> None:
+        self.results.append(result)
+
+    def tick(self) -> None:
+        pass
+
+
+def random_head(name: str, classes: tuple[str, ...], sha: str, seed: int) -> Head:
+    rng = np.random.default_rng(seed)
+    return Head(name, classes, (rng.normal(size=(len(classes), 512)) * 0.5).astype(np.float32),
+                rng.normal(size=len(classes)).astype(np.float32), {"sha256": sha, "name": "demo"})
+
+
+def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, real_frames, metrics) -> None:
+    clf = Classifier(demo_weights)
+    region = (100, 50, 300, 200)
+    porch = random_head("porch", ("none", "package"), clf.sha256, 1)
+    door = random_head("door", ("closed", "open", "ajar"), clf.sha256, 2)
+    heads = HeadSet([HeadEntry("porch", porch, Path("porch.head"), ("front",), region),
+                     HeadEntry("door", door, Path("door.head"), (), None)], clf.sha256)
+    calls = []
+    infer = clf.infer
+
+    def counting_infer(frames, crops=None):
+        calls.append(list(crops))
+        return infer(frames, crops)
+
+    clf.infer = counting_infer  # type: ignore[method-assign]
+    front, back = real_frames[0], real_frames[9]
+    recorder = _Recorder()
+    worker = InferenceWorker(clf, ResultBoard(), recorder, metrics, heads=heads)
+    worker.set_cameras([_Camera("front", "center", front), _Camera("back", "full", back)])
+    assert worker.run_once() == 2
+    assert calls == [["center", "full", region]]          # one inference call, the porch region appended
+    by_cam = {r.camera: r for r in recorder.results}
+    assert set(by_cam["front"].custom) == {"porch", "door"} and set(by_cam["back"].custom) == {"door"}
+    ref = clf.infer([front, back, front], ["center", "full", region])
+    pooled = pooled_features(ref.feature_maps)
+    np.testing.assert_allclose(by_cam["front"].custom["porch"].probabilities, porch.probabilities(pooled[2:3])[0],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(by_cam["front"].custom["door"].probabilities, door.probabilities(pooled[0:1])[0],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(by_cam["back"].custom["door"].probabilities, door.probabilities(pooled[1:2])[0],
+                               rtol=1e-4, atol=1e-5)
+    # the top ImageNet class's activation map and the region it covers travel with the result
+    r = by_cam["back"]
+    np.testing.assert_allclose(r.heatmap, activation_map(ref.feature_maps[1], clf.fc_weight[r.predictions[0].index]),
+                               rtol=1e-4, atol=1e-4)
+    assert r.box == (0, 0, back.shape[1], back.shape[0])
+    assert metrics.registry.get_sample_value("monitor_custom_class_probability",
+                                             {"camera": "front", "head": "porch", "class": "package"}) == \
+        pytest.approx(float(by_cam["front"].custom["porch"].probabilities[1]))
+    # a retrained head swaps in for the next batch; a head of another backbone is refused
+    heads.swap("door", random_head("door", ("closed", "open"), clf.sha256, 3))
+    worker.set_cameras([_Camera("back", "full", back)])
+    worker.run_once()
+    assert recorder.results[-1].custom["door"].classes == ("closed", "open")
+    from monitor.inference.heads import HeadError
+    with pytest.raises(HeadError, match="trained on backbone"):
+        heads.swap("door", random_head("door", ("a", "b"), "f" * 64, 4))
