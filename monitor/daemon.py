@@ -61,7 +61,8 @@ class Daemon:
         self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
-        self.sinks = SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+        self.mqtt: Any = self._mqtt(config)
+        self.sinks = self._sinks(config)
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
@@ -74,14 +75,36 @@ class Daemon:
         self._started = False
         self._stopping = False
 
+    def _mqtt(self, config: Config) -> Any:
+        if config.mqtt is None:
+            return None
+        from monitor.mqtt.bridge import MqttBridge, paused_state_path
+        return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
+                          paused_state_path(config.events.database), untrained=self.classifier.untrained)
+
+    def worker_pause(self, names: frozenset[str]) -> None:
+        self.worker.set_paused(names)
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """Cameras whose classification is paused (MQTT enabled/set OFF); shown by /api/status."""
+        return self.worker.paused
+
+    def _sinks(self, config: Config) -> SinkSet:
+        listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
+        return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
+                       listeners=listeners)
+
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self, web: bool = True) -> None:
-        """Start consumers before producers: sinks, worker, cameras, then the HTTP port."""
+        """Start consumers before producers: sinks, MQTT, worker, cameras, then the HTTP port."""
         self.sinks.start()
+        if self.mqtt is not None:
+            self.mqtt.start(list(self.cameras), self.config.watchlist)
         self.worker.start()
         self.custom.start()
         for cam in self.cameras.values():
@@ -112,6 +135,8 @@ class Daemon:
         self.worker.stop(timeout=min(1.5, left()))
         self.alerts.close_all()
         self.sinks.stop(timeout=min(1.5, left()))
+        if self.mqtt is not None:      # after the sinks: the events' ends still go out
+            self.mqtt.stop(timeout=min(1.0, left()))
         self.events.close()
         self._started = False
         log.info("monitor stopped")
@@ -142,10 +167,11 @@ class Daemon:
         RELOAD_SINKS_STOP. Rules that did not change keep their open events, streaks and cooldowns."""
         t0 = time.monotonic()
         old = self.config
-        for key in ("server", "model", "events"):
+        for key in ("server", "model", "events", "mqtt"):
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
-        new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events})
+        new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events,
+                                     "mqtt": old.mqtt})
         setup_logging(new.logging.level, new.logging.format)
         if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):
             heads = load_heads(new, self.classifier.sha256)     # raises before anything changed
@@ -167,6 +193,8 @@ class Daemon:
                 self._replace_cameras(new_cams, changed, removed)
         if not self._stopping:
             self.config = new
+            if self.mqtt is not None:
+                self.mqtt.update(list(self.cameras), new.watchlist)
             log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
                      time.monotonic() - t0)
 
@@ -185,7 +213,7 @@ class Daemon:
     def _reload_alerts(self, old: Config, new: Config, removed: list[str]) -> None:
         old_sinks = self.sinks if new.alerts != old.alerts and not self._stopping else None
         if old_sinks is not None:
-            self.sinks = SinkSet(new.alerts, self.metrics, self.events, untrained=self.classifier.untrained)
+            self.sinks = self._sinks(new)
             self.sinks.take_over(old_sinks)
             self.sinks.start()
         ended = self.alerts.reconfigure(new.watchlist, sinks=self.sinks if old_sinks else None,

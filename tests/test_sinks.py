@@ -316,3 +316,34 @@ def test_webhook_redirect_is_a_counted_failure_never_a_get(code: str, caplog: py
     assert failures(metrics, "webhook") == 1
     logged = [r.getMessage() for r in caplog.records if "alert sink webhook" in r.getMessage()]
     assert len(logged) == 1 and f"HTTP {code}" in logged[0] and "/moved" in logged[0], logged
+
+
+def test_listener_sink_gets_the_webhook_event_and_its_full_queue_drops(tmp_path: Path) -> None:
+    """A later stage's listener (MQTT): the event dict the webhook gets (kind, snapshot path once written), the
+    frame at start; a stuck listener costs only its own bounded queue, counted under its name."""
+    import threading
+    got: list[tuple] = []
+    release = threading.Event()
+
+    def listener(kind: str, ev: dict, image: object, predictions: list) -> None:
+        got.append((kind, ev, image))
+        release.wait(5)
+
+    metrics = Metrics()
+    sinks = SinkSet(AlertsConfig(snapshots=tmp_path, queue_size=2), metrics, None, listeners=[("mqtt", listener)])
+    assert sinks.names == ["log", "snapshot", "mqtt"]
+    sinks.start()
+    try:
+        sinks.emit("start", event(), IMAGE)
+        assert wait_until(lambda: len(got) == 1)
+        for i in range(5):     # the listener is stuck in the first delivery: 2 queue up, 3 are dropped
+            sinks.emit("start", event(eid=10 + i, started_at=1_700_000_100.0 + i), None)
+        assert dropped(metrics, "mqtt") == 3
+        release.set()
+        assert wait_until(lambda: len(got) == 3)
+    finally:
+        sinks.stop(timeout=2)
+    kind, ev, image = got[0]
+    assert kind == "start" and image is IMAGE
+    assert ev == dict(event(), kind="start", snapshot=ev["snapshot"])
+    assert ev["snapshot"] and Path(ev["snapshot"]).is_file()

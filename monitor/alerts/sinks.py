@@ -23,7 +23,7 @@ import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# listener(kind, event dict as the webhook gets it, frame or None, top-k predictions)
+EventListener = Callable[[str, dict, "np.ndarray | None", list], None]
 
 _POLL = 0.25                    # sink loops wake this often to check the stop event
 _DROP_LOG_EVERY = 10.0          # seconds between "queue full" warnings per sink
@@ -339,15 +342,30 @@ class _CommandSink(_Sink):
             proc.wait(timeout=2.0)
 
 
+class _ListenerSink(_Sink):
+    """A later stage's event consumer (MQTT): called with the event dict the webhook gets, the frame and the
+    top-k predictions, on a thread and bounded queue of its own like every sink."""
+
+    def __init__(self, owner: SinkSet, queue_size: int, name: str, listener: EventListener) -> None:
+        super().__init__(owner, queue_size)
+        self.name = name
+        self.listener = listener
+
+    def handle(self, d: _Delivery) -> None:
+        event = dict(d.event, kind=d.kind, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        self.listener(d.kind, event, d.image, d.predictions)
+
+
 class SinkSet:
     """The configured sinks. emit() only enqueues (put_nowait), so it never blocks the inference worker.
 
     The log sink always exists; snapshot, webhook and command exist when configured. Snapshots and commands
-    run for "start" only; log and webhook get "start" and "end".
+    run for "start" only; log, webhook and listeners (later stages, e.g. MQTT) get "start" and "end".
     """
 
     def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
-                 retry_backoff: float = 0.5, snapshot_wait: float = 2.0) -> None:
+                 retry_backoff: float = 0.5, snapshot_wait: float = 2.0,
+                 listeners: Sequence[tuple[str, EventListener]] = ()) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.store = store
@@ -367,6 +385,7 @@ class SinkSet:
             sinks.append(_WebhookSink(self, size, cfg.webhook.url, cfg.webhook.timeout, cfg.webhook.retries))
         if cfg.command:
             sinks.append(_CommandSink(self, size, cfg.command, cfg.command_timeout))
+        sinks += [_ListenerSink(self, size, name, fn) for name, fn in listeners]
         self._sinks = tuple(sinks)
 
     @property

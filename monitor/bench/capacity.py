@@ -28,7 +28,7 @@ DEFAULT_SERVE = Path("../shared/tools/rtsp_serve.py")
 SYSTEM_PYTHON = "/usr/bin/python3"       # Debian puts GStreamer's `gi` bindings into the system Python
 P99_BOUND_MS = 100.0
 CLASSIFIED_MIN = 0.97                    # of the due frames: the window's edges cut a frame or two per camera
-START_TIMEOUT = 60.0                     # seconds for every camera of a step to deliver a first result
+START_TIMEOUT = 120.0                    # seconds for every camera of a step to deliver a first result
 
 
 # ---------------------------------------------------------------- the child: one daemon, N cameras
@@ -78,7 +78,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         model = ModelConfig()
     if weights:
         model = _replace(model, weights=Path(weights))
-    cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=20, read_timeout=10,
+    cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=60, read_timeout=10,
                               stale_after=10) for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
@@ -131,10 +131,11 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     }
 
 
-def run_decode_step(urls: list[str], fps: float, seconds: float, retrieve: bool) -> dict[str, Any]:
-    """In the child, without the daemon: OpenCV captures opened as Camera opens them, grab() every frame and,
-    with `retrieve`, retrieve() `fps` frames per second into one reused array. What the decoder alone and the
-    conversion cost per camera, the floor under the daemon's figure."""
+def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str) -> dict[str, Any]:
+    """In the child, without the daemon: OpenCV captures opened as Camera opens them. mode "grab": grab() every
+    frame; "retrieve": grab() every frame and retrieve() `fps` frames per second into one reused array (what the
+    camera does); "read": read() every frame (what it did before). The floor under the daemon's figures."""
+    retrieve = mode == "retrieve"
     import threading
 
     import cv2
@@ -158,7 +159,9 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, retrieve: bool)
                 errors.append(f"grab failed on {url}")
                 break
             grabbed[i] += 1
-            if retrieve and time.monotonic() >= next_at:
+            if mode == "read":
+                cap.retrieve()
+            elif retrieve and time.monotonic() >= next_at:
                 next_at += 1.0 / fps
                 ok, out = cap.retrieve(buf) if buf is not None else cap.retrieve()
                 buf = out if ok else buf
@@ -167,14 +170,18 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, retrieve: bool)
     threads = [threading.Thread(target=run, args=(i, u), daemon=True) for i, u in enumerate(urls)]
     for t in threads:
         t.start()
+    time.sleep(min(3.0, seconds / 3))               # opened and streaming before the window starts
+    cpu0, t0, grabbed0 = _cpu_seconds(), time.monotonic(), sum(grabbed)
     time.sleep(seconds)
+    cpu, window, count = _cpu_seconds() - cpu0, time.monotonic() - t0, sum(grabbed) - grabbed0
     rss, _ = _rss_mb()
     stop.set()
     for t in threads:
         t.join(15)
     n = max(len(urls), 1)
-    return {"cameras": len(urls), "retrieve": retrieve, "rss_mb": round(rss, 1),
-            "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(sum(grabbed) / seconds / n, 1),
+    return {"cameras": len(urls), "mode": mode, "rss_mb": round(rss, 1),
+            "cpu_cores_per_camera": round(cpu / window / n, 3),
+            "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(count / window / n, 1),
             "errors": errors[:3]}
 
 
@@ -204,7 +211,7 @@ def _counts(daemon: Any) -> dict[str, int]:
 def _child_main() -> int:
     spec = json.loads(sys.argv[2])
     if "decode" in spec:
-        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"] == "retrieve")
+        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"])
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
@@ -292,33 +299,41 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
         served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
-        # Each step reconnects from the start of the (looped) file: enough for one step plus its start-up.
+        # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
+        # sessions cannot leave the next one a server in a bad state. Long enough for a step and its start-up.
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
-        server = _Server(serve, served, minutes, folder)
-        try:
-            urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served]
-            rows = []
-            for n in steps:
-                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
-                        "warmup": warmup, "config": config, "weights": weights}
-                row = _run_child(spec)
-                row["passes"] = _passes(row)
-                rows.append(row)
-                if progress is not None:
-                    print(_format_row(row, rows), file=progress, flush=True)
-            breakdown = []
-            for mode in ("grab", "retrieve") if breakdown_cameras else ():
-                spec = {"urls": [urls[i % len(urls)] for i in range(breakdown_cameras)], "fps": fps,
+        rows = []
+        breakdown = []
+        jobs = [(n, None) for n in steps] + [(breakdown_cameras, m) for m in ("grab", "retrieve", "read")
+                                              if breakdown_cameras]
+        for n, mode in jobs:
+            sub = folder / f"step-{len(rows) + len(breakdown)}"
+            sub.mkdir()
+            server = _Server(serve, served, minutes, sub) if n else None
+            try:
+                urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
+                if mode is None:
+                    spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
+                            "warmup": warmup, "config": config, "weights": weights}
+                    row = _run_child(spec)
+                    row["passes"] = _passes(row)
+                    rows.append(row)
+                    if progress is not None:
+                        print(_format_row(row, rows), file=progress, flush=True)
+                    continue
+                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
                         "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode}
                 row = _run_child(spec)
                 breakdown.append(row)
                 if progress is not None and "error" not in row:
-                    print(f"OpenCV alone, {row['cameras']} captures, "
-                          f"{'grab() + retrieve() at ' + format(fps, 'g') + ' fps into one array' if row['retrieve'] else 'grab() only'}: "
-                          f"{row['per_camera_mb']} MB per camera ({row['grabbed_fps_per_camera']} fps grabbed)",
-                          file=progress, flush=True)
-        finally:
-            server.stop()
+                    what = {"grab": "grab() only", "read": "read() every frame (before)",
+                            "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)"}[mode]
+                    print(f"OpenCV alone, {row['cameras']} captures, {what}: {row['per_camera_mb']} MB and "
+                          f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
+                          f"grabbed)", file=progress, flush=True)
+            finally:
+                if server is not None:
+                    server.stop()
     base = next((r for r in rows if r["cameras"] == 0 and "error" not in r), None)
     for r in rows:
         if base is not None and r["cameras"] > 0 and "error" not in r:

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from monitor.config.fields import parse_duration, parse_size, source_kind
-from monitor.config.types import UNION_TAGS, Config
+from monitor.config.types import MQTT_RESERVED_RULE_NAMES, UNION_TAGS, Config
 from monitor.core.redact import redact_url
 
 __all__ = ["ConfigError", "load_config", "parse_config", "format_errors", "check_config_main", "json_schema",
@@ -219,6 +219,11 @@ def _cross_checks(data: dict) -> Iterator[tuple[Loc, str]]:
                 yield (key, i, "name"), f"duplicate {what} name {name!r} (also {key}[{first[name]}])"
             elif isinstance(name, str):
                 first[name] = i
+    if data.get("mqtt") is not None:    # a rule's state is <prefix>/<camera>/<rule>: not a camera topic's level
+        for i, rule in _entries(data.get("watchlist")):
+            if rule.get("name") in MQTT_RESERVED_RULE_NAMES:
+                yield (("watchlist", i, "name"), f"{rule['name']!r} is taken by an MQTT topic of every camera "
+                       f"(reserved with mqtt: {', '.join(MQTT_RESERVED_RULE_NAMES)})")
     cameras = [e["name"] for _, e in _entries(data.get("cameras")) if isinstance(e.get("name"), str)]
     for i, rule in _entries(data.get("watchlist")):
         for j, name in enumerate(rule.get("cameras") if isinstance(rule.get("cameras"), list) else ()):

@@ -269,7 +269,8 @@ class RuleConfig(Section):
         _not_from_yaml(cls, value, info)
         if value is NOT_GIVEN:
             # a custom class "head:class" has no ImageNet index: the engine reads the head's result
-            value = tuple((name, ()) if ":" in name else groups.lookup(name) for name in info.data.get("classes", ()))
+            value = tuple((name, ()) if ":" in name else groups.lookup(name)
+                          for name in info.data.get("classes", ()))
         return handler(value)
 
 
@@ -281,11 +282,6 @@ class CustomClassConfig(Section):
     cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
     crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
     examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
-
-    @field_validator("cameras", mode="wrap")
-    @classmethod
-    def _all_cameras(cls, value: Any, handler: Any) -> Any:
-        return value if value == () and isinstance(value, tuple) else handler(value)   # the default, not []
 
 
 # --- alerts, events, logging ---------------------------------------------------------------------------------
@@ -340,6 +336,79 @@ class LoggingConfig(Section):
     format: Choice("text", "json") = "text"
 
 
+# --- mqtt ----------------------------------------------------------------------------------------------------
+
+# Topic levels under <prefix>/<camera>/ that a watch-list rule may not take when MQTT is on (loader cross-check).
+MQTT_RESERVED_RULE_NAMES = ("label", "snapshot", "state", "enabled")
+
+
+def _topic_prefix(value: Any) -> str:
+    """An MQTT topic prefix: levels of printable characters, no wildcards, no empty level."""
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a non-empty string")
+    if any(c in "+#" or c.isspace() or not c.isprintable() for c in value):
+        raise problem("must be an MQTT topic without wildcards (+ #), blanks or control characters")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise problem("must not start or end with '/' nor contain an empty level ('//')")
+    if len(value.encode("utf-8")) > 200:
+        raise problem("must be at most 200 bytes")
+    return value
+
+
+def _client_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a non-empty string")
+    if len(value.encode("utf-8")) > 128 or any(not c.isprintable() for c in value):
+        raise problem("must be at most 128 bytes of printable characters")
+    return value
+
+
+Topic = Annotated[str, BeforeValidator(_topic_prefix), WithJsonSchema({"type": "string", "pattern": "^[^+#/\\s][^+#\\s]*$"})]
+
+
+def _default_client_id() -> str:
+    import socket
+    return f"monitor-{socket.gethostname()}"
+
+
+class MqttConfig(Section):
+    host: Host = "127.0.0.1"
+    port: Int(1, 65535) = 1883
+    username: Optional[Text] = None
+    password_file: Optional[FilePath] = None  # file holding the password (never inline in the config)
+    tls: Bool = False                       # TLS with the system's CA certificates
+    topic_prefix: Topic = "monitor"
+    discovery_prefix: Optional[Topic] = "homeassistant"   # None: no Home Assistant discovery
+    client_id: Annotated[str, BeforeValidator(_client_id), WithJsonSchema({"type": "string", "minLength": 1})] = \
+        Field(default_factory=_default_client_id)
+    label_keepalive: Duration(allow_zero=False) = 60.0   # seconds: re-publish an unchanged label this often
+    queue_size: Int(1, 100000) = 256        # outgoing messages held while the broker is away; full -> dropped
+    password: SkipJsonSchema[str] = _hidden()  # read from password_file at validation time, never logged
+
+    @field_validator("password_file", mode="after")
+    @classmethod
+    def _needs_username(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("username"):
+            raise problem("needs mqtt.username", show_value=False)
+        return value
+
+    @field_validator("discovery_prefix", mode="after")
+    @classmethod
+    def _not_the_topic_prefix(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and value == info.data.get("topic_prefix"):
+            raise problem("must differ from mqtt.topic_prefix")
+        return value
+
+    @field_validator("password", mode="wrap")
+    @classmethod
+    def _read_password(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
+        _not_from_yaml(cls, value, info)
+        if value is not NOT_GIVEN:
+            return handler(value)
+        file = info.data.get("password_file")
+        return read_secret(file, "password_file") if file is not None else ""
+
+
 class Config(Section):
     server: ServerConfig = _section()
     model: ModelConfig = _section()
@@ -349,6 +418,7 @@ class Config(Section):
     alerts: AlertsConfig = _section()
     events: EventsConfig = _section()
     logging: LoggingConfig = _section()
+    mqtt: Optional[MqttConfig] = None       # absent or null: no MQTT
     _path: Optional[Path] = PrivateAttr(None)
 
     @property

@@ -58,6 +58,11 @@ class Metrics:
         self.stream_frames_skipped = Counter(
             "monitor_stream_frames_skipped", "MJPEG frames a slow viewer skipped", ["camera"], registry=r)
         self.http_requests = Counter("monitor_http_requests", "HTTP requests answered", ["code"], registry=r)
+        # mqtt
+        self.mqtt_connected = Gauge("monitor_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+        self.mqtt_published = Counter("monitor_mqtt_published", "MQTT messages handed to the broker", registry=r)
+        self.mqtt_dropped = Counter("monitor_mqtt_dropped",
+                                    "MQTT messages dropped because the outgoing queue was full", registry=r)
         # info
         self.build_info = Info("monitor_build", "Version of the daemon and its runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})

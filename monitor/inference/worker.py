@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class InferenceWorker:
         # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
         self.latencies: deque[float] = deque(maxlen=20000)
         self._cameras: tuple[Camera, ...] = ()
+        self.paused: frozenset[str] = frozenset()    # cameras whose due frames are taken and discarded
         self._publish_lock = threading.Lock()   # publishing a batch vs. set_cameras()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -68,6 +69,11 @@ class InferenceWorker:
         with self._publish_lock:
             self._cameras = tuple(cameras)  # replaced whole: the loop reads one consistent tuple per round
         self._wake.set()
+
+    def set_paused(self, names: Iterable[str]) -> None:
+        """Stop (or resume) classifying these cameras. Their due frames are still taken, so a paused camera
+        counts no dropped frames and its live view keeps running."""
+        self.paused = frozenset(names)
 
     def set_alerts(self, alerts: ResultObserver | None) -> None:
         self.alerts = alerts
@@ -108,9 +114,10 @@ class InferenceWorker:
     def run_once(self) -> int:
         """Take every camera's due frame and classify them; returns how many frames were classified."""
         due: list[tuple[Camera, Frame]] = []
+        paused = self.paused
         for cam in self._cameras:
             frame = cam.take_due()
-            if frame is not None:
+            if frame is not None and cam.name not in paused:
                 due.append((cam, frame))
         for start in range(0, len(due), self.batch_max):
             self._classify(due[start:start + self.batch_max])

@@ -56,6 +56,7 @@ def camera_json(app: Any, name: str, camera: Any) -> dict[str, Any]:
     doc["fps_out"] = _num(app.results.fps_out(name), 2)
     doc["latency"] = _num(app.results.latency(name))
     doc["active"] = list(app.alerts.active(name))
+    doc["paused"] = name in getattr(app, "paused", ())    # classification paused over MQTT
     doc["stream"] = f"/stream/{name}.mjpg"
     doc["snapshot"] = f"/snapshot/{name}.jpg"
     return doc

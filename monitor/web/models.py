@@ -49,6 +49,7 @@ class CameraStatus(BaseModel):
     fps_out: Optional[float]
     latency: Optional[float]
     active: list[str] = Field(description="labels of the alert events open on this camera")
+    paused: bool = Field(default=False, description="classification paused (MQTT enabled/set OFF)")
     stream: str
     snapshot: str
 

@@ -1,0 +1,73 @@
+"""Home Assistant MQTT discovery payloads: one HA device per camera, its entities fed by our topics.
+
+Follows https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery (and the shape of Viseron's
+components/mqtt/homeassistant): config topic `<discovery_prefix>/<component>/<unique_id>/config`, `unique_id`
+and `default_entity_id` (`<domain>.<slug>`; `object_id` is deprecated since HA 2025.10), a `device` block with
+`identifiers`, `origin`, and `availability` on `<prefix>/status` (online/offline, the last will).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+from monitor import __version__
+from monitor.mqtt.topics import Topics
+
+ORIGIN = {"name": "monitor", "sw_version": __version__}
+RULE_DEVICE_CLASS = "occupancy"      # "on means detected": what a watch-list rule reports for its classes
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def object_id(*parts: str) -> str:
+    """A discovery object id / unique id from names: [A-Za-z0-9_-] only, other characters hex-escaped so that
+    two different names never share an id ("a.b" -> "a_2e_b")."""
+    return "_".join(_NOT_ID.sub(lambda m: f"_{ord(m.group(0)):x}_", p) for p in parts)
+
+
+def _entity_slug(uid: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", uid.lower()).strip("_")
+
+
+def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[str],
+                      rules_by_camera: dict[str, Iterable[str]]) -> dict[str, dict]:
+    """{config topic: payload} for every entity of every camera; rules_by_camera lists the watched rules."""
+    node = object_id(topics.prefix)
+    availability = [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}]
+    out: dict[str, dict] = {}
+
+    def add(component: str, camera: str, key: str, payload: dict) -> None:
+        uid = object_id(node, camera, key)
+        out[f"{discovery_prefix}/{component}/{uid}/config"] = {
+            "unique_id": uid,
+            "default_entity_id": f"{component}.{_entity_slug(uid)}",
+            **payload,
+            "availability": availability,
+            "availability_mode": "all",
+            "device": {
+                "identifiers": [object_id(node, camera)],
+                "name": camera,
+                "manufacturer": "monitor",
+                "model": "camera classifier (ResNet-18, ImageNet-1k)",
+                "sw_version": __version__,
+            },
+            "origin": ORIGIN,
+        }
+
+    for cam in cameras:
+        add("sensor", cam, "label", {
+            "name": "Label", "icon": "mdi:label-outline",
+            "state_topic": topics.label(cam), "json_attributes_topic": topics.label_attributes(cam)})
+        add("binary_sensor", cam, "connected", {
+            "name": "Connected", "device_class": "connectivity", "entity_category": "diagnostic",
+            "state_topic": topics.state(cam), "payload_on": "up", "payload_off": "down",
+            "json_attributes_topic": topics.state_attributes(cam)})
+        add("camera", cam, "snapshot", {"name": "Snapshot", "topic": topics.snapshot(cam)})
+        add("switch", cam, "enabled", {
+            "name": "Enabled", "icon": "mdi:cctv", "entity_category": "config",
+            "command_topic": topics.enabled_set(cam), "state_topic": topics.enabled_state(cam),
+            "payload_on": "ON", "payload_off": "OFF", "optimistic": False})
+        for rule in rules_by_camera.get(cam, ()):
+            add("binary_sensor", cam, f"rule_{rule}", {
+                "name": rule, "device_class": RULE_DEVICE_CLASS,
+                "state_topic": topics.rule(cam, rule), "payload_on": "ON", "payload_off": "OFF"})
+    return out

@@ -1,0 +1,178 @@
+"""Turns what the pipeline knows into MQTT messages: labels, camera states (polled by one thread of ours) and
+events (handed over by the alert sinks). Nothing here runs on the capture or inference threads.
+
+- `<prefix>/<camera>/label` (+ `/attributes` JSON): when the top-1 label changes, and again every `keepalive`
+  seconds while results keep coming; not retained (a stale label must not look current).
+- `<prefix>/<camera>/state` up/down (+ `/attributes` with the reason): retained, on change.
+- `<prefix>/<camera>/<rule>` ON/OFF: retained; `<prefix>/events`: one JSON per start and end;
+  `<prefix>/<camera>/snapshot`: JPEG of the frame that started the latest event, retained.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from monitor.inference.overlay import draw_overlay
+from monitor.mqtt.topics import Topics
+
+if TYPE_CHECKING:
+    from monitor.capture.camera import Camera
+    from monitor.inference.classifier import Prediction
+    from monitor.inference.results import ResultBoard
+    from monitor.mqtt.client import MqttClient
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.25              # seconds between looks at the result board and the camera states
+_JPEG_QUALITY = 85
+
+
+class Publisher:
+    """One thread ("mqtt-publisher") polling the ResultBoard and Camera.status(); on_event() for the alerts."""
+
+    def __init__(self, client: MqttClient, topics: Topics, results: ResultBoard,
+                 cameras: Callable[[], Mapping[str, Camera]], keepalive: float, untrained: bool = False) -> None:
+        self.client = client
+        self.topics = topics
+        self.results = results
+        self.cameras = cameras
+        self.keepalive = keepalive
+        self.untrained = untrained
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: dict[str, tuple[int, float]] = {}      # camera -> (frame seq, time) of the last result seen
+        self._label: dict[str, tuple[str, float]] = {}     # camera -> (label published, monotonic time)
+        self._state: dict[str, tuple[str, str]] = {}       # camera -> (up|down, reason) published
+        self._active: set[tuple[str, str]] = set()         # (camera, rule) currently ON
+        self._pairs: frozenset[tuple[str, str]] = frozenset()   # (camera, rule) watched now
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(_TICK):
+            try:
+                self.poll()
+            except Exception:
+                log.exception("mqtt publisher: round failed; continuing")
+
+    # -- polled: labels and camera states --------------------------------------------------------------------
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        for name, cam in list(self.cameras().items()):
+            self._poll_label(name, now)
+            self._poll_state(name, cam)
+
+    def _poll_label(self, name: str, now: float) -> None:
+        result = self.results.get(name)
+        if result is None or not result.predictions:
+            return
+        key = (result.frame.seq, result.classified_at)   # not the Result itself: it holds a whole frame
+        if self._seen.get(name) == key:
+            return
+        self._seen[name] = key
+        top = result.predictions[0]
+        last = self._label.get(name)
+        if last is not None and last[0] == top.label and now - last[1] < self.keepalive:
+            return
+        self._label[name] = (top.label, now)
+        attributes = {
+            "label": top.label,
+            "score": round(float(top.probability), 4),
+            "top": [{"label": p.label, "score": round(float(p.probability), 4)} for p in result.predictions],
+            "fps": round(self.results.fps_out(name), 2),
+            "latency_ms": round(result.latency * 1000.0, 1),
+            "frame": result.frame.seq,
+            "classified_at": round(result.classified_at, 3),
+        }
+        # attributes first: an automation triggered by the label finds them current
+        self.client.publish(self.topics.label_attributes(name), json.dumps(attributes))
+        self.client.publish(self.topics.label(name), top.label)
+
+    def _poll_state(self, name: str, cam: Camera) -> None:
+        st = cam.status()
+        raw = str(st.get("state", ""))
+        state = "up" if raw == "up" else "down"
+        reason = str(st.get("reason") or ("connecting" if raw == "connecting" else ""))
+        if self._state.get(name) == (state, reason):
+            return
+        self._state[name] = (state, reason)
+        self.client.retain(self.topics.state_attributes(name), json.dumps({
+            "state": raw, "reason": reason, "source": st.get("source"), "reconnects": st.get("reconnects"),
+            "width": st.get("width"), "height": st.get("height")}))
+        self.client.retain(self.topics.state(name), state)
+
+    # -- pushed: events (from the alert sink thread) ----------------------------------------------------------
+
+    def on_event(self, kind: str, event: dict, image: np.ndarray | None,
+                 predictions: Sequence[Prediction] = ()) -> None:
+        camera, rule = str(event.get("camera", "")), str(event.get("rule", ""))
+        if not camera or not rule:
+            return
+        if kind == "start" and image is not None and camera in {c for c, _ in self._pairs}:
+            jpeg = self._jpeg(image, camera, predictions, str(event.get("label", "")), event.get("started_at"))
+            if jpeg is not None:
+                self.client.retain(self.topics.snapshot(camera), jpeg)
+        on = kind == "start"
+        with self._lock:
+            # The end of an event of a rule or camera a reload removed may come after its topic was cleared:
+            # it must not bring the retained topic back.
+            if on and (camera, rule) in self._pairs:
+                self._active.add((camera, rule))
+            else:
+                self._active.discard((camera, rule))
+            if (camera, rule) in self._pairs:     # under the lock: forget() cannot clear it in between
+                self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
+        self.client.publish(self.topics.events, json.dumps(dict(event, kind=kind), default=str))
+
+    def _jpeg(self, image: np.ndarray, camera: str, predictions: Sequence[Prediction], label: str,
+              when: object) -> bytes | None:
+        img = draw_overlay(image, camera, list(predictions), None, [label] if label else [], self.untrained,
+                           when=when)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        if not ok:
+            log.warning("mqtt: cannot encode the snapshot of camera %s as JPEG", camera)
+            return None
+        return buf.tobytes()
+
+    # -- initial and removed states ---------------------------------------------------------------------------
+
+    def set_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """The (camera, rule) pairs watched now; OFF for each one not active (a fresh start or a reload)."""
+        pairs = frozenset(pairs)
+        with self._lock:
+            self._pairs = pairs
+            active = set(self._active)
+        for camera, rule in sorted(pairs):
+            if (camera, rule) not in active:
+                self.client.retain(self.topics.rule(camera, rule), "OFF")
+
+    def forget(self, cameras: Iterable[str], pairs: Iterable[tuple[str, str]]) -> None:
+        """Clear the retained topics of removed cameras and removed (camera, rule) pairs."""
+        t = self.topics
+        for camera in cameras:
+            for topic in (t.state(camera), t.state_attributes(camera), t.snapshot(camera), t.enabled_state(camera)):
+                self.client.retain(topic, b"")
+            self._seen.pop(camera, None)
+            self._label.pop(camera, None)
+            self._state.pop(camera, None)
+        for camera, rule in pairs:
+            with self._lock:
+                self._active.discard((camera, rule))
+                self.client.retain(t.rule(camera, rule), b"")

@@ -1,0 +1,57 @@
+"""Every topic name of the MQTT interface in one place (publisher, control, discovery and tests agree on it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    @property
+    def discovery_index(self) -> str:
+        return f"{self.prefix}/discovery_index"
+
+    @property
+    def enabled_set_filter(self) -> str:
+        return f"{self.prefix}/+/enabled/set"
+
+    def label(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/label"
+
+    def label_attributes(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/label/attributes"
+
+    def rule(self, camera: str, rule: str) -> str:
+        return f"{self.prefix}/{camera}/{rule}"
+
+    def snapshot(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/snapshot"
+
+    def state(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/state"
+
+    def state_attributes(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/state/attributes"
+
+    def enabled_set(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/enabled/set"
+
+    def enabled_state(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/enabled/state"
+
+    def camera_of_enabled_set(self, topic: str) -> str | None:
+        """`<prefix>/<camera>/enabled/set` -> camera; None for any other topic."""
+        head = f"{self.prefix}/"
+        if not topic.startswith(head) or not topic.endswith("/enabled/set"):
+            return None
+        camera = topic[len(head):-len("/enabled/set")]
+        return camera if camera and "/" not in camera else None
