@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from monitor import __version__
-from monitor.inference.weights import DEFAULT_CONFIG, resolve_weights
+from monitor.inference.locate import DEFAULT_CONFIG, resolve_weights
 
 EXIT_CONFIG = 2  # bad configuration: systemd's RestartPreventExitStatus names it
 
@@ -52,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = w.add_parser("demo", help="write a deterministic untrained network (tests, demos)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
-    p = w.add_parser("verify", help="re-hash, load and run one inference")
+    p = w.add_parser("verify", help="re-hash, load, run one inference; OpenVINO/torch/FP32 top-1 agreement")
     p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("--frames-from", nargs="+", default=[], metavar="PATH",
+                   help="real frames for the agreement (default: ../shared/data/videos sample videos if present)")
+    p.add_argument("--frames", type=int, default=150, metavar="N", help="frames for the agreement (default 150)")
+    p.add_argument("--reference", metavar="FILE", help="FP32 checkpoint the INT8 artifact was made from")
+    p.add_argument("--json", action="store_true")
     p.add_argument("-c", "--config", metavar="FILE")
 
     p = sub.add_parser("classify", help="classify image files and folders")
@@ -80,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="print benchmark figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT")
-    p = b.add_parser("classify", help="preprocessing + inference per frame: PIL + FP32 baseline vs INT8")
+    p = b.add_parser("classify", help="per frame: PIL + FP32 baseline, torch INT8, OpenVINO INT8; RSS; start time")
     p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--no-start", action="store_true", help="skip the start-to-first-classification runs")
     p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: ../shared/data/videos)")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
@@ -142,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from monitor.inference.artifact import ArtifactError
     from monitor.capture.frames import FrameSourceError
-    from monitor.inference.weights import WeightsError
+    from monitor.inference.locate import WeightsError
 
     try:
         if args.command == "run":
@@ -181,32 +187,38 @@ def _weights(args: argparse.Namespace) -> int:
     action = args.weights_command
     if action == "fetch":
         target = Path(args.out) if args.out else Path(args.dir) / "resnet18-int8.pt"
-        if args.if_missing and args.variant == "int8" and target.exists():
+        if args.if_missing and args.variant == "int8" and target.exists() and weights.openvino_path(target).exists():
             from monitor.inference.artifact import read
             meta, _, _ = read(target)  # re-hashes: a damaged file is reported, not silently kept
-            print(f"{target} is present ({meta.name}{', UNTRAINED demo' if meta.untrained else ''}): not fetching")
+            read(weights.openvino_path(target))
+            print(f"{target} and {weights.openvino_path(target).name} are present "
+                  f"({meta.name}{', UNTRAINED demo' if meta.untrained else ''}): not fetching")
             return 0
         checkpoint, built = weights.fetch(args.variant, args.dir, out=args.out, base_url=args.base_url)
         print(f"verified {checkpoint} (sha256 prefix {weights.OFFICIAL[args.variant].sha256_prefix})")
         if built:
-            print(f"built {built}")
+            print(f"built {built} and {weights.openvino_path(built)}")
         else:
             print(f"next: monitor weights build --checkpoint {checkpoint} --calibrate VIDEO_OR_IMAGES "
                   f"--out weights/resnet18-int8.pt")
         return 0
     if action == "build":
         meta = weights.build(args.checkpoint, args.out, calibrate=args.calibrate, frames=args.frames, fp32=args.fp32)
-        print(f"built {args.out}: {meta.name} ({meta.precision}, engine {meta.engine or '-'}), "
+        also = "" if args.fp32 else f" and {weights.openvino_path(args.out)} (OpenVINO)"
+        print(f"built {args.out}{also}: {meta.name} ({meta.precision}, engine {meta.engine or '-'}), "
               f"calibration {json.dumps(meta.calibration)}")
         return 0
     if action == "demo":
         meta = weights.demo(args.out, seed=args.seed)
-        print(f"built {args.out}: {meta.name} — UNTRAINED random-init network (seed {args.seed}), "
+        print(f"built {args.out} and {weights.openvino_path(args.out)}: {meta.name} — UNTRAINED random-init network (seed {args.seed}), "
               f"its predictions are meaningless; for tests and demos only")
         return 0
     if action == "verify":
-        summary = weights.verify(resolve_weights(args.file, args.config))
-        for key, value in summary.items():
+        summary = weights.verify(resolve_weights(args.file, args.config), args.frames_from, args.frames,
+                                 args.reference)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        for key, value in summary.items() if not args.json else ():
             print(f"{key:>18}: {value}")
         if summary["untrained"]:
             print("warning: untrained demo model: predictions are meaningless", file=sys.stderr)

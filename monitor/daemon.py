@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import torch
 
 from monitor import __version__
 from monitor.alerts.engine import AlertEngine
@@ -53,9 +52,10 @@ class Daemon:
         self.config = config
         self.pace = pace
         self.metrics = metrics or Metrics()
-        self.classifier = Classifier(config.model.weights, threads=config.model.threads)
+        self.classifier = Classifier(config.model.weights, threads=config.model.threads, runtime=config.model.runtime)
         meta = self.classifier.meta
         self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
+                                      "runtime": self.classifier.runtime,
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
         self.heads = load_heads(config, self.classifier.sha256)
         self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
@@ -278,6 +278,15 @@ class _Signals:
         self.wake.set()
 
 
+def _package_version(name: str) -> str:
+    # From the package metadata: importing torch only to print its version would map libtorch (~200 MB).
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
 def run_main(config_path: str, weights: str | None = None) -> int:
     try:
         config = load_config(config_path)
@@ -298,8 +307,8 @@ def run_main(config_path: str, weights: str | None = None) -> int:
         log.error("cannot start: %s", e)
         daemon.stop()
         return 1
-    log.info("versions: monitor %s, python %s, torch %s, opencv %s", __version__, sys.version.split()[0],
-             torch.__version__, cv2.__version__)
+    log.info("versions: monitor %s, python %s, %s runtime %s, opencv %s", __version__, sys.version.split()[0],
+             daemon.classifier.runtime, _package_version(daemon.classifier.runtime), cv2.__version__)
     notifier = SystemdNotifier()
     notifier.notify("READY=1", f"STATUS={daemon.status_line()}")
     _supervise(daemon, signals, notifier, config_path)

@@ -79,13 +79,18 @@ def test_good_checkpoint_accepted_and_built(server, int8_checkpoint, tmp_path) -
                                       descriptors=descriptors)
     assert checkpoint.read_bytes() == data
     assert built == tmp_path / "weights" / "resnet18-int8.pt"
-    clf = Classifier(built)
+    clf = Classifier(built, runtime="torch")
     assert clf.meta.precision == "int8" and not clf.untrained
     assert clf.meta.source["sha256"] == digest
     assert clf.meta.calibration == {"needed": False}
     assert len(clf.labels) == 1000 and clf.labels[0] == "tench"
     assert clf.probabilities([np.zeros((240, 320, 3), np.uint8)]).shape == (1, 1000)
-    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == sorted([checkpoint.name, built.name])
+    ov = Classifier(built)  # auto: the OpenVINO artifact built next to it, with its compiled-model cache
+    assert ov.runtime == "openvino" and ov.meta.source == clf.meta.source
+    frames = [np.full((240, 320, 3), v, np.uint8) for v in (40, 200)]
+    np.testing.assert_array_equal(ov.infer(frames).logits.argmax(1), clf.infer(frames).logits.argmax(1))
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == sorted(
+        [checkpoint.name, built.name, "resnet18-int8.ov", "openvino-cache"])
 
 
 @pytest.mark.parametrize("fault", ["corrupted", "truncated"])

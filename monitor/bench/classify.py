@@ -1,81 +1,151 @@
-"""`monitor bench classify`: preprocessing + inference per frame, the seeds' PIL + FP32 path vs the INT8 artifact."""
+"""`monitor bench classify`: preprocessing + inference per frame: the seeds' PIL + FP32 path, the torch INT8
+artifact and the OpenVINO INT8 artifact, timed in one run (alternating, so a shared machine's load hits all
+alike); peak RSS of a process running each artifact; start of `monitor run` to its first classification."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from monitor.bench.common import SeedsBaseline, footage, median_ms_per_frame, read_frames
-from monitor.inference.classifier import Classifier, configure_threads
-from monitor.inference.weights import resolve_weights
+from monitor.bench.common import SeedsBaseline, footage, read_frames
+from monitor.inference.classifier import Classifier, configure_threads, select_artifact
+from monitor.inference.locate import resolve_weights
+
+Run = Callable[[Sequence[np.ndarray]], object]
 
 
-def _time(run: Callable[[Sequence[np.ndarray]], object], frames: Sequence[np.ndarray], batch: int,
-          warmup: int = 3) -> list[float]:
-    batches = [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)]
+def _time_alternating(runs: dict[str, Run], frames: Sequence[np.ndarray], batch: int, rounds: int | None = None,
+                      warmup: int = 3) -> dict[str, float]:
+    """Median ms per frame of each run; the runs take turns on every batch (rotating which goes first)."""
+    batches = [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)][:rounds]
+    names = list(runs)
     for b in batches[:warmup]:
-        run(b)
-    times = []
-    for b in batches:
-        t = time.perf_counter()
-        run(b)
-        times.append(time.perf_counter() - t)
-    return times
+        for n in names:
+            runs[n](b)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i, b in enumerate(batches):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            t = time.perf_counter()
+            runs[n](b)
+            times[n].append(time.perf_counter() - t)
+    return {n: float(np.median(v)) * 1000.0 / batch for n, v in times.items()}
 
 
+# Imports only what the daemon's inference path imports (monitor.bench.common would pull in torch).
 _RSS_PROBE = """
 import sys, numpy as np
-from monitor.bench.common import peak_rss_mb
 from monitor.inference.classifier import Classifier
-c = Classifier(sys.argv[1], threads=int(sys.argv[2]))
+c = Classifier(sys.argv[1], threads=int(sys.argv[2]), runtime=sys.argv[3])
 c.classify([np.zeros((432, 768, 3), np.uint8)] * 4)
-print(peak_rss_mb())
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(hwm / 1024.0, "torch" in sys.modules)
 """
 
 
-def runtime_peak_rss_mb(weights: str, threads: int) -> float:
+def runtime_peak_rss_mb(weights: str, threads: int, runtime: str = "auto") -> float:
     """Peak RSS of a fresh process that only loads the artifact and classifies: what the daemon pays."""
-    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, weights, str(threads)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, weights, str(threads), runtime], capture_output=True,
                          text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(out.stdout.strip().splitlines()[-1].split()[0])
+
+
+def first_classification_seconds(weights: Path, runtime: str, video: Path, threads: int) -> float:
+    """Seconds from starting `monitor run` (a new process, one camera on a file) to its first classification,
+    polled on /metrics every 10 ms."""
+    with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = Path(tmp) / "config.yaml"
+        config.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\n"
+                          f"model: {{weights: {weights.resolve()}, runtime: {runtime}, threads: {threads}}}\n"
+                          f"cameras:\n  - {{name: cam, source: {video.resolve()}, loop: true, fps: 5}}\n"
+                          f"events: {{database: {tmp}/events.db}}\nlogging: {{level: warning}}\n")
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "-c", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.monotonic() - started < 120:
+                try:
+                    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                    m = re.search(r'monitor_frames_classified_total\{camera="cam"\} ([0-9.e+]+)', text)
+                    if m and float(m.group(1)) >= 1:
+                        return time.monotonic() - started
+                except OSError:
+                    pass
+                if proc.poll() is not None:
+                    raise SystemExit(f"monitor bench: `monitor run` exited with {proc.returncode}")
+                time.sleep(0.01)
+            raise SystemExit("monitor bench: no classification within 120 s")
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def bench_classify(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights, args.config)
     threads = configure_threads(None)
-    frames = read_frames(footage(args.video), args.frames)
-    clf = Classifier(weights)
+    videos = footage(args.video)
+    frames = read_frames(videos, args.frames)
+    torch_path, ov_path = select_artifact(weights, "torch"), select_artifact(weights, "openvino")
+    if not ov_path.is_file():
+        raise SystemExit(f"monitor bench: {ov_path} missing: rebuild with `monitor weights ...` (it writes both)")
+    pt = Classifier(torch_path, threads=threads, runtime="torch")
+    ov = Classifier(ov_path, threads=threads, runtime="openvino")
     baseline = SeedsBaseline()
     rows = []
     for batch in (1, 4):
-        base = median_ms_per_frame(_time(baseline, frames[: max(8 * batch, len(frames) // 4)], batch), batch)
-        ours = median_ms_per_frame(_time(lambda b: clf.probabilities(b), frames, batch), batch)
-        prep = median_ms_per_frame(_time(lambda b: clf.prepare(b), frames, batch), batch)
-        rows.append({"batch": batch, "baseline_ms": round(base, 2), "int8_ms": round(ours, 2),
-                     "int8_preprocess_ms": round(prep, 3), "speedup": round(base / ours, 1)})
+        ms = _time_alternating({"torch": lambda b: pt.probabilities(b), "openvino": lambda b: ov.probabilities(b),
+                                "preprocess": lambda b: ov.prepare(b)}, frames, batch)
+        base = _time_alternating({"baseline": baseline}, frames, batch, rounds=max(8, len(frames) // (4 * batch)))
+        rows.append({"batch": batch, "baseline_ms": round(base["baseline"], 2), "torch_int8_ms": round(ms["torch"], 2),
+                     "openvino_int8_ms": round(ms["openvino"], 2), "preprocess_ms": round(ms["preprocess"], 3),
+                     "openvino_vs_torch": round(ms["torch"] / ms["openvino"], 2),
+                     "openvino_vs_baseline": round(base["baseline"] / ms["openvino"], 1)})
+    rss = {r: round(runtime_peak_rss_mb(str(p), threads, r), 1) for r, p in (("torch", torch_path),
+                                                                              ("openvino", ov_path))}
+    start: dict[str, list[float]] = {}
+    if not args.no_start:
+        cache = ov_path.resolve().parent / "openvino-cache"
+        if cache.is_dir():  # a cold start first, then warm ones from OpenVINO's cache
+            for f in cache.iterdir():
+                f.unlink()
+        for _ in range(3):
+            for runtime in ("openvino", "torch"):
+                start.setdefault(runtime, []).append(round(first_classification_seconds(weights, runtime, videos[0],
+                                                                                      threads), 2))
     from monitor.bench.heads_cost import heads_cost
-    heads_rows = [heads_cost(clf, frames, batch) for batch in (1, 4)]
-    result = {"frames": len(frames), "threads": threads, "torch": torch.__version__, "weights": str(weights),
-              "model": clf.meta.name, "engine": clf.meta.engine, "rows": rows, "heads": heads_rows,
-              "runtime_peak_rss_mb": round(runtime_peak_rss_mb(str(weights), threads), 1)}
+    heads_rows = [heads_cost(ov, frames, batch) for batch in (1, 4)]  # on the daemon's runtime
+    result = {"frames": len(frames), "threads": threads, "weights": str(weights), "model": pt.meta.name,
+              "rows": rows, "heads": heads_rows, "peak_rss_mb": rss, "start_to_first_classification_s": start}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"monitor bench classify: {len(frames)} real frames, {threads} threads, torch {torch.__version__}, "
-          f"{clf.meta.name} ({clf.meta.engine})")
+    print(f"monitor bench classify: {len(frames)} real frames, {threads} threads, {pt.meta.name}; one run, "
+          f"runtimes alternating batch by batch (shared machine: compare the ratios)")
     print("baseline = seeds' path: PIL Resize(256)/CenterCrop(224)/ToTensor/Normalize + FP32 eager ResNet-18")
-    print(f"{'batch':>5} | {'baseline ms/frame':>17} | {'INT8 ms/frame':>13} | {'of which preprocess':>19} | speedup")
+    print(f"{'batch':>5} | {'baseline':>9} | {'torch INT8':>10} | {'OpenVINO INT8':>13} | {'preprocess':>10} | "
+          f"OV vs torch | OV vs baseline   (ms per frame)")
     for r in rows:
-        print(f"{r['batch']:>5} | {r['baseline_ms']:>17.2f} | {r['int8_ms']:>13.2f} | "
-              f"{r['int8_preprocess_ms']:>19.3f} | {r['speedup']:>6.1f}x")
+        print(f"{r['batch']:>5} | {r['baseline_ms']:>9.2f} | {r['torch_int8_ms']:>10.2f} | {r['openvino_int8_ms']:>13.2f}"
+              f" | {r['preprocess_ms']:>10.3f} | {r['openvino_vs_torch']:>10.2f}x | {r['openvino_vs_baseline']:>13.1f}x")
+    print(f"peak RSS of a process that loads the artifact and classifies: torch {rss['torch']:.0f} MB, "
+          f"OpenVINO {rss['openvino']:.0f} MB ({rss['torch'] / rss['openvino']:.2f}x less)")
+    if start:
+        print("`monitor run` start to first classification (s; OpenVINO: cold cache, then warm): "
+              + "; ".join(f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in start.items()))
     for r in heads_rows:
         print(f"batch {r['batch']}: {r['heads']} custom heads + class activation map add {r['added_ms']:.3f} ms "
-              f"to {r['plain_ms']:.2f} ms per frame: {r['overhead_percent']:.2f} %")
-    print(f"peak RSS of a process that loads the INT8 artifact and classifies: {result['runtime_peak_rss_mb']:.0f} MB")
+              f"to {r['plain_ms']:.2f} ms per frame (OpenVINO): {r['overhead_percent']:.2f} %")
     return 0

@@ -51,7 +51,8 @@ def show_main(path: str, weights: Path | None = None) -> int:
         head = load_head(path)
         if weights is not None:
             from monitor.inference.artifact import read
-            _, _, sha = read(weights)
+            from monitor.inference.classifier import select_artifact
+            _, _, sha = read(select_artifact(weights))  # the artifact a Classifier loads (auto: the .ov next to it)
             head.check_backbone(sha)
     except HeadError as e:
         print(f"monitor: {e}", file=sys.stderr)

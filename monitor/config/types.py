@@ -126,6 +126,8 @@ class ServerConfig(Section):
 
 class ModelConfig(Section):
     weights: FilePath = Path("weights/resnet18-int8.pt")
+    # auto: the OpenVINO artifact when it sits next to the torch one (weights/resnet18-int8.ov), else torch
+    runtime: Choice("auto", "openvino", "torch") = "auto"
     threads: Int(1, 64) = 2
     top_k: Int(1, 1000) = 3
     batch_max: Int(1, 256) = 8

@@ -100,8 +100,8 @@ class Classifier:
         self.path = select_artifact(weights, runtime)
         meta, parts, self.sha256 = artifact.read(self.path)
         if runtime != "auto" and meta.runtime != runtime:
-            raise artifact.ArtifactError(f"{self.path}: a {meta.runtime} artifact, but runtime {runtime!r} was "
-                                         f"asked for")
+            raise artifact.ArtifactError(f"{self.path}: built for the {meta.runtime} runtime, but runtime "
+                                         f"{runtime!r} was asked for")
         self.meta = meta
         self.labels = meta.labels
         self.fc_weight, self.fc_bias = artifact.fc_arrays(parts, len(meta.labels), self.path)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from monitor.inference import artifact, model
+from monitor.inference.locate import (DEFAULT_ARTIFACT, DEFAULT_CONFIG, WeightsError,  # noqa: F401 (re-exported)
+                                      resolve_weights)
 from monitor.capture.frames import calibration_frames
 from monitor.core.labels import imagenet_classes
 from monitor.inference.preprocess import prepare_batch
@@ -25,13 +27,8 @@ from tqdm import tqdm
 from monitor.core.redact import redact_url
 
 BASE_URL_ENV = "MONITOR_WEIGHTS_BASE_URL"
-DEFAULT_ARTIFACT = Path("weights/resnet18-int8.pt")
 PREPROCESS = {"resize": 256, "crop": 224, "mean": list(model.IMAGENET_MEAN), "std": list(model.IMAGENET_STD),
               "input": "uint8 NHWC BGR", "normalize": "in graph"}
-
-
-class WeightsError(Exception):
-    """A download, checkpoint or build problem; the message names the file or URL (credentials redacted)."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +179,7 @@ def calibrated_int8(net: model.QuantizableResNet, batches: Iterable[np.ndarray],
         if not seen:
             raise WeightsError("calibration saw no frame")
 
-    return model.quantize(net, calibrate, engine=engine)
+    return model.quantize(net, calibrate, engine=engine, quantize_fc=False)
 
 
 def _frame_batches(sources: Sequence[str], frames: int, batch: int = 8) -> Iterable[np.ndarray]:
@@ -235,7 +232,7 @@ def build(checkpoint: str | Path, out: str | Path, calibrate: Sequence[str] = ()
     if fp32:
         save_torch(out, net, meta)
     else:
-        save_torch(out, net, meta)
+        save_both(out, net, meta)
     return meta
 
 
@@ -291,15 +288,23 @@ def synthetic_batches(count: int, batch: int = 8, seed: int = 0) -> Iterable[np.
 def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.ArtifactMeta:
     """A deterministic random-init ResNet-18 in the artifact format, marked untrained."""
     engine = engine or model.default_engine()
+    net = calibrated_int8(demo_float(seed), synthetic_batches(32, seed=seed + 1), engine)
+    meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"{DEMO_SOURCE}{seed}"},
+                 {"needed": True, "frames": 32, "sources": ["synthetic"]})
+    save_both(out, net, meta)
+    return meta
+
+
+DEMO_SOURCE = "random-init seed "
+
+
+def demo_float(seed: int = 0) -> model.QuantizableResNet:
+    """The demo's float network (deterministic for a seed): the FP32 reference of the demo artifacts."""
     torch.manual_seed(seed)
     net = model.quantizable_resnet18()
     reestimate_batchnorm(net, synthetic_batches(64, seed=seed))
     sharpen_logits(net, next(iter(synthetic_batches(16, batch=16, seed=seed + 2))))
-    net = calibrated_int8(net, synthetic_batches(32, seed=seed + 1), engine)
-    meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"random-init seed {seed}"},
-                 {"needed": True, "frames": 32, "sources": ["synthetic"]})
-    save_torch(out, net, meta)
-    return meta
+    return net.eval()
 
 
 def reestimate_batchnorm(net: torch.nn.Module, batches: Iterable[np.ndarray]) -> None:
@@ -343,8 +348,10 @@ def fetch(variant: str, weights_dir: str | Path, out: str | Path | None = None, 
     return checkpoint, target
 
 
-def verify(path: str | Path) -> dict[str, Any]:
-    """Re-hash, load and run one inference; a summary dict for printing."""
+def verify(path: str | Path, frames_from: Sequence[str] = (), frames: int = 150,
+           reference: str | Path | None = None) -> dict[str, Any]:
+    """Re-hash, load and run one inference; with both runtimes' artifacts present, their top-1 agreement
+    (and the FP32 reference's) on real frames. A summary dict for printing."""
     from monitor.inference.classifier import Classifier
 
     started = time.monotonic()
@@ -353,24 +360,75 @@ def verify(path: str | Path) -> dict[str, Any]:
     frame = next(iter(synthetic_batches(1, seed=123)))[0]
     t = time.monotonic()
     pred = clf.classify([frame], top_k=1)[0][0]
-    return {"file": str(path), "sha256": clf.sha256, "name": clf.meta.name, "precision": clf.meta.precision,
-            "engine": clf.meta.engine, "untrained": clf.meta.untrained, "source": clf.meta.source,
-            "calibration": clf.meta.calibration, "load_seconds": round(loaded, 3),
-            "inference_seconds": round(time.monotonic() - t, 4), "top1_on_test_image": pred.label}
+    summary = {"file": str(clf.path), "sha256": clf.sha256, "name": clf.meta.name, "runtime": clf.runtime,
+               "precision": clf.meta.precision, "engine": clf.meta.engine, "untrained": clf.meta.untrained,
+               "source": clf.meta.source, "calibration": clf.meta.calibration, "load_seconds": round(loaded, 3),
+               "inference_seconds": round(time.monotonic() - t, 4), "top1_on_test_image": pred.label}
+    torch_path, ov_path = Path(clf.path).with_suffix(".pt"), openvino_path(clf.path)
+    if clf.meta.precision == "int8" and torch_path.is_file() and ov_path.is_file():
+        from monitor.core.sample import sample_clip
+        # the sample videos of a development checkout, else the clip shipped in the package
+        sources = (list(frames_from) or [str(p) for p in DEFAULT_FOOTAGE if p.is_file()]
+                   or [str(p) for p in (sample_clip(),) if p.is_file()])
+        if sources:
+            summary["agreement"] = agreement(torch_path, sources, frames, reference)
+        else:
+            summary["agreement"] = "no footage found: pass --frames-from VIDEO_OR_IMAGES"
+    return summary
 
 
-DEFAULT_CONFIG = "config.yaml"
+# Real frames `monitor weights verify` measures agreement on when none are given (a development checkout).
+DEFAULT_FOOTAGE = tuple(Path("../shared/data/videos") / f"{name}.mp4"
+                        for name in ("car-detection", "one-by-one-person-detection", "bottle-detection"))
 
 
-def resolve_weights(weights: str | None, config: str | None) -> Path:
-    """--weights, else the config's model.weights, else weights/resnet18-int8.pt."""
-    if weights:
-        return Path(weights)
-    path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    if path:
-        from monitor.config.loader import ConfigError, load_config
-        try:
-            return Path(load_config(path).model.weights)
-        except ConfigError as e:
-            raise SystemExit(f"monitor: {path}: invalid config, cannot read model.weights:\n{e}") from None
-    return DEFAULT_ARTIFACT
+def float_reference(meta: artifact.ArtifactMeta, folder: Path,
+                    reference: str | Path | None = None) -> tuple[torch.nn.Module, str] | None:
+    """The FP32 network an INT8 artifact was made from: --reference, the demo's seed, or the FP32 checkpoint
+    named in its metadata when it sits next to the artifact. None when there is none (official INT8 file)."""
+    if reference:
+        path = Path(reference)
+        return float_model_from_state_dict(load_checkpoint(path), path), str(path)
+    checkpoint = str(meta.source.get("checkpoint", ""))
+    if checkpoint.startswith(DEMO_SOURCE):
+        return demo_float(int(checkpoint[len(DEMO_SOURCE):])), checkpoint
+    candidate = folder / checkpoint
+    if checkpoint and candidate.is_file() and meta.calibration.get("needed"):
+        state_dict = load_checkpoint(candidate)
+        if not model.is_int8_state_dict(state_dict):
+            return float_model_from_state_dict(state_dict, candidate), str(candidate)
+    return None
+
+
+def agreement(torch_path: Path, sources: Sequence[str], frames: int = 150,
+              reference: str | Path | None = None) -> dict[str, Any]:
+    """Top-1 agreement on real frames: OpenVINO INT8 vs torch INT8, and each vs the FP32 reference."""
+    from monitor.inference.classifier import Classifier
+
+    ov = Classifier(openvino_path(torch_path), runtime="openvino")
+    pt = Classifier(torch_path, runtime="torch")
+    images = [f for _, f in calibration_frames(sources, frames)]
+    top_ov, top_pt, top_fp, top_p = [], [], [], []
+    ref = float_reference(pt.meta, torch_path.parent, reference)
+    normalize = model.Normalize()
+    for start in range(0, len(images), 8):
+        batch = ov.prepare(images[start:start + 8])
+        a, b = ov.run(batch), pt.run(batch)
+        top_ov += a.logits.argmax(1).tolist()
+        top_pt += b.logits.argmax(1).tolist()
+        top_p += a.probabilities.max(1).tolist()
+        if ref is not None:
+            with torch.inference_mode():
+                top_fp += ref[0](normalize(torch.from_numpy(batch))).argmax(1).tolist()
+    o, p = np.array(top_ov), np.array(top_pt)
+    result: dict[str, Any] = {
+        "frames": len(images), "sources": [redact_url(s) for s in sources],
+        "openvino_vs_torch_int8": round(float((o == p).mean()), 4),
+        "distinct_top1": len(set(top_ov)), "mean_top1_probability": round(float(np.mean(top_p)), 3)}
+    if ref is not None:
+        f = np.array(top_fp)
+        result.update({"fp32_reference": ref[1], "openvino_vs_fp32": round(float((o == f).mean()), 4),
+                       "torch_int8_vs_fp32": round(float((p == f).mean()), 4)})
+    else:
+        result["fp32_reference"] = "none (pass --reference FP32_CHECKPOINT)"
+    return result

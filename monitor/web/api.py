@@ -25,8 +25,10 @@ class ApiError(Exception):
 
 def versions() -> dict[str, str]:
     import cv2
-    import torch
-    return {"monitor": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    from importlib.metadata import version
+    # torch's version from its package metadata: importing it would map libtorch into a daemon that runs
+    # the OpenVINO artifact and never needs torch.
+    return {"monitor": __version__, "python": platform.python_version(), "torch": version("torch"),
             "opencv": cv2.__version__}
 
 
