@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
+from monitor.capture.camera import Camera
 from monitor.core.metrics import Metrics
 from testkit.rtsp import SHARED, RtspServer, VideoArg, free_port
 
@@ -50,3 +51,12 @@ def rtsp_server(videos_dir: Path) -> Iterator[Callable[..., RtspServer]]:
     yield make
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def cameras() -> Iterator[list[Camera]]:
+    """Cameras appended here are stopped at teardown even when the test fails."""
+    made: list[Camera] = []
+    yield made
+    for cam in made:
+        cam.stop(timeout=2.0)

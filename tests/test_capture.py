@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -66,15 +66,6 @@ def take_until_down(cam: Camera, timeout: float) -> list[int]:
         else:
             time.sleep(0.005)
     raise AssertionError(f"camera did not finish within {timeout} s: {cam.status()}")
-
-
-@pytest.fixture
-def cameras() -> Iterator[list[Camera]]:
-    """Cameras appended here are stopped at teardown even when the test fails."""
-    made: list[Camera] = []
-    yield made
-    for cam in made:
-        cam.stop(timeout=2.0)
 
 
 @pytest.fixture

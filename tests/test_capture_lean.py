@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,14 +25,6 @@ from monitor.inference.worker import InferenceWorker
 from testkit.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def cameras() -> Iterator[list[Camera]]:
-    made: list[Camera] = []
-    yield made
-    for cam in made:
-        cam.stop(timeout=2.0)
 
 
 def start(cameras: list[Camera], cfg: CameraConfig, metrics: Metrics, **kwargs) -> Camera:

@@ -5,7 +5,6 @@ import io
 import logging
 import threading
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
