@@ -135,12 +135,8 @@ class AlertEngine:
                 label, score = _best(rule, _scores(rule, probs, result), st)
                 self._step(st, label, score, now, result, pending)
             self._end_stale(now, pending)
-            if not pending:
+            if self._hand_off(pending):
                 return
-            self._refresh_view()
-            if self._enqueue(pending):
-                return
-            self._io_lock.acquire()
         self._run(pending)
 
     def tick(self) -> None:
@@ -148,13 +144,20 @@ class AlertEngine:
         pending: list[_Pending] = []
         with self._lock:
             self._end_stale(self._clock(), pending)
-            if not pending:
+            if self._hand_off(pending):
                 return
-            self._refresh_view()
-            if self._enqueue(pending):
-                return
-            self._io_lock.acquire()
         self._run(pending)
+
+    def _hand_off(self, pending: list[_Pending]) -> bool:
+        """Under self._lock: True when the caller has nothing left to do (no transitions, or they were queued for
+        the alert-io thread); False after taking the I/O lock, which the caller's _run() releases."""
+        if not pending:
+            return True
+        self._refresh_view()
+        if self._enqueue(pending):
+            return True
+        self._io_lock.acquire()
+        return False
 
     def reconfigure(self, rules: Sequence[RuleConfig], sinks: SinkSet | None = None,
                     removed_cameras: Sequence[str] = ()) -> int:
