@@ -52,7 +52,7 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
                 "model": "camera classifier (ResNet-18, ImageNet-1k)",
                 "sw_version": __version__,
             },
-            "origin": ORIGIN,
+            "origin": dict(ORIGIN),       # a copy: a caller editing its payload must not change the others
         }
 
     for cam in cameras:
