@@ -11,6 +11,7 @@ After every (re)connect it first publishes `<prefix>/status online`, then what w
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import sys
 import threading
@@ -38,6 +39,7 @@ _STATUS_ONLINE, _STATUS_OFFLINE = "online", "offline"
 _SENT, _BUSY, _DOWN = 0, 1, 2          # outcomes of handing one message to paho
 
 Handler = Callable[[str, bytes], None]
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")     # OpenSSL's source line in ssl messages: noise in a log
 
 
 def tls_reason(exc: ssl.SSLError) -> str:
@@ -264,7 +266,7 @@ class MqttClient:
 
     def _paho_log(self, client: paho.Client, userdata: object, level: int, text: str) -> None:
         if level == paho.MQTT_LOG_ERR and text.startswith("failed to receive on socket"):
-            self._socket_error = text.removeprefix("failed to receive on socket: ")
+            self._socket_error = _SSL_SOURCE.sub("", text.removeprefix("failed to receive on socket: "))
 
     def _paho_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         with self._cond:
