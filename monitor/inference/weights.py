@@ -268,9 +268,9 @@ def save_both(out: str | Path, net: torch.nn.Module, meta: artifact.ArtifactMeta
     if out.suffix == ".ov":
         raise WeightsError(f"{out}: name the torch artifact (e.g. {out.with_suffix('.pt')}); "
                            f"the OpenVINO one is written next to it as {out.name}")
-    save_torch(out, net, meta)
+    torch_sha256 = save_torch(out, net, meta)
     ov_out = openvino_path(out)
-    save_openvino(ov_out, net, meta)
+    save_openvino(ov_out, net, dataclasses.replace(meta, backbone=torch_sha256))
     return ov_out
 
 
