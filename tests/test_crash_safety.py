@@ -20,7 +20,8 @@ from typing import Iterator
 import pytest
 
 from testkit.crash import crash_cycles
-from testkit.faults import DaemonProcess, clip, flicker_rule
+from testkit.faults import clip, flicker_rule
+from testkit.process import DaemonProcess
 
 SEED = 7
 
