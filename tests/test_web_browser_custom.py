@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -86,6 +87,18 @@ def saturation_of(page: Page, selector: str) -> float:
     shot = cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), cv2.IMREAD_COLOR)
     region = shot[y:y + h, x:x + w]
     return float(cv2.cvtColor(region, cv2.COLOR_BGR2HSV)[..., 1].mean())
+
+
+def saturation_until(page: Page, selector: str, ok: Callable[[float], bool], timeout: float = 10.0) -> float | None:
+    """The first saturation of the element's painting that satisfies `ok` within `timeout`, else None (the live
+    view changes only when the next streamed frame arrives)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = saturation_of(page, selector)
+        if ok(value):
+            return value
+        time.sleep(0.2)
+    return None
 
 
 def check_upload(page: Page, port: int, path: Path, image: np.ndarray) -> None:
@@ -225,12 +238,15 @@ def test_custom_class_controls_in_chromium(tmp_path: Path, demo_weights: Path, s
         page.click(f"{card('street')} input.heat-toggle")
         assert wait_until(lambda: s.app.heatmaps == {"street"}, 5), s.app.heatmaps
         assert {c["name"]: c["heatmap"] for c in status(port)["cameras"]} == {"street": True, "shelf": False}
-        assert wait_until(lambda: saturation_of(page, live) > plain + 25, 10), (plain, saturation_of(page, live))
+        shown = saturation_until(page, live, lambda v: v > plain + 25)
+        assert shown is not None, (plain, saturation_of(page, live))
         time.sleep(2)          # a status poll later the page still agrees with the daemon
         assert page.evaluate(f"document.querySelector('{card('street')} input.heat-toggle').checked") is True
         assert page.evaluate(f"document.querySelector('{card('shelf')} input.heat-toggle').checked") is False
         page.click(f"{card('street')} input.heat-toggle")
         assert wait_until(lambda: not s.app.heatmaps, 5), s.app.heatmaps
-        assert wait_until(lambda: saturation_of(page, live) < plain + 10, 10), (plain, saturation_of(page, live))
+        hidden = saturation_until(page, live, lambda v: v < plain + 10)
+        assert hidden is not None, (plain, saturation_of(page, live))
+        print(f"live view saturation: {plain:.1f} plain, {shown:.1f} with the heatmap, {hidden:.1f} after it")
 
         assert page.errors() == [], page.errors()
