@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -23,14 +22,6 @@ from testkit.waiting import wait_until
 
 START_TIMEOUT = 40.0          # interpreter + torch import + model load, on a busy 2-core machine
 RUNNING = DaemonProcess.RUNNING
-
-
-@pytest.fixture
-def monitors() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for m in started:
-        m.kill()
 
 
 def write_config(path: Path, doc: dict) -> Path:
@@ -50,9 +41,9 @@ def base_doc(tmp_path: Path, weights: Path, videos_dir: Path, level: str = "debu
     }
 
 
-def launch(monitors: list[DaemonProcess], config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+def launch(daemon_processes: list[DaemonProcess], config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
     m = DaemonProcess(config, env=env)
-    monitors.append(m)
+    daemon_processes.append(m)
     return m
 
 
@@ -62,8 +53,8 @@ def launch(monitors: list[DaemonProcess], config: Path, env: dict[str, str] | No
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_exits_0_within_5_s(sig: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                        monitors: list[DaemonProcess]) -> None:
-    m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir)))
+                                        daemon_processes: list[DaemonProcess]) -> None:
+    m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir)))
     m.started(START_TIMEOUT)
     m.wait_line(r"classified camera=cars ", 10)       # working, not just started
     t0 = time.monotonic()
@@ -78,14 +69,14 @@ def test_stop_signal_exits_0_within_5_s(sig: int, tmp_path: Path, demo_weights: 
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["one-SIGTERM", "second-SIGTERM-forces"])
 def test_stop_with_a_camera_hung_in_open(signals: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                         monitors: list[DaemonProcess]) -> None:
+                                         daemon_processes: list[DaemonProcess]) -> None:
     """A camera stuck in OpenCV's open (open_timeout 30 s) cannot be interrupted: one SIGTERM still exits 0 in
     time (the capture thread is abandoned after its join timeout of 1 s); a second SIGTERM sent during that second
     forces the exit at once with 128 + SIGTERM."""
     with HangServer() as hung:
         doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
         doc["cameras"].append({"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30})
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+        m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
         m.started(START_TIMEOUT)
         assert hung.accepted.wait(10), "the camera never connected to the hung server"
         time.sleep(0.3)
@@ -112,7 +103,7 @@ def test_stop_with_a_camera_hung_in_open(signals: int, tmp_path: Path, demo_weig
 
 def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: Path, demo_weights: Path,
                                                                      videos_dir: Path,
-                                                                     monitors: list[DaemonProcess]) -> None:
+                                                                     daemon_processes: list[DaemonProcess]) -> None:
     """stop() abandons a capture thread still blocked in OpenCV (it cannot be interrupted). When that call returns
     while the interpreter is finalizing, Python tears the thread down inside OpenCV's C++ frames and the process
     dies with SIGABRT ("terminate called without an active exception") instead of exiting 0: under systemd a
@@ -122,7 +113,7 @@ def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: 
     with HangServer() as hung:
         doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
         doc["cameras"] = [{"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30}]
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+        m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
         m.started(START_TIMEOUT)
         assert hung.accepted.wait(10), "the camera never connected to the hung server"
         time.sleep(0.3)
@@ -140,10 +131,10 @@ def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: 
 
 
 def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
-        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[DaemonProcess]) -> None:
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     cfg = tmp_path / "cfg.yaml"
     doc = base_doc(tmp_path, demo_weights, videos_dir)
-    m = launch(monitors, write_config(cfg, doc))
+    m = launch(daemon_processes, write_config(cfg, doc))
     m.started(START_TIMEOUT)
     m.wait_line(r"classified camera=cars ", 10)
 
@@ -175,7 +166,7 @@ def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
 
 
 def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
-        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[DaemonProcess]) -> None:
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     """SIGHUP changes three cameras hung in OpenCV's open (they cannot stop) and the alert sinks, under a 1 s
     watchdog (pinged every 0.5 s). Stopping them in turn on the main thread (2 s each) used to leave the watchdog
     unpinged for over 6 s: systemd would kill a working daemon. Now they stop in parallel under one deadline, off
@@ -205,7 +196,7 @@ def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
                                for i in range(3)]
             doc["alerts"] = {"queue_size": 32}
             cfg = write_config(tmp_path / "cfg.yaml", doc)
-            m = launch(monitors, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+            m = launch(daemon_processes, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
             m.started(START_TIMEOUT)
             assert wait_until(lambda: hung.connections >= 3, 10), "the cameras never connected to the hung server"
             time.sleep(0.3)                         # ... and now block in OpenCV's open
@@ -240,7 +231,7 @@ def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
 
 
 def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                               monitors: list[DaemonProcess]) -> None:
+                                               daemon_processes: list[DaemonProcess]) -> None:
     address = str(tmp_path / "notify.sock")
     assert len(address) < 100, address          # sun_path limit
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -261,8 +252,8 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Pat
         return False
 
     try:
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir, "info")),
-                   env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+        cfg = write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir, "info"))
+        m = launch(daemon_processes, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
         assert receive_until(lambda f: "READY=1" in f, START_TIMEOUT), (received, m.text)
         ready = received[-1][1]
         assert any(f.startswith("STATUS=") and "cameras up" in f for f in ready), ready
@@ -295,11 +286,11 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Pat
     (lambda doc: doc["cameras"].append({"name": "cars", "source": "0"}), "cameras[1].name: duplicate camera name"),
 ], ids=["negative-fps", "misspelled-class", "duplicate-camera"])
 def test_bad_config_exits_2_naming_the_key(mutate, expected: str, tmp_path: Path, demo_weights: Path,
-                                           videos_dir: Path, monitors: list[DaemonProcess]) -> None:
+                                           videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     doc = base_doc(tmp_path, demo_weights, videos_dir)
     mutate(doc)
     cfg = write_config(tmp_path / "bad.yaml", doc)
-    m = launch(monitors, cfg)
+    m = launch(daemon_processes, cfg)
     assert m.wait(30) == 2, m.text
     assert expected in m.text
     assert str(cfg) in m.text                   # which file
@@ -308,11 +299,11 @@ def test_bad_config_exits_2_naming_the_key(mutate, expected: str, tmp_path: Path
 
 
 def test_missing_weights_exits_2_naming_the_file(tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                                 monitors: list[DaemonProcess]) -> None:
+                                                 daemon_processes: list[DaemonProcess]) -> None:
     missing = tmp_path / "no-such-dir" / "resnet18-int8.pt"
     doc = base_doc(tmp_path, demo_weights, videos_dir)
     doc["model"]["weights"] = str(missing)
-    m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+    m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
     assert m.wait(30) == 2, m.text
     assert str(missing) in m.text and "no such weights file" in m.text, m.text
     assert "Traceback" not in m.text
