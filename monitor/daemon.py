@@ -105,7 +105,7 @@ class Daemon:
         """Start consumers before producers: sinks, MQTT, worker, cameras, then the HTTP port."""
         self.sinks.start()
         if self.mqtt is not None:
-            self.mqtt.start(list(self.cameras), self.config.watchlist)
+            self.mqtt.start(list(self.cameras), self.config.watchlist, self.heads)
         self.worker.start()
         self.custom.start()
         for cam in self.cameras.values():
@@ -195,7 +195,7 @@ class Daemon:
         if not self._stopping:
             self.config = new
             if self.mqtt is not None:
-                self.mqtt.update(list(self.cameras), new.watchlist)
+                self.mqtt.update(list(self.cameras), new.watchlist, self.heads)
             log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
                      time.monotonic() - t0)
 

@@ -8,7 +8,7 @@ and `default_entity_id` (`<domain>.<slug>`; `object_id` is deprecated since HA 2
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from monitor import __version__
 from monitor.mqtt.topics import Topics
@@ -29,8 +29,10 @@ def _entity_slug(uid: str) -> str:
 
 
 def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[str],
-                      rules_by_camera: dict[str, Iterable[str]]) -> dict[str, dict]:
-    """{config topic: payload} for every entity of every camera; rules_by_camera lists the watched rules."""
+                      rules_by_camera: Mapping[str, Iterable[str]],
+                      custom_by_camera: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> dict[str, dict]:
+    """{config topic: payload} for every entity of every camera; rules_by_camera lists the watched rules,
+    custom_by_camera the custom class sets running on each camera ({set name: its classes})."""
     node = object_id(topics.prefix)
     availability = [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}]
     out: dict[str, dict] = {}
@@ -50,7 +52,7 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
                 "model": "camera classifier (ResNet-18, ImageNet-1k)",
                 "sw_version": __version__,
             },
-            "origin": ORIGIN,
+            "origin": dict(ORIGIN),       # a copy: a caller editing its payload must not change the others
         }
 
     for cam in cameras:
@@ -70,4 +72,11 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
             add("binary_sensor", cam, f"rule_{rule}", {
                 "name": rule, "device_class": RULE_DEVICE_CLASS,
                 "state_topic": topics.rule(cam, rule), "payload_on": "ON", "payload_off": "OFF"})
+        for name, classes in (custom_by_camera or {}).get(cam, {}).items():
+            # An enum sensor: HA offers the classes in automations and history shows them as states. The
+            # options are the head's classes, so a retrained head with other classes needs this payload again.
+            add("sensor", cam, f"custom_{name}", {
+                "name": name, "icon": "mdi:shape-outline", "device_class": "enum", "options": list(classes),
+                "state_topic": topics.custom_label(cam, name),
+                "json_attributes_topic": topics.custom_label_attributes(cam, name)})
     return out

@@ -3,6 +3,8 @@ events (handed over by the alert sinks). Nothing here runs on the capture or inf
 
 - `<prefix>/<camera>/label` (+ `/attributes` JSON): when the top-1 label changes, and again every `keepalive`
   seconds while results keep coming; not retained (a stale label must not look current).
+- `<prefix>/<camera>/<custom set>/label` (+ `/attributes` JSON with every class's score): the same, per custom
+  class set running on the camera; only results whose classes are the ones discovery announced (set_custom).
 - `<prefix>/<camera>/state` up/down (+ `/attributes` with the reason): retained, on change.
 - `<prefix>/<camera>/<rule>` ON/OFF: retained; `<prefix>/events`: one JSON per start and end;
   `<prefix>/<camera>/snapshot`: JPEG of the frame that started the latest event, retained.
@@ -24,7 +26,7 @@ from monitor.mqtt.topics import Topics
 if TYPE_CHECKING:
     from monitor.capture.camera import Camera
     from monitor.inference.classifier import Prediction
-    from monitor.inference.results import ResultBoard
+    from monitor.inference.results import CustomResult, Result, ResultBoard
     from monitor.mqtt.client import MqttClient
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,15 @@ class Publisher:
     """One thread ("mqtt-publisher") polling the ResultBoard and Camera.status(); on_event() for the alerts."""
 
     def __init__(self, client: MqttClient, topics: Topics, results: ResultBoard,
-                 cameras: Callable[[], Mapping[str, Camera]], keepalive: float, untrained: bool = False) -> None:
+                 cameras: Callable[[], Mapping[str, Camera]], keepalive: float, untrained: bool = False,
+                 before_poll: Callable[[], None] | None = None) -> None:
         self.client = client
         self.topics = topics
         self.results = results
         self.cameras = cameras
         self.keepalive = keepalive
         self.untrained = untrained
+        self.before_poll = before_poll       # runs first in every round (the bridge checks for swapped heads)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,6 +56,8 @@ class Publisher:
         self._state: dict[str, tuple[str, str]] = {}       # camera -> (up|down, reason) published
         self._active: set[tuple[str, str]] = set()         # (camera, rule) currently ON
         self._pairs: frozenset[tuple[str, str]] = frozenset()   # (camera, rule) watched now
+        self._custom: dict[str, dict[str, tuple[str, ...]]] = {}  # camera -> {custom set: classes announced}
+        self._custom_label: dict[tuple[str, str], tuple[str, float]] = {}   # (camera, set) -> as _label
 
     def start(self) -> None:
         self._stop.clear()
@@ -74,19 +80,31 @@ class Publisher:
     # -- polled: labels and camera states --------------------------------------------------------------------
 
     def poll(self) -> None:
+        if self.before_poll is not None:
+            self.before_poll()
         now = time.monotonic()
         for name, cam in list(self.cameras().items()):
-            self._poll_label(name, now)
+            self._poll_result(name, now)
             self._poll_state(name, cam)
 
-    def _poll_label(self, name: str, now: float) -> None:
+    def _poll_result(self, name: str, now: float) -> None:
         result = self.results.get(name)
-        if result is None or not result.predictions:
+        if result is None:
             return
         key = (result.frame.seq, result.classified_at)   # not the Result itself: it holds a whole frame
         if self._seen.get(name) == key:
             return
         self._seen[name] = key
+        if result.predictions:
+            self._publish_label(name, result, now)
+        for custom_set, classes in self._custom.get(name, {}).items():
+            answer = result.custom.get(custom_set)
+            # A result of a head swapped in (or out) after the last discovery round: its classes may not be
+            # the announced options (HA refuses an enum state outside them). The next round announces them.
+            if answer is not None and tuple(answer.classes) == classes:
+                self._publish_custom(name, custom_set, answer, result, now)
+
+    def _publish_label(self, name: str, result: Result, now: float) -> None:
         top = result.predictions[0]
         last = self._label.get(name)
         if last is not None and last[0] == top.label and now - last[1] < self.keepalive:
@@ -104,6 +122,23 @@ class Publisher:
         # attributes first: an automation triggered by the label finds them current
         self.client.publish(self.topics.label_attributes(name), json.dumps(attributes))
         self.client.publish(self.topics.label(name), top.label)
+
+    def _publish_custom(self, name: str, custom_set: str, answer: CustomResult, result: Result,
+                        now: float) -> None:
+        label = answer.label
+        last = self._custom_label.get((name, custom_set))
+        if last is not None and last[0] == label and now - last[1] < self.keepalive:
+            return
+        self._custom_label[(name, custom_set)] = (label, now)
+        attributes = {
+            "label": label,
+            "score": round(answer.probability, 4),
+            "scores": {c: round(float(p), 4) for c, p in zip(answer.classes, answer.probabilities)},
+            "frame": result.frame.seq,
+            "classified_at": round(result.classified_at, 3),
+        }
+        self.client.publish(self.topics.custom_label_attributes(name, custom_set), json.dumps(attributes))
+        self.client.publish(self.topics.custom_label(name, custom_set), label)
 
     def _poll_state(self, name: str, cam: Camera) -> None:
         st = cam.status()
@@ -162,6 +197,15 @@ class Publisher:
         for camera, rule in sorted(pairs):
             if (camera, rule) not in active:
                 self.client.retain(self.topics.rule(camera, rule), "OFF")
+
+    def set_custom(self, custom: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """The custom class sets per camera ({camera: {set: classes}}) whose discovery is out: only their
+        results are published; a (camera, set) no longer listed starts afresh if it comes back."""
+        new = {cam: {name: tuple(classes) for name, classes in sets.items()} for cam, sets in custom.items()}
+        for key in list(self._custom_label):
+            if new.get(key[0], {}).get(key[1]) != self._custom.get(key[0], {}).get(key[1]):
+                self._custom_label.pop(key, None)   # gone or other classes: the next result goes out at once
+        self._custom = new       # replaced whole: the publisher thread reads it without a lock
 
     def forget(self, cameras: Iterable[str], pairs: Iterable[tuple[str, str]]) -> None:
         """Clear the retained topics of removed cameras and removed (camera, rule) pairs."""

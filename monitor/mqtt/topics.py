@@ -30,6 +30,13 @@ class Topics:
     def label_attributes(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/label/attributes"
 
+    def custom_label(self, camera: str, custom_set: str) -> str:
+        """The top class of a custom class set (custom_classes[].name) on a camera."""
+        return f"{self.prefix}/{camera}/{custom_set}/label"
+
+    def custom_label_attributes(self, camera: str, custom_set: str) -> str:
+        return f"{self.prefix}/{camera}/{custom_set}/label/attributes"
+
     def rule(self, camera: str, rule: str) -> str:
         return f"{self.prefix}/{camera}/{rule}"
 
