@@ -190,6 +190,7 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, deco
     n = max(len(urls), 1)
     return {"cameras": len(urls), "mode": mode, "rss_mb": round(rss, 1),
             "cpu_cores_per_camera": round(cpu / window / n, 3),
+            "decode_threads": decode_threads,
             "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(count / window / n, 1),
             "errors": errors[:3]}
 
@@ -318,7 +319,9 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
         rows: list[dict[str, Any]] = []
         breakdown = []
         jobs: list[tuple[int, str | None, tuple[int, str]]] = [(n, None, v) for n in steps for v in variants]
-        jobs += [(breakdown_cameras, m, variants[0]) for m in ("grab", "retrieve", "read") if breakdown_cameras]
+        # The bare captures once per decoder thread count compared (malloc settings do not matter to them).
+        jobs += [(breakdown_cameras, m, (t, variants[0][1])) for t in dict.fromkeys(t for t, _ in variants)
+                 for m in ("grab", "retrieve", "read") if breakdown_cameras]
         for n, mode, (threads, malloc) in jobs:
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
@@ -345,9 +348,11 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if progress is not None and "error" not in row:
                     what = {"grab": "grab() only", "read": "read() every frame (before)",
                             "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)"}[mode]
-                    print(f"OpenCV alone, {row['cameras']} captures, {what}: {row['per_camera_mb']} MB and "
+                    print(f"OpenCV alone, decode_threads {threads or 'auto'}, {row['cameras']} captures, {what}: "
+                          f"{row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
-                          f"grabbed)", file=progress, flush=True)
+                          f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
+                          flush=True)
             finally:
                 if server is not None:
                     server.stop()
