@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from monitor.alerts.events import CRASH_NOTE
-from testkit.faults import DaemonProcess, read_events
+from testkit.faults import read_events
+from testkit.process import DaemonProcess
 
-REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 60.0          # interpreter + torch + model load, on a busy 2-core machine
 
 
@@ -51,9 +51,9 @@ def crash_cycles(tmp_path: Path, weights: Path, footage: tuple[Path, dict], kill
     figures = {"kills": 0, "events_committed": 0, "open_at_kill": [], "lost": 0, "duplicates": 0, "start_s": []}
     for i in range(kills + 1):
         t0 = time.monotonic()
-        p = DaemonProcess(cfg, cwd=REPO)
+        p = DaemonProcess(cfg)
         processes.append(p)
-        p.wait_line(DaemonProcess.RUNNING, START_TIMEOUT)
+        p.started(START_TIMEOUT)
         figures["start_s"].append(round(time.monotonic() - t0, 1))
         # -- the restart closed what the previous process left open: once, at the last known time
         rows = read_events(db)

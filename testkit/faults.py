@@ -8,7 +8,7 @@ the long-run scripts (scripts/, soak included):
 - kill_restart_run(): the RTSP server SIGKILLed and restarted at random moments under a daemon;
 - flicker_rule(), EventLog, measure() / alternate() / rate_ratios(): events that start and end all the time,
   counted from the log, and classification rates of healthy and faulty windows measured alternately;
-- DaemonProcess, read_events(): the daemon as a process and its SQLite file read from outside.
+- read_events(): the daemon's SQLite file read from outside (the daemon as a process: testkit/process.py).
 
 Everything here is a real part: real sockets speaking (a bit of) RTSP or HTTP, real files cut as `head -c` would,
 a real full filesystem. Nothing is mocked; the daemon under test cannot tell these from broken cameras and disks.
@@ -713,85 +713,7 @@ def clip(src: Path | str, dst: Path | str, seconds: float) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The daemon as a process (crash safety): `python -m monitor run`, SIGKILL, the SQLite file read from outside
-
-
-class DaemonProcess:
-    """`python -m monitor run -c CONFIG` in a session of its own; stderr (the log) collected line by line."""
-
-    RUNNING = r"monitor \S+ running: "
-
-    def __init__(self, config: Path | str, cwd: Path | str | None = None, python: str | None = None) -> None:
-        import subprocess
-        import sys
-
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self.proc = subprocess.Popen([python or sys.executable, "-m", "monitor", "run", "-c", str(config)],
-                                     cwd=str(cwd) if cwd else None, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name=f"stderr-{self.proc.pid}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        self.proc.stderr.close()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def text(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_line(self, pattern: str, timeout: float, start: int = 0) -> int:
-        """Index of the first stderr line from `start` on matching the regex; TimeoutError (with the log) if none."""
-        import re
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if rx.search(self.lines[i]):
-                        return i
-                start = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    raise TimeoutError(f"no log line matching {pattern!r} within {timeout:g} s (exit code "
-                                       f"{self.proc.poll()}):\n" + "\n".join(self.lines[-40:]))
-                self._cond.wait(min(remaining, 0.2))
-
-    def started_ids(self) -> list[int]:
-        """Ids of the "event N started" lines: each was logged after its row was committed."""
-        import re
-        rx = re.compile(r"\bevent (\d+) started: ")
-        with self._cond:
-            return [int(m.group(1)) for line in self.lines for m in [rx.search(line)] if m]
-
-    def kill(self) -> None:
-        """SIGKILL (no handler runs, nothing is flushed by the process) and reap."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait: the exit code."""
-        import signal
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except Exception:
-            self.kill()
-            raise
-        self._reader.join(5)
-        return code
+# The daemon's SQLite file read from outside (crash safety; the process itself: testkit/process.py)
 
 
 def read_events(db: Path | str) -> dict[int, dict]:

@@ -1,4 +1,4 @@
-"""Shared pieces of the daemon tests: a fixture that always stops what a test started, and small waits."""
+"""Shared pieces of the daemon tests: fixtures that always stop what a test started, and small waits."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from typing import Iterator
 import pytest
 
 from monitor.daemon import Daemon
+from testkit.process import DaemonProcess
 
 
 @pytest.fixture
@@ -22,6 +23,15 @@ def daemons() -> Iterator[list[Daemon]]:
     # Daemon.reload() sets up the CLI's logging (a stderr handler on the root logger): undo it.
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def daemon_processes() -> Iterator[list[DaemonProcess]]:
+    """`python -m monitor run` processes a test starts (testkit.process); every one is killed at teardown."""
+    started: list[DaemonProcess] = []
+    yield started
+    for p in started:
+        p.kill()
 
 
 def classified(d: Daemon, camera: str) -> float:

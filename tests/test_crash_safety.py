@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from testkit.crash import crash_cycles
-from testkit.faults import DaemonProcess, clip, flicker_rule
+from testkit.faults import clip, flicker_rule
+from testkit.process import DaemonProcess
 
 SEED = 7
 
@@ -33,22 +33,14 @@ def footage(demo_weights: Path, videos_dir: Path, tmp_path_factory: pytest.TempP
                    "cooldown": 0}
 
 
-@pytest.fixture
-def processes() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for p in started:
-        p.kill()
-
-
 def test_sigkill_while_events_are_written_loses_nothing_and_closes_open_events_once(
-        tmp_path: Path, demo_weights: Path, footage: tuple[Path, dict], processes: list[DaemonProcess]) -> None:
-    figures = crash_cycles(tmp_path, demo_weights, footage, 2, processes, random.Random(SEED))
+        tmp_path: Path, demo_weights: Path, footage: tuple[Path, dict], daemon_processes: list[DaemonProcess]) -> None:
+    figures = crash_cycles(tmp_path, demo_weights, footage, 2, daemon_processes, random.Random(SEED))
     assert figures["kills"] == 2 and sum(figures["open_at_kill"]) >= 2
 
 
 @pytest.mark.slow
 def test_ten_sigkills(tmp_path: Path, demo_weights: Path, footage: tuple[Path, dict],
-                      processes: list[DaemonProcess]) -> None:
-    figures = crash_cycles(tmp_path, demo_weights, footage, 10, processes, random.Random(SEED + 1))
+                      daemon_processes: list[DaemonProcess]) -> None:
+    figures = crash_cycles(tmp_path, demo_weights, footage, 10, daemon_processes, random.Random(SEED + 1))
     assert figures["kills"] == 10

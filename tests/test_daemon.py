@@ -20,7 +20,7 @@ from monitor.daemon import Daemon
 from tests.daemon_helpers import classified
 from testkit.waiting import wait_until
 from testkit.rtsp import RtspServer
-from tests.test_daemon_signals import HungServer
+from testkit.faults import HangServer
 
 
 def connected(d: Daemon, camera: str) -> float | None:
@@ -145,7 +145,7 @@ def test_camera_hung_in_open_does_not_hold_up_other_cameras(tmp_path: Path, demo
     """A camera whose server accepts the connection and never answers blocks in OpenCV's open for its whole
     open_timeout. Other cameras must open meanwhile: here a file camera is added (reload) while the hung open is
     in progress, as a reconnecting camera would open."""
-    with HungServer() as hung:
+    with HangServer() as hung:
         hung_cam = {"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 10}
         d = Daemon(build(tmp_path, demo_weights, [hung_cam]))
         daemons.append(d)
@@ -173,7 +173,7 @@ def test_camera_blocked_in_its_bounded_open_is_not_a_hung_daemon(tmp_path: Path,
     long timeouts or several cameras, systemd kills a daemon that works). HEARTBEAT_FRESH (15 s) is scaled down
     to 2 s here so that the test takes seconds; the camera's open_timeout (6 s) exceeds it as 20 s would 15 s."""
     monkeypatch.setattr(daemon_module, "HEARTBEAT_FRESH", 2.0)
-    with HungServer() as hung:
+    with HangServer() as hung:
         d = Daemon(build(tmp_path, demo_weights, [
             {"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 6}]))
         daemons.append(d)

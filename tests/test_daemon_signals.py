@@ -9,99 +9,19 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
+from testkit.faults import HangServer
+from testkit.process import DaemonProcess
 from testkit.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 40.0          # interpreter + torch import + model load, on a busy 2-core machine
-RUNNING = r"monitor \S+ running: "
-
-
-class Monitor:
-    """One `python -m monitor run` process; its stderr is read line by line into `lines` by a thread."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "-c", str(config)], cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={**base, **(env or {})}, start_new_session=True)
-        self.lines: list[str] = []
-        self.stdout = b""
-        self._cond = threading.Condition()
-        self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
-                         threading.Thread(target=self._read_stdout, daemon=True)]
-        for t in self._readers:
-            t.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        self.stdout = self.proc.stdout.read()
-
-    def wait_line(self, pattern: str, timeout: float, start: int = 0) -> int:
-        """Index of the first stderr line from `start` on matching `pattern` (regex); fails after `timeout`."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if rx.search(self.lines[i]):
-                        return i
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._readers[0].is_alive()):
-                    pytest.fail(f"no stderr line matching {pattern!r} within {timeout:g} s "
-                                f"(exit code {self.proc.poll()}):\n{self.text}", pytrace=False)
-                self._cond.wait(min(remaining, 0.2))
-
-    @property
-    def text(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def started(self) -> None:
-        self.wait_line(RUNNING, START_TIMEOUT)
-
-    def send(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"process still running {timeout:g} s later:\n{self.text}", pytrace=False)
-        for t in self._readers:
-            t.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        for t in self._readers:
-            t.join(5)
-
-
-@pytest.fixture
-def monitors() -> Iterator[list[Monitor]]:
-    started: list[Monitor] = []
-    yield started
-    for m in started:
-        m.kill()
+RUNNING = DaemonProcess.RUNNING
 
 
 def write_config(path: Path, doc: dict) -> Path:
@@ -121,49 +41,10 @@ def base_doc(tmp_path: Path, weights: Path, videos_dir: Path, level: str = "debu
     }
 
 
-def launch(monitors: list[Monitor], config: Path, env: dict[str, str] | None = None) -> Monitor:
-    m = Monitor(config, env)
-    monitors.append(m)
+def launch(daemon_processes: list[DaemonProcess], config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+    m = DaemonProcess(config, env=env)
+    daemon_processes.append(m)
     return m
-
-
-class HungServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers (an RTSP camera hung on connect)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.accepted = threading.Event()
-        self._held: list[socket.socket] = []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while not self._done.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            self._held.append(conn)
-            self.accepted.set()
-
-    def release(self) -> None:
-        """Close the held connections: a client blocked on them gets EOF at once."""
-        for conn in self._held:
-            conn.close()
-
-    def __enter__(self) -> HungServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(2)
-        self.listener.close()
-        self.release()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,9 +53,9 @@ class HungServer:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_exits_0_within_5_s(sig: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                        monitors: list[Monitor]) -> None:
-    m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir)))
-    m.started()
+                                        daemon_processes: list[DaemonProcess]) -> None:
+    m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir)))
+    m.started(START_TIMEOUT)
     m.wait_line(r"classified camera=cars ", 10)       # working, not just started
     t0 = time.monotonic()
     m.send(sig)
@@ -188,15 +69,15 @@ def test_stop_signal_exits_0_within_5_s(sig: int, tmp_path: Path, demo_weights: 
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["one-SIGTERM", "second-SIGTERM-forces"])
 def test_stop_with_a_camera_hung_in_open(signals: int, tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                         monitors: list[Monitor]) -> None:
+                                         daemon_processes: list[DaemonProcess]) -> None:
     """A camera stuck in OpenCV's open (open_timeout 30 s) cannot be interrupted: one SIGTERM still exits 0 in
     time (the capture thread is abandoned after its join timeout of 1 s); a second SIGTERM sent during that second
     forces the exit at once with 128 + SIGTERM."""
-    with HungServer() as hung:
+    with HangServer() as hung:
         doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
         doc["cameras"].append({"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30})
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
-        m.started()
+        m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
+        m.started(START_TIMEOUT)
         assert hung.accepted.wait(10), "the camera never connected to the hung server"
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -222,18 +103,18 @@ def test_stop_with_a_camera_hung_in_open(signals: int, tmp_path: Path, demo_weig
 
 def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: Path, demo_weights: Path,
                                                                      videos_dir: Path,
-                                                                     monitors: list[Monitor]) -> None:
+                                                                     daemon_processes: list[DaemonProcess]) -> None:
     """stop() abandons a capture thread still blocked in OpenCV (it cannot be interrupted). When that call returns
     while the interpreter is finalizing, Python tears the thread down inside OpenCV's C++ frames and the process
     dies with SIGABRT ("terminate called without an active exception") instead of exiting 0: under systemd a
     plain `systemctl stop` then ends as a failure with a core dump. Real trigger: a camera's open_timeout or
     read_timeout expiring in the ~0.7 s of finalization after "monitor stopped". Here the hung server lets go of
     the connection 0.2 s after that line, which lands in the same window every time."""
-    with HungServer() as hung:
+    with HangServer() as hung:
         doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
         doc["cameras"] = [{"name": "hung", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30}]
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
-        m.started()
+        m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
+        m.started(START_TIMEOUT)
         assert hung.accepted.wait(10), "the camera never connected to the hung server"
         time.sleep(0.3)
         m.send(signal.SIGTERM)
@@ -250,11 +131,11 @@ def test_exit_is_clean_when_a_blocked_capture_returns_during_shutdown(tmp_path: 
 
 
 def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
-        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[Monitor]) -> None:
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     cfg = tmp_path / "cfg.yaml"
     doc = base_doc(tmp_path, demo_weights, videos_dir)
-    m = launch(monitors, write_config(cfg, doc))
-    m.started()
+    m = launch(daemon_processes, write_config(cfg, doc))
+    m.started(START_TIMEOUT)
     m.wait_line(r"classified camera=cars ", 10)
 
     # a broken file: refused with the key path, the old config keeps running
@@ -285,7 +166,7 @@ def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
 
 
 def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
-        tmp_path: Path, demo_weights: Path, videos_dir: Path, monitors: list[Monitor]) -> None:
+        tmp_path: Path, demo_weights: Path, videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     """SIGHUP changes three cameras hung in OpenCV's open (they cannot stop) and the alert sinks, under a 1 s
     watchdog (pinged every 0.5 s). Stopping them in turn on the main thread (2 s each) used to leave the watchdog
     unpinged for over 6 s: systemd would kill a working daemon. Now they stop in parallel under one deadline, off
@@ -309,15 +190,15 @@ def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
     receiver = threading.Thread(target=receive, daemon=True)
     receiver.start()
     try:
-        with HungServer() as hung:
+        with HangServer() as hung:
             doc = base_doc(tmp_path, demo_weights, videos_dir, level="info")
             doc["cameras"] += [{"name": f"hung{i}", "source": f"rtsp://127.0.0.1:{hung.port}/x", "open_timeout": 30}
                                for i in range(3)]
             doc["alerts"] = {"queue_size": 32}
             cfg = write_config(tmp_path / "cfg.yaml", doc)
-            m = launch(monitors, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
-            m.started()
-            assert wait_until(lambda: len(hung._held) >= 3, 10), "the cameras never connected to the hung server"
+            m = launch(daemon_processes, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+            m.started(START_TIMEOUT)
+            assert wait_until(lambda: hung.connections >= 3, 10), "the cameras never connected to the hung server"
             time.sleep(0.3)                         # ... and now block in OpenCV's open
             for cam in doc["cameras"][1:]:
                 cam["open_timeout"] = 29            # changed: each must be stopped and replaced
@@ -350,7 +231,7 @@ def test_watchdog_keeps_being_pinged_while_a_reload_stops_hung_cameras(
 
 
 def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                               monitors: list[Monitor]) -> None:
+                                               daemon_processes: list[DaemonProcess]) -> None:
     address = str(tmp_path / "notify.sock")
     assert len(address) < 100, address          # sun_path limit
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -371,8 +252,8 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Pat
         return False
 
     try:
-        m = launch(monitors, write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir, "info")),
-                   env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+        cfg = write_config(tmp_path / "cfg.yaml", base_doc(tmp_path, demo_weights, videos_dir, "info"))
+        m = launch(daemon_processes, cfg, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
         assert receive_until(lambda f: "READY=1" in f, START_TIMEOUT), (received, m.text)
         ready = received[-1][1]
         assert any(f.startswith("STATUS=") and "cameras up" in f for f in ready), ready
@@ -405,11 +286,11 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path: Path, demo_weights: Pat
     (lambda doc: doc["cameras"].append({"name": "cars", "source": "0"}), "cameras[1].name: duplicate camera name"),
 ], ids=["negative-fps", "misspelled-class", "duplicate-camera"])
 def test_bad_config_exits_2_naming_the_key(mutate, expected: str, tmp_path: Path, demo_weights: Path,
-                                           videos_dir: Path, monitors: list[Monitor]) -> None:
+                                           videos_dir: Path, daemon_processes: list[DaemonProcess]) -> None:
     doc = base_doc(tmp_path, demo_weights, videos_dir)
     mutate(doc)
     cfg = write_config(tmp_path / "bad.yaml", doc)
-    m = launch(monitors, cfg)
+    m = launch(daemon_processes, cfg)
     assert m.wait(30) == 2, m.text
     assert expected in m.text
     assert str(cfg) in m.text                   # which file
@@ -418,11 +299,11 @@ def test_bad_config_exits_2_naming_the_key(mutate, expected: str, tmp_path: Path
 
 
 def test_missing_weights_exits_2_naming_the_file(tmp_path: Path, demo_weights: Path, videos_dir: Path,
-                                                 monitors: list[Monitor]) -> None:
+                                                 daemon_processes: list[DaemonProcess]) -> None:
     missing = tmp_path / "no-such-dir" / "resnet18-int8.pt"
     doc = base_doc(tmp_path, demo_weights, videos_dir)
     doc["model"]["weights"] = str(missing)
-    m = launch(monitors, write_config(tmp_path / "cfg.yaml", doc))
+    m = launch(daemon_processes, write_config(tmp_path / "cfg.yaml", doc))
     assert m.wait(30) == 2, m.text
     assert str(missing) in m.text and "no such weights file" in m.text, m.text
     assert "Traceback" not in m.text

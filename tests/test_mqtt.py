@@ -26,7 +26,8 @@ from monitor.daemon import Daemon
 from monitor.mqtt.client import MqttClient
 from monitor.mqtt.discovery import discovery_configs
 from monitor.mqtt.topics import Topics
-from testkit.faults import DaemonProcess, clip, flicker_rule
+from testkit.faults import clip, flicker_rule
+from testkit.process import DaemonProcess
 from testkit.mqtt import Mosquitto, Subscriber, retained_now
 from testkit.rtsp import free_port
 from testkit.waiting import wait_until

@@ -3,8 +3,6 @@ live MJPEG view painted on screen."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import threading
 import time
 from html.parser import HTMLParser
@@ -15,30 +13,13 @@ import numpy as np
 import pytest
 
 from monitor.core.labels import imagenet_classes
+from testkit.chromium import WINDOW, run
 from tests.webapp import Served, basic, demo_weights, file_camera, make_config, request
-
-CHROMIUM = "/usr/bin/chromium"
-WINDOW = (1280, 900)
 
 
 def chromium(tmp: Path, url: str, *args: str, timeout: float = 40.0) -> bytes:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is not installed", pytrace=False)
-    profile = tmp / f"profile-{time.monotonic_ns()}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}",
-           f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=6000", *args, url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        shutil.rmtree(profile, ignore_errors=True)
-    assert proc.returncode == 0, f"chromium exited with {proc.returncode}"
-    return out
+    """The page after 6 s of its scripts' (virtual) time: --dump-dom prints the DOM, --screenshot=PATH a PNG."""
+    return run(tmp, url, *args, timeout=timeout)
 
 
 class Dom(HTMLParser):

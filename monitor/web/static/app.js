@@ -232,9 +232,15 @@ async function pollStatus() {
   }
 }
 
+// What each event's right/wrong click filed: the list is rebuilt on every poll, the answer must stay in view
+// (or the user clicks again and files the same frame twice). Only events still listed are remembered.
+const marked = new Map();
+
 async function pollEvents() {
   try {
     const { events } = await getJSON('/api/events?limit=12');
+    const listed = new Set(events.map((ev) => ev.id));
+    for (const id of marked.keys()) if (!listed.has(id)) marked.delete(id);
     const list = document.getElementById('events');
     if (!events.length) {
       list.replaceChildren(el('li', { class: 'muted', text: 'no events yet' }));
@@ -252,9 +258,11 @@ async function pollEvents() {
           el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` })));
         if (ev.label.includes(':') && ev.snapshot_url) {
           // A custom-class event teaches its head: right files its frame under the class, wrong under none.
-          const note = el('span', { class: 'muted' });
-          const mark = (right) => () => postAction(`/api/events/${ev.id}/label?right=${right}`, note,
-            () => (right ? 'filed under ' + ev.label : 'filed under none'));
+          const note = el('span', { class: 'muted', text: marked.get(ev.id) || '' });
+          const mark = (right) => async () => {
+            if (await postAction(`/api/events/${ev.id}/label?right=${right}`, note,
+              () => (right ? 'filed under ' + ev.label : 'filed under none'))) marked.set(ev.id, note.textContent);
+          };
           const right = el('button', { type: 'button', class: 'mark-right', text: 'right' });
           const wrong = el('button', { type: 'button', class: 'mark-wrong', text: 'wrong' });
           right.addEventListener('click', mark(true));
@@ -272,12 +280,15 @@ async function pollEvents() {
 }
 
 let previewUrl = null;
+let uploads = 0;     // an answer to an earlier upload that arrives after a newer one started is not shown
 
 async function classify(file) {
+  const mine = ++uploads;
   const error = document.getElementById('upload-error');
   const result = document.getElementById('upload-result');
   const preview = document.getElementById('preview');
   error.hidden = true;
+  drawExplanation(null);     // the previous upload's map must not lie over this image, even if this one fails
   result.replaceChildren(el('li', { class: 'muted', text: 'classifying…' }));
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
@@ -287,10 +298,12 @@ async function classify(file) {
   form.append('file', file, file.name || 'upload');
   try {
     const body = await getJSON('/api/classify?explain=true', { method: 'POST', body: form });
+    if (mine !== uploads) return;
     renderPredictions(result, body.predictions.slice(0, 3));
     drawExplanation(body.explanation);
     result.classList.toggle('untrained', !!body.model.untrained);
   } catch (e) {
+    if (mine !== uploads) return;
     result.replaceChildren();
     error.textContent = 'Not classified: ' + e.message;
     error.hidden = false;
@@ -299,15 +312,23 @@ async function classify(file) {
 
 // The top class's activation map over the uploaded image: a 7x7 grid (0..1) covering `box` (fractions of the
 // image), drawn on a canvas laid over the preview (CSP allows no data: images; a canvas needs none).
+// The canvas follows the image's place and size in the box: a portrait image is narrower than the box and
+// centred in it; a resized window changes both (drawn again then).
+let explained = null;
+
 function drawExplanation(explanation) {
   const canvas = document.getElementById('heat');
   const preview = document.getElementById('preview');
+  explained = explanation;
   canvas.hidden = !explanation;
+  delete canvas.dataset.label;
   if (!explanation) return;
   const draw = () => {
+    if (explained !== explanation) return;       // a newer upload replaced this one meanwhile
     const w = preview.clientWidth, h = preview.clientHeight;
     canvas.width = w; canvas.height = h;
     canvas.style.width = w + 'px'; canvas.style.height = h + 'px';
+    canvas.style.left = preview.offsetLeft + 'px'; canvas.style.top = preview.offsetTop + 'px';
     const ctx = canvas.getContext('2d');
     ctx.clearRect(0, 0, w, h);
     const [bx, by, bw, bh] = explanation.box;
@@ -340,6 +361,7 @@ function setupUpload() {
     const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file) classify(file);
   });
+  window.addEventListener('resize', () => { if (explained) drawExplanation(explained); });
   // Dropping next to the box must not navigate away from the page.
   window.addEventListener('dragover', (e) => e.preventDefault());
   window.addEventListener('drop', (e) => e.preventDefault());
