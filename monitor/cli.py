@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = w.add_parser("demo", help="write a deterministic untrained network (tests, demos)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit", nargs="+", default=[], metavar="PATH",
+                   help="fit the last layer to groups of these videos/images: predictions with real margins "
+                        "(agreement figures), still meaningless labels")
     p = w.add_parser("verify", help="re-hash, load, run one inference; OpenVINO/torch/FP32 top-1 agreement")
     p.add_argument("file", nargs="?", metavar="FILE")
     p.add_argument("--frames-from", nargs="+", default=[], metavar="PATH",
@@ -209,9 +212,11 @@ def _weights(args: argparse.Namespace) -> int:
               f"calibration {json.dumps(meta.calibration)}")
         return 0
     if action == "demo":
-        meta = weights.demo(args.out, seed=args.seed)
-        print(f"built {args.out} and {weights.openvino_path(args.out)}: {meta.name} — UNTRAINED random-init network (seed {args.seed}), "
-              f"its predictions are meaningless; for tests and demos only")
+        meta = weights.demo(args.out, seed=args.seed, fit=args.fit)
+        fitted = (f", last layer fitted to {meta.source['demo']['clusters']} groups of the given frames "
+                  f"(FP32 reference {weights.fp32_checkpoint_path(args.out)})" if args.fit else "")
+        print(f"built {args.out} and {weights.openvino_path(args.out)}: {meta.name} — UNTRAINED random-init network "
+              f"(seed {args.seed}){fitted}, its predictions are meaningless; for tests and demos only")
         return 0
     if action == "verify":
         summary = weights.verify(resolve_weights(args.file, args.config), args.frames_from, args.frames,

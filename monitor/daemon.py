@@ -57,7 +57,7 @@ class Daemon:
         self.metrics.model_info.info({"name": meta.name, "precision": meta.precision, "engine": meta.engine or "none",
                                       "runtime": self.classifier.runtime,
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
-        self.heads = load_heads(config, self.classifier.sha256)
+        self.heads = load_heads(config, self.classifier.backbone_id)
         self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
         self.heatmaps: set[str] = set()     # cameras whose live view shows the class activation map (web toggle)
         self.events = EventStore(config.events.database, self.metrics)
@@ -175,7 +175,7 @@ class Daemon:
                                      "mqtt": old.mqtt})
         setup_logging(new.logging.level, new.logging.format)
         if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):
-            heads = load_heads(new, self.classifier.sha256)     # raises before anything changed
+            heads = load_heads(new, self.classifier.backbone_id)     # raises before anything changed
             self.heads = heads
             self.worker.heads = heads
             self.custom.replace_heads(heads, examples_dirs(new))

@@ -15,7 +15,7 @@ import pytest
 
 from monitor.cli import main
 from monitor.inference.classifier import Classifier
-from monitor.inference.heads import HeadError, load_head
+from monitor.inference.heads import HeadError, load_head, save_head
 from monitor.inference.heads.cam import activation_maps, pooled_features
 from monitor.inference.heads.training import train_head
 from monitor.inference.weights import synthetic_batches
@@ -63,7 +63,7 @@ def other_backbone(weights: Path, out: Path) -> Path:
     from dataclasses import replace
     from monitor.inference import artifact
     meta, parts, _ = artifact.read(weights)
-    artifact.save(out, parts, replace(meta, name=meta.name + "-copy"))
+    artifact.save(out, parts, replace(meta, name=meta.name + "-copy", backbone=""))
     return out
 
 
@@ -94,7 +94,27 @@ def test_head_classifies_held_out_frames_of_each_video(classifier: Classifier, t
     assert (head.probabilities(pooled_features(classifier.infer(list(noise)).feature_maps)).argmax(1)
             == head.classes.index("none")).mean() >= 0.75
     assert report.accuracy is not None and report.accuracy >= 0.9
-    assert head.backbone["sha256"] == classifier.sha256
+    assert head.backbone["sha256"] == classifier.backbone_id
+
+
+def test_one_backbone_for_the_torch_and_openvino_artifacts(classifier: Classifier, demo_weights: Path, trained,
+                                                           footage_examples, tmp_path: Path) -> None:
+    """The OpenVINO artifact is the torch INT8 network converted: a head trained on one runtime's features is
+    accepted by, and classifies the same with, the other; only another network is refused."""
+    head, _ = trained
+    _, held_out = footage_examples
+    torch_clf = Classifier(demo_weights, runtime="torch")
+    assert classifier.runtime == "openvino" and torch_clf.sha256 != classifier.sha256
+    assert classifier.backbone_id == torch_clf.backbone_id == torch_clf.sha256
+    path = tmp_path / "scene.head"
+    save_head(head, path)
+    reloaded = load_head(path, torch_clf.backbone_id)
+    frames = [f for frames in held_out.values() for f in frames]
+    on_torch = reloaded.probabilities(pooled_features(torch_clf.infer(frames).feature_maps)).argmax(1)
+    on_openvino = head.probabilities(pooled_features(classifier.infer(frames).feature_maps)).argmax(1)
+    assert (on_torch == on_openvino).mean() >= 0.95
+    with pytest.raises(HeadError, match="trained on backbone"):
+        load_head(path, Classifier(other_backbone(demo_weights, tmp_path / "other.pt")).backbone_id)
 
 
 def test_cam_mean_plus_bias_is_the_logit_imagenet_and_custom(classifier: Classifier, trained, real_frames) -> None:

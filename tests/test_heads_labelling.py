@@ -40,9 +40,9 @@ def classifier(demo_weights: Path) -> Classifier:
 def test_label_then_retrain_swaps_the_head(tmp_path: Path, classifier: Classifier) -> None:
     rng = np.random.default_rng(0)
     start = Head("scene", ("cars", "bottles"), rng.normal(size=(2, 512)).astype(np.float32),
-                 np.zeros(2, np.float32), {"sha256": classifier.sha256, "name": classifier.meta.name})
+                 np.zeros(2, np.float32), {"sha256": classifier.backbone_id, "name": classifier.meta.name})
     head_path = save_head(start, tmp_path / "scene.head")
-    heads = HeadSet([HeadEntry("scene", start, head_path, ("front",), None)], classifier.sha256)
+    heads = HeadSet([HeadEntry("scene", start, head_path, ("front",), None)], classifier.backbone_id)
     custom = CustomClasses(classifier, heads, {"scene": tmp_path / "state" / "examples" / "scene"})
     custom.start()
     try:
@@ -71,7 +71,7 @@ def test_label_then_retrain_swaps_the_head(tmp_path: Path, classifier: Classifie
         assert status["state"] == "done", status
         swapped = heads.get("scene").head
         assert swapped is not start and swapped.classes == ("bottles", "cars", "none")
-        assert load_head(head_path, classifier.sha256).classes == swapped.classes      # saved for the next start
+        assert load_head(head_path, classifier.backbone_id).classes == swapped.classes      # saved for the next start
         feats = classifier.infer([cars[3], bottles[3]]).feature_maps.mean(axis=(2, 3))
         assert swapped.probabilities(feats).argmax(1).tolist() == [1, 0]
         doc = custom.status_json()[0]

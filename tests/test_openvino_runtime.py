@@ -137,8 +137,8 @@ def test_compiled_model_cache_is_used(demo_weights: Path, tmp_path: Path) -> Non
 def test_verify_prints_agreement_on_real_frames(demo_weights: Path, videos_dir: Path) -> None:
     """`weights verify` measures top-1 agreement of OpenVINO INT8, torch INT8 and the FP32 network on real frames.
 
-    The issue's targets (>= 99 % and >= 98 %) hold for networks whose top-1 margins exceed INT8 noise; the random
-    demo network's margins are small (see README), so this asserts what it reaches, well above chance."""
+    The random demo network's top-1 margins are within INT8 noise (see README), so this only asserts that it is
+    well above chance; the targets are checked on the fitted demo below."""
     videos = [str(videos_dir / f"{n}.mp4") for n in ("car-detection", "one-by-one-person-detection",
                                                      "bottle-detection")]
     result = subprocess.run([sys.executable, "-m", "monitor", "weights", "verify", str(demo_weights), "--frames-from",
@@ -151,3 +151,28 @@ def test_verify_prints_agreement_on_real_frames(demo_weights: Path, videos_dir: 
     assert agreement["openvino_vs_torch_int8"] >= 0.75
     assert agreement["openvino_vs_fp32"] >= 0.75 and agreement["torch_int8_vs_fp32"] >= 0.75
     assert agreement["distinct_top1"] >= 3 and agreement["mean_top1_probability"] >= 0.1
+
+
+def test_fitted_demo_agreement_meets_targets(videos_dir: Path, tmp_path: Path) -> None:
+    """On a network whose predictions are not flat (the demo with its last layer fitted to the footage, median
+    top-1 margin ~13 logits), OpenVINO INT8 matches torch INT8's top-1 on >= 99 % of real frames and the FP32
+    reference's on >= 98 %: the figure fails if the IR's quantization parameters drift from torch's."""
+    videos = [str(videos_dir / f"{n}.mp4") for n in ("car-detection", "one-by-one-person-detection",
+                                                     "bottle-detection")]
+    out = tmp_path / "fitted.pt"
+    built = subprocess.run([sys.executable, "-m", "monitor", "weights", "demo", "--out", str(out), "--fit", *videos],
+                           cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert built.returncode == 0, built.stderr
+    assert out.with_suffix(".ov").is_file() and out.with_suffix(".fp32.pth").is_file()
+    result = subprocess.run([sys.executable, "-m", "monitor", "weights", "verify", str(out.with_suffix(".ov")),
+                             "--frames-from", *videos, "--frames", "210", "--json"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    agreement = summary["agreement"]
+    print("\n", agreement)
+    assert summary["untrained"] is True and summary["name"] == "resnet18-demo-fitted"
+    assert agreement["frames"] == 210 and agreement["fp32_reference"] == str(out.with_suffix(".fp32.pth"))
+    assert agreement["distinct_top1"] >= 4 and agreement["mean_top1_probability"] >= 0.9
+    assert agreement["openvino_vs_torch_int8"] >= 0.99
+    assert agreement["openvino_vs_fp32"] >= 0.98 and agreement["torch_int8_vs_fp32"] >= 0.98

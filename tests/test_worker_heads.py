@@ -56,10 +56,10 @@ def random_head(name: str, classes: tuple[str, ...], sha: str, seed: int) -> Hea
 def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, real_frames, metrics) -> None:
     clf = Classifier(demo_weights)
     region = (100, 50, 300, 200)
-    porch = random_head("porch", ("none", "package"), clf.sha256, 1)
-    door = random_head("door", ("closed", "open", "ajar"), clf.sha256, 2)
+    porch = random_head("porch", ("none", "package"), clf.backbone_id, 1)
+    door = random_head("door", ("closed", "open", "ajar"), clf.backbone_id, 2)
     heads = HeadSet([HeadEntry("porch", porch, Path("porch.head"), ("front",), region),
-                     HeadEntry("door", door, Path("door.head"), (), None)], clf.sha256)
+                     HeadEntry("door", door, Path("door.head"), (), None)], clf.backbone_id)
     calls = []
     infer = clf.infer
 
@@ -93,7 +93,7 @@ def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, r
                                              {"camera": "front", "head": "porch", "class": "package"}) == \
         pytest.approx(float(by_cam["front"].custom["porch"].probabilities[1]))
     # a retrained head swaps in for the next batch; a head of another backbone is refused
-    heads.swap("door", random_head("door", ("closed", "open"), clf.sha256, 3))
+    heads.swap("door", random_head("door", ("closed", "open"), clf.backbone_id, 3))
     worker.set_cameras([_Camera("back", "full", back)])
     worker.run_once()
     assert recorder.results[-1].custom["door"].classes == ("closed", "open")

@@ -1,6 +1,10 @@
 """`monitor bench classify`: preprocessing + inference per frame: the seeds' PIL + FP32 path, the torch INT8
-artifact and the OpenVINO INT8 artifact, timed in one run (alternating, so a shared machine's load hits all
-alike); peak RSS of a process running each artifact; start of `monitor run` to its first classification."""
+artifact and the OpenVINO INT8 artifact, timed in one run; peak RSS of a process running each artifact; start of
+`monitor run` to its first classification.
+
+Each runtime is timed alone in its own process, in turns (torch, OpenVINO, OpenVINO, torch, ...): in one process
+the two runtimes' thread pools disturb each other (OpenMP and TBB workers spin for a while after a call, taking
+the cores from whichever runs next), which is a cost no daemon pays since it loads one runtime only."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +42,46 @@ def _time_alternating(runs: dict[str, Run], frames: Sequence[np.ndarray], batch:
             runs[n](b)
             times[n].append(time.perf_counter() - t)
     return {n: float(np.median(v)) * 1000.0 / batch for n, v in times.items()}
+
+
+# A process that loads one artifact and times it on the frames in an .npz: what a daemon running it pays.
+_TIME_PROBE = """
+import sys, time, numpy as np
+from monitor.inference.classifier import Classifier
+path, threads, runtime, frames_file, batch, warmup = sys.argv[1:7]
+batch, warmup = int(batch), int(warmup)
+with np.load(frames_file) as data:
+    frames = [data[k] for k in sorted(data.files, key=lambda k: int(k[1:]))]
+c = Classifier(path, threads=int(threads), runtime=runtime)
+batches = [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)]
+for b in batches[:warmup]:
+    c.probabilities(b)
+times = []
+for b in batches:
+    t = time.perf_counter()
+    c.probabilities(b)
+    times.append(time.perf_counter() - t)
+print(float(np.median(times)) * 1000.0 / batch, "torch" in sys.modules)
+"""
+
+
+def _time_in_processes(paths: dict[str, Path], frames: Sequence[np.ndarray], batch: int, threads: int,
+                       rounds: int = 3) -> dict[str, float]:
+    """Median over `rounds` of each runtime's median ms per frame, each round a fresh process per runtime, the
+    order turning every round so that neither always follows the other."""
+    names = list(paths)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:
+        frames_file = Path(tmp) / "frames.npz"
+        np.savez(frames_file, **{f"f{i}": f for i, f in enumerate(frames)})
+        for r in range(rounds):
+            for n in (names if r % 2 == 0 else names[::-1]):
+                out = subprocess.run([sys.executable, "-c", _TIME_PROBE, str(paths[n]), str(threads), n,
+                                      str(frames_file), str(batch), "3"], capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"monitor bench: timing {n} failed: {out.stderr.strip()[-500:]}")
+                times[n].append(float(out.stdout.split()[0]))
+    return {n: float(np.median(v)) for n, v in times.items()}
 
 
 # Imports only what the daemon's inference path imports (monitor.bench.common would pull in torch).
@@ -100,13 +144,12 @@ def bench_classify(args: argparse.Namespace) -> int:
     torch_path, ov_path = select_artifact(weights, "torch"), select_artifact(weights, "openvino")
     if not ov_path.is_file():
         raise SystemExit(f"monitor bench: {ov_path} missing: rebuild with `monitor weights ...` (it writes both)")
-    pt = Classifier(torch_path, threads=threads, runtime="torch")
     ov = Classifier(ov_path, threads=threads, runtime="openvino")
     baseline = SeedsBaseline()
     rows = []
     for batch in (1, 4):
-        ms = _time_alternating({"torch": lambda b: pt.probabilities(b), "openvino": lambda b: ov.probabilities(b),
-                                "preprocess": lambda b: ov.prepare(b)}, frames, batch)
+        ms = _time_in_processes({"torch": torch_path, "openvino": ov_path}, frames, batch, threads)
+        ms.update(_time_alternating({"preprocess": lambda b: ov.prepare(b)}, frames, batch))
         base = _time_alternating({"baseline": baseline}, frames, batch, rounds=max(8, len(frames) // (4 * batch)))
         rows.append({"batch": batch, "baseline_ms": round(base["baseline"], 2), "torch_int8_ms": round(ms["torch"], 2),
                      "openvino_int8_ms": round(ms["openvino"], 2), "preprocess_ms": round(ms["preprocess"], 3),
@@ -126,13 +169,13 @@ def bench_classify(args: argparse.Namespace) -> int:
                                                                                       threads), 2))
     from monitor.bench.heads_cost import heads_cost
     heads_rows = [heads_cost(ov, frames, batch) for batch in (1, 4)]  # on the daemon's runtime
-    result = {"frames": len(frames), "threads": threads, "weights": str(weights), "model": pt.meta.name,
+    result = {"frames": len(frames), "threads": threads, "weights": str(weights), "model": ov.meta.name,
               "rows": rows, "heads": heads_rows, "peak_rss_mb": rss, "start_to_first_classification_s": start}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"monitor bench classify: {len(frames)} real frames, {threads} threads, {pt.meta.name}; one run, "
-          f"runtimes alternating batch by batch (shared machine: compare the ratios)")
+    print(f"monitor bench classify: {len(frames)} real frames, {threads} threads, {ov.meta.name}; one run, "
+          f"each runtime alone in its own process, 3 rounds in turns (shared machine: compare the ratios)")
     print("baseline = seeds' path: PIL Resize(256)/CenterCrop(224)/ToTensor/Normalize + FP32 eager ResNet-18")
     print(f"{'batch':>5} | {'baseline':>9} | {'torch INT8':>10} | {'OpenVINO INT8':>13} | {'preprocess':>10} | "
           f"OV vs torch | OV vs baseline   (ms per frame)")

@@ -65,7 +65,7 @@ class _Clock:
 
 def bench_smoothing(args: argparse.Namespace) -> int:
     clf = Classifier(resolve_weights(args.weights, args.config))
-    head = load_head(args.head, clf.sha256) if args.head else None
+    head = load_head(args.head, clf.backbone_id) if args.head else None
     videos = footage(args.video)
     # One pass: (video, time, probabilities, custom) per sampled frame.
     rows: list[tuple[str, float, np.ndarray, dict]] = []

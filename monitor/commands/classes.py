@@ -33,7 +33,7 @@ def train_main(name: str, examples_dir: str, weights: Path, out: str | None = No
     if as_json:
         print(json.dumps({"head": str(target), "seconds": round(seconds, 2), **report.to_json()}, indent=2))
         return 0
-    print(f"trained head {name!r} on {clf.meta.name} ({clf.sha256[:12]}) in {seconds:.1f} s: "
+    print(f"trained head {name!r} on {clf.meta.name} ({clf.backbone_id[:12]}) in {seconds:.1f} s: "
           f"{', '.join(head.classes)}")
     for line in report.lines():
         print(line)
@@ -52,8 +52,8 @@ def show_main(path: str, weights: Path | None = None) -> int:
         if weights is not None:
             from monitor.inference.artifact import read
             from monitor.inference.classifier import select_artifact
-            _, _, sha = read(select_artifact(weights))  # the artifact a Classifier loads (auto: the .ov next to it)
-            head.check_backbone(sha)
+            meta, _, sha = read(select_artifact(weights))  # the artifact a Classifier loads (auto: .ov next to it)
+            head.check_backbone(meta.backbone or sha)
     except HeadError as e:
         print(f"monitor: {e}", file=sys.stderr)
         return 1

@@ -53,6 +53,10 @@ class ArtifactMeta:
     runtime: str = "torch"             # "torch" | "openvino": which runtime reads the parts
     outputs: tuple[str, ...] = ("logits", "features", "feature_maps")
     versions: dict[str, str] = field(default_factory=dict)     # tool versions that built it (openvino, nncf)
+    # The network's identity when another artifact holds the same network for another runtime: the OpenVINO
+    # artifact names the sha256 of the torch artifact it was converted from, so heads trained on the features of
+    # either fit both. "" means the artifact's own sha256.
+    backbone: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -103,6 +103,8 @@ class Classifier:
             raise artifact.ArtifactError(f"{self.path}: built for the {meta.runtime} runtime, but runtime "
                                          f"{runtime!r} was asked for")
         self.meta = meta
+        # what custom heads are tied to: the same for the torch artifact and the OpenVINO one converted from it
+        self.backbone_id = meta.backbone or self.sha256
         self.labels = meta.labels
         self.fc_weight, self.fc_bias = artifact.fc_arrays(parts, len(meta.labels), self.path)
         if meta.runtime == "openvino":

@@ -182,9 +182,10 @@ def calibrated_int8(net: model.QuantizableResNet, batches: Iterable[np.ndarray],
     return model.quantize(net, calibrate, engine=engine, quantize_fc=False)
 
 
-def _frame_batches(sources: Sequence[str], frames: int, batch: int = 8) -> Iterable[np.ndarray]:
+def _frame_batches(sources: Sequence[str], frames: int, batch: int = 8,
+                   desc: str = "calibrating") -> Iterable[np.ndarray]:
     pending: list[np.ndarray] = []
-    with tqdm(desc="calibrating", total=frames, unit=" frames", disable=None) as bar:
+    with tqdm(desc=desc, total=frames, unit=" frames", disable=None) as bar:
         for _, frame in calibration_frames(sources, frames):
             pending.append(frame)
             bar.update()
@@ -205,11 +206,12 @@ def _meta(name: str, precision: str, engine: str, untrained: bool, source: dict[
 
 
 def build(checkpoint: str | Path, out: str | Path, calibrate: Sequence[str] = (), frames: int = 200,
-          engine: str | None = None, fp32: bool = False) -> artifact.ArtifactMeta:
-    """Build the runtime artifact from an FP32 checkpoint (calibrated on real frames) or an INT8 state dict."""
+          engine: str | None = None, fp32: bool = False, demo: dict[str, Any] | None = None) -> artifact.ArtifactMeta:
+    """Build the runtime artifact from an FP32 checkpoint (calibrated on real frames) or an INT8 state dict.
+    `demo` (how a demo checkpoint was made) marks the artifact untrained."""
     checkpoint = Path(checkpoint)
     state_dict = load_checkpoint(checkpoint)
-    source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint)}
+    source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint), **({"demo": demo} if demo else {})}
     engine = engine or model.default_engine()
     if model.is_int8_state_dict(state_dict):
         if fp32:
@@ -226,7 +228,7 @@ def build(checkpoint: str | Path, out: str | Path, calibrate: Sequence[str] = ()
         net = float_model_from_state_dict(state_dict, checkpoint)
         started = time.monotonic()
         net = calibrated_int8(net, _frame_batches(calibrate, frames), engine)
-        meta = _meta("resnet18-int8", "int8", engine, False, source, {
+        meta = _meta("resnet18-demo-fitted" if demo else "resnet18-int8", "int8", engine, bool(demo), source, {
             "needed": True, "frames": frames, "sources": [redact_url(s) for s in calibrate],
             "seconds": round(time.monotonic() - started, 1)})
     if fp32:
@@ -266,9 +268,9 @@ def save_both(out: str | Path, net: torch.nn.Module, meta: artifact.ArtifactMeta
     if out.suffix == ".ov":
         raise WeightsError(f"{out}: name the torch artifact (e.g. {out.with_suffix('.pt')}); "
                            f"the OpenVINO one is written next to it as {out.name}")
-    save_torch(out, net, meta)
+    torch_sha256 = save_torch(out, net, meta)
     ov_out = openvino_path(out)
-    save_openvino(ov_out, net, meta)
+    save_openvino(ov_out, net, dataclasses.replace(meta, backbone=torch_sha256))
     return ov_out
 
 
@@ -285,8 +287,19 @@ def synthetic_batches(count: int, batch: int = 8, seed: int = 0) -> Iterable[np.
         yield out
 
 
-def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.ArtifactMeta:
-    """A deterministic random-init ResNet-18 in the artifact format, marked untrained."""
+def demo(out: str | Path, seed: int = 0, engine: str | None = None, fit: Sequence[str] = (), frames: int = 300,
+         clusters: int = 6) -> artifact.ArtifactMeta:
+    """A deterministic random-init ResNet-18 in the artifact format, marked untrained. With `fit` (videos,
+    images): its last layer fitted to `clusters` groups of those frames (monitor/inference/fitted.py), its FP32
+    checkpoint saved next to `out` as the reference, and calibrated on the same footage."""
+    if fit:
+        from monitor.inference import fitted
+        net = demo_float(seed)
+        summary = fitted.fit_last_layer(net, _frame_batches(fit, frames, desc="fitting"), clusters, seed)
+        checkpoint = fp32_checkpoint_path(out)
+        torch.save(net.state_dict(), checkpoint)
+        return build(checkpoint, out, calibrate=fit, frames=200, engine=engine,
+                     demo={"seed": seed, "fitted_to": [redact_url(s) for s in fit], **summary})
     engine = engine or model.default_engine()
     net = calibrated_int8(demo_float(seed), synthetic_batches(32, seed=seed + 1), engine)
     meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"{DEMO_SOURCE}{seed}"},
@@ -296,6 +309,12 @@ def demo(out: str | Path, seed: int = 0, engine: str | None = None) -> artifact.
 
 
 DEMO_SOURCE = "random-init seed "
+
+
+def fp32_checkpoint_path(out: str | Path) -> Path:
+    """Where a fitted demo's FP32 checkpoint goes: next to the artifact (weights/x.pt -> weights/x.fp32.pth),
+    where `weights verify` finds its FP32 reference."""
+    return Path(out).with_suffix(".fp32.pth")
 
 
 def demo_float(seed: int = 0) -> model.QuantizableResNet:

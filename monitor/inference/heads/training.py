@@ -143,5 +143,5 @@ def train_head(classifier: Classifier, name: str, examples_dir: str | Path, crop
     report.feature_seconds = time.monotonic() - started - report.fit_seconds
     summary = {**report.to_json(), "examples_dir": str(examples_dir), "frames_per_video": frames_per_video,
                "l2": l2, "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    backbone = {"sha256": classifier.sha256, "name": classifier.meta.name}
+    backbone = {"sha256": classifier.backbone_id, "name": classifier.meta.name}
     return fit_head(data, name, backbone, crop, l2, summary), report
