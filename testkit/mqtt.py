@@ -19,13 +19,26 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "mosquitto_passwd"
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener on 127.0.0.1:`port` with the server's certificate and key and the CA that signs client
+    certificates (required when require_certificate)."""
+    port: int
+    ca: Path
+    cert: Path
+    key: Path
+    require_certificate: bool = False
+
+
 class Mosquitto:
-    """mosquitto with a generated config: one listener on 127.0.0.1:`port`, anonymous access unless `users`
-    ({name: password}, written with mosquitto_passwd) is given. No persistence: a restart forgets retained
+    """mosquitto with a generated config: one listener on 127.0.0.1:`port` (and a TLS one when `tls` is given),
+    anonymous access unless `users` ({name: password}, written with mosquitto_passwd) is given. No persistence: a restart forgets retained
     messages, as a replaced broker would."""
 
-    def __init__(self, port: int, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int, workdir: Path, users: dict[str, str] | None = None,
+                 tls: TlsListener | None = None) -> None:
         self.port = port
+        self.tls = tls
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
@@ -42,6 +55,9 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines += ["allow_anonymous true"]
+        if tls is not None:     # a second listener; the options after it are that listener's
+            lines += [f"listener {tls.port} 127.0.0.1", f"cafile {tls.ca}", f"certfile {tls.cert}",
+                      f"keyfile {tls.key}", f"require_certificate {'true' if tls.require_certificate else 'false'}"]
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
@@ -55,8 +71,10 @@ class Mosquitto:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                for port in (self.port, *((self.tls.port,) if self.tls else ())):
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.05)
         self.kill()

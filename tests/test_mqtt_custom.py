@@ -54,8 +54,8 @@ def video(videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def backbone(demo_weights: Path) -> str:
-    """The sha256 the daemon's classifier reports for the demo weights (what a head must be trained on)."""
-    return Classifier(demo_weights, threads=1).sha256
+    """The backbone identity the daemon's classifier reports for the demo weights (what a head must be trained on)."""
+    return Classifier(demo_weights, threads=1).backbone_id
 
 
 def random_head(name: str, classes: tuple[str, ...], sha: str, seed: int) -> Head:

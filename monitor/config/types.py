@@ -29,6 +29,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
 from monitor.core.sample import SAMPLE_SOURCE, sample_clip
+from monitor.config.tls import check_ca_file, check_client_certificate
 from monitor.config.fields import (
     NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, any_case,
     check_url, from_config, problem, read_secret, resolve_path, source_kind,
@@ -371,12 +372,53 @@ def _default_client_id() -> str:
     return f"monitor-{socket.gethostname()}"
 
 
+class MqttTlsConfig(Section):
+    """TLS to the broker; no keys (or `tls: true`) = the system's CA certificates, no client certificate."""
+    ca_file: Optional[FilePath] = None      # PEM CA certificate(s) the broker's certificate must chain to
+    cert_file: Optional[FilePath] = None    # PEM client certificate (brokers with require_certificate)
+    key_file: Optional[FilePath] = None     # its private key, unencrypted PEM; None: it is in cert_file
+
+    @field_validator("ca_file", mode="after")
+    @classmethod
+    def _ca_loads(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and from_config(info):
+            check_ca_file(value, "ca_file")
+        return value
+
+    @field_validator("key_file", mode="after")
+    @classmethod
+    def _client_certificate_loads(cls, value: Any, info: ValidationInfo) -> Any:
+        cert = info.data.get("cert_file")
+        if value is not None and cert is None:
+            if "cert_file" in info.data:        # absent from info.data: cert_file was wrong (reported there)
+                raise problem("needs mqtt.tls.cert_file", show_value=False)
+            return value
+        if cert is not None and from_config(info):
+            check_client_certificate(cert, value, "cert_file", "key_file")
+        return value
+
+
+def _tls(value: Any) -> Any:
+    """`tls: true` is TLS with the system's CA certificates (a section without keys); false or null: none."""
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if isinstance(value, (dict, MqttTlsConfig)):
+        return value
+    raise problem("must be true, false or a section with ca_file, cert_file, key_file")
+
+
+def _tls_schema(schema: dict[str, Any]) -> None:
+    schema["anyOf"].insert(0, {"type": "boolean"})
+
+
 class MqttConfig(Section):
     host: Host = "127.0.0.1"
     port: Int(1, 65535) = 1883
     username: Optional[Text] = None
     password_file: Optional[FilePath] = None  # file holding the password (never inline in the config)
-    tls: Bool = False                       # TLS with the system's CA certificates
+    tls: Annotated[Optional[MqttTlsConfig], BeforeValidator(_tls), Field(json_schema_extra=_tls_schema)] = None
     topic_prefix: Topic = "monitor"
     discovery_prefix: Optional[Topic] = "homeassistant"   # None: no Home Assistant discovery
     client_id: Annotated[str, BeforeValidator(_client_id), WithJsonSchema({"type": "string", "minLength": 1})] = \

@@ -11,6 +11,7 @@ After every (re)connect it first publishes `<prefix>/status online`, then what w
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import sys
 import threading
@@ -38,6 +39,19 @@ _STATUS_ONLINE, _STATUS_OFFLINE = "online", "offline"
 _SENT, _BUSY, _DOWN = 0, 1, 2          # outcomes of handing one message to paho
 
 Handler = Callable[[str, bytes], None]
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")     # OpenSSL's source line in ssl messages: noise in a log
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in one line, with the config keys that decide it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        return (f"the broker's certificate was refused: {why}; check mqtt.tls.ca_file (the CA that signed it) "
+                f"and that mqtt.host is a name in it")
+    why = exc.reason or str(exc)
+    if why == "WRONG_VERSION_NUMBER":
+        return f"{why}: is mqtt.port the broker's TLS listener?"
+    return f"{why}; check mqtt.tls"
 
 
 class _Message(NamedTuple):
@@ -74,6 +88,7 @@ class MqttClient:
         self._thread: threading.Thread | None = None
         self._client: paho.Client | None = None
         self._problem = ""                            # the last connection problem logged (logged once each)
+        self._socket_error = ""                       # paho's last socket error (it reports it only to its log)
         self._dropped_since_log = 0
         self._last_drop_log = float("-inf")
         self.metrics.mqtt_connected.set(0)
@@ -91,8 +106,13 @@ class MqttClient:
         client.will_set(self.status_topic, _STATUS_OFFLINE, qos=1, retain=True)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if cfg.tls is not None and not self._set_tls(client):
+            client = None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._out_loop, name="mqtt-out", daemon=True)
+        self._thread.start()
+        if client is None:
+            return                   # the queue still bounds and counts what the pipeline hands over
         client.reconnect_delay_set(min_delay=int(BACKOFF_MIN), max_delay=int(BACKOFF_MAX))
         client.max_inflight_messages_set(_INFLIGHT)
         client.max_queued_messages_set(_INFLIGHT * 2)
@@ -101,13 +121,24 @@ class MqttClient:
         client.on_connect_fail = self._paho_connect_fail
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
+        client.on_log = self._paho_log
         self._client = client
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._out_loop, name="mqtt-out", daemon=True)
-        self._thread.start()
         log.info("mqtt: connecting to %s%s as %s", self.where, " (TLS)" if cfg.tls else "", cfg.client_id)
         client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE)
         client.loop_start()
+
+    def _set_tls(self, client: paho.Client) -> bool:
+        """paho's tls_set with the configured files (checked when the config was read; they may have changed
+        since). False, after one error line, when they cannot be used: the daemon runs on without MQTT."""
+        tls = self.cfg.tls
+        files = {"ca_certs": tls.ca_file, "certfile": tls.cert_file, "keyfile": tls.key_file}
+        try:
+            client.tls_set(**{k: str(v) for k, v in files.items() if v is not None}, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
+            log.error("mqtt: cannot set up TLS from mqtt.tls (%s: %s); not connecting to %s", type(exc).__name__,
+                      exc, self.where)
+            return False
+        return True
 
     def stop(self, timeout: float = 1.5) -> None:
         """Publish `offline` (if connected, waiting at most half the budget), disconnect, end both threads."""
@@ -206,6 +237,11 @@ class MqttClient:
     def _paho_connect_fail(self, client: paho.Client, userdata: object) -> None:
         # paho calls this inside its `except OSError` block: the exception tells the reason.
         exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):
+            # A certificate problem does not go away by retrying: an error, with the keys to look at.
+            self._problem_once(logging.ERROR, f"mqtt: TLS with {self.where} failed ({tls_reason(exc)}); "
+                                              f"retrying with backoff up to {BACKOFF_MAX:g} s")
+            return
         reason = f"{type(exc).__name__}: {exc}" if exc is not None else "connection failed"
         self._problem_once(logging.WARNING, f"mqtt: cannot connect to {self.where} ({reason}); "
                                             f"retrying with backoff up to {BACKOFF_MAX:g} s")
@@ -214,9 +250,23 @@ class MqttClient:
                          properties: object) -> None:
         was = self._connected
         self._set_connected(False)
-        if was and not self._stop.is_set():
+        cut, self._socket_error = self._socket_error, ""
+        if self._stop.is_set():
+            return
+        if was:
             self._problem_once(logging.WARNING, f"mqtt: lost the connection to {self.where} ({reason}); "
                                                 f"reconnecting with backoff up to {BACKOFF_MAX:g} s")
+        elif cut:
+            # Cut before the broker's CONNACK: with TLS 1.3 a broker that wants a client certificate says so
+            # only after our handshake has completed, and paho tells only its log why.
+            hint = ("; the broker requires a client certificate: set mqtt.tls.cert_file and mqtt.tls.key_file"
+                    if "CERTIFICATE_REQUIRED" in cut.upper() else "")
+            self._problem_once(logging.ERROR, f"mqtt: {self.where} closed the connection before accepting it "
+                                              f"({cut}){hint}; retrying with backoff up to {BACKOFF_MAX:g} s")
+
+    def _paho_log(self, client: paho.Client, userdata: object, level: int, text: str) -> None:
+        if level == paho.MQTT_LOG_ERR and text.startswith("failed to receive on socket"):
+            self._socket_error = _SSL_SOURCE.sub("", text.removeprefix("failed to receive on socket: "))
 
     def _paho_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         with self._cond:
