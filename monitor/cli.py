@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "folder, e.g. 1920x1080@25")
     p.add_argument("--breakdown", type=int, default=0, metavar="N",
                    help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
+    p.add_argument("--decode-threads", default="1", metavar="N,N,...",
+                   help="camera decode_threads to compare (0 = FFmpeg's choice; default 1)")
+    p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
+                   help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
     p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",
                    help="the GStreamer RTSP server script (default ../shared/tools/rtsp_serve.py)")
     p.add_argument("--json", action="store_true")

@@ -24,7 +24,7 @@ from monitor.config.loader import ConfigError, format_errors, load_config
 from monitor.config.types import Config
 from monitor.alerts.events import EventStore, EventStoreError
 from monitor.core.logsetup import setup_logging
-from monitor.core.memory import limit_malloc_arenas
+from monitor.core.memory import tune_malloc
 from monitor.core.metrics import Metrics
 from monitor.inference.results import ResultBoard
 from monitor.core.sdnotify import SystemdNotifier, watchdog_interval
@@ -46,7 +46,7 @@ class Daemon:
 
     def __init__(self, config: Config, weights: Path | None = None, pace: bool = True,
                  metrics: Metrics | None = None) -> None:
-        limit_malloc_arenas()
+        tune_malloc()       # before any capture thread: see monitor/core/memory.py
         if weights is not None:
             config = config.model_copy(update={"model": config.model.model_copy(update={"weights": Path(weights)})})
         self.config = config

@@ -184,6 +184,43 @@ def test_hwaccel_config_values() -> None:
     assert any(m.startswith("cameras[0].hwaccel:") for m in e.value.errors), e.value.errors
 
 
+# ---------------------------------------------------------------- decoder threads
+
+
+def _ffmpeg_frame_threads() -> int:
+    """FFmpeg names its frame-decoding threads "av:<codec>:df<N>" (libavcodec >= 6.1)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        except OSError:         # the thread ended meanwhile
+            pass
+    return sum(1 for n in names if n.startswith("av:") and ":df" in n)
+
+
+def test_decode_threads_reach_ffmpeg(videos_dir: Path, metrics: Metrics, cameras: list[Camera]) -> None:
+    before = _ffmpeg_frame_threads()
+    source = str(videos_dir / "car-detection.mp4")
+    three = start(cameras, CameraConfig(name="three", source=source, fps=1, loop=True, decode_threads=3), metrics)
+    assert wait_until(lambda: three.status()["state"] == "up", 10), three.status()
+    assert _ffmpeg_frame_threads() - before == 3
+    three.stop()
+    assert wait_until(lambda: _ffmpeg_frame_threads() == before, 10)
+    # The default (1) decodes on the capture thread itself: no frame threads, no pictures of their own.
+    one = start(cameras, CameraConfig(name="one", source=source, fps=1, loop=True), metrics)
+    assert one.cfg.decode_threads == 1
+    assert wait_until(lambda: one.status()["frames"] > 5, 10), one.status()
+    assert _ffmpeg_frame_threads() == before
+
+
+def test_decode_threads_config_values() -> None:
+    cfg = parse_config({"cameras": [{"name": "a", "source": "0", "decode_threads": 0}, {"name": "b", "source": "1"}]})
+    assert [c.decode_threads for c in cfg.cameras] == [0, 1]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"cameras": [{"name": "a", "source": "0", "decode_threads": -1}]})
+    assert any(m.startswith("cameras[0].decode_threads:") for m in e.value.errors), e.value.errors
+
+
 # ---------------------------------------------------------------- FFmpeg options: once, at import
 
 

@@ -61,9 +61,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_path: str | None,
-             weights: str | None) -> dict[str, Any]:
+             weights: str | None, decode_threads: int = 1, malloc: str = "tuned") -> dict[str, Any]:
     """In the child: run the daemon on `urls` and measure one window."""
     import logging
+
+    from monitor.core import memory
+    if malloc == "arenas":
+        memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
 
     from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig
     from monitor.core.logsetup import setup_logging
@@ -79,7 +83,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     if weights:
         model = _replace(model, weights=Path(weights))
     cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=60, read_timeout=10,
-                              stale_after=10) for i, u in enumerate(urls))
+                              stale_after=10, decode_threads=decode_threads) for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
                         logging=LoggingConfig(level="warning"))
@@ -113,7 +117,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     diff = {k: after[k] - before[k] for k in before}
     due = fps * window * len(cams) if cams else 0.0
     return {
-        "cameras": len(cams), "seconds": round(window, 2), "fps": fps,
+        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": _variant(decode_threads, malloc),
         "due": round(due, 1), "classified": diff["classified"], "dropped": diff["dropped"],
         "failed": diff["failed"],
         "classified_ratio": round(diff["classified"] / due, 3) if due else None,
@@ -128,10 +132,15 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         "resolution": sorted({f"{s['width']}x{s['height']}" for s in statuses}),
         "decoders": sorted({s["decoder"] for s in statuses}),
         "torch_loaded": "torch" in sys.modules,
+        "threads": len(os.listdir("/proc/self/task")),
     }
 
 
-def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str) -> dict[str, Any]:
+def _variant(decode_threads: int, malloc: str) -> str:
+    return f"decode_threads {decode_threads or 'auto'}, malloc {malloc}"
+
+
+def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, decode_threads: int = 1) -> dict[str, Any]:
     """In the child, without the daemon: OpenCV captures opened as Camera opens them. mode "grab": grab() every
     frame; "retrieve": grab() every frame and retrieve() `fps` frames per second into one reused array (what the
     camera does); "read": read() every frame (what it did before). The floor under the daemon's figures."""
@@ -141,7 +150,7 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str) -> d
     import cv2
     import numpy as np
 
-    from monitor.capture.camera import DECODER_THREADS     # noqa: F401  (sets the FFmpeg env like the daemon)
+    import monitor.capture.camera  # noqa: F401  (sets the FFmpeg env like the daemon)
 
     rss0, _ = _rss_mb()
     stop = threading.Event()
@@ -151,7 +160,7 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str) -> d
     def run(i: int, url: str) -> None:
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 20000,
                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000,
-                                                     cv2.CAP_PROP_N_THREADS, DECODER_THREADS])
+                                                     cv2.CAP_PROP_N_THREADS, decode_threads])
         buf: np.ndarray | None = None
         next_at = time.monotonic()
         while not stop.is_set():
@@ -181,6 +190,7 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str) -> d
     n = max(len(urls), 1)
     return {"cameras": len(urls), "mode": mode, "rss_mb": round(rss, 1),
             "cpu_cores_per_camera": round(cpu / window / n, 3),
+            "decode_threads": decode_threads,
             "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(count / window / n, 1),
             "errors": errors[:3]}
 
@@ -211,11 +221,12 @@ def _counts(daemon: Any) -> dict[str, int]:
 def _child_main() -> int:
     spec = json.loads(sys.argv[2])
     if "decode" in spec:
-        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"])
+        result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"],
+                                 spec.get("decode_threads", 1))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
-                      spec.get("weights"))
+                      spec.get("weights"), spec.get("decode_threads", 1), spec.get("malloc", "tuned"))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -295,18 +306,23 @@ def _passes(row: dict[str, Any]) -> bool:
 
 def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
-                 progress: Any = None, breakdown_cameras: int = 0) -> dict[str, Any]:
+                 progress: Any = None, breakdown_cameras: int = 0,
+                 variants: Sequence[tuple[int, str]] = ((1, "tuned"),)) -> dict[str, Any]:
+    """variants: (decode_threads, malloc) pairs, each run at every step; interleaved per step so that a change
+    of load on the machine hits every variant alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
         served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
         # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
         # sessions cannot leave the next one a server in a bad state. Long enough for a step and its start-up.
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
-        rows = []
+        rows: list[dict[str, Any]] = []
         breakdown = []
-        jobs = [(n, None) for n in steps] + [(breakdown_cameras, m) for m in ("grab", "retrieve", "read")
-                                              if breakdown_cameras]
-        for n, mode in jobs:
+        jobs: list[tuple[int, str | None, tuple[int, str]]] = [(n, None, v) for n in steps for v in variants]
+        # The bare captures once per decoder thread count compared (malloc settings do not matter to them).
+        jobs += [(breakdown_cameras, m, (t, variants[0][1])) for t in dict.fromkeys(t for t, _ in variants)
+                 for m in ("grab", "retrieve", "read") if breakdown_cameras]
+        for n, mode, (threads, malloc) in jobs:
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
             server = _Server(serve, served, minutes, sub) if n else None
@@ -314,34 +330,50 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
                 if mode is None:
                     spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
-                            "warmup": warmup, "config": config, "weights": weights}
+                            "warmup": warmup, "config": config, "weights": weights, "decode_threads": threads,
+                            "malloc": malloc}
                     row = _run_child(spec)
+                    row["variant"] = _variant(threads, malloc)
                     row["passes"] = _passes(row)
                     rows.append(row)
                     if progress is not None:
-                        print(_format_row(row, rows), file=progress, flush=True)
+                        same = [r for r in rows if r["variant"] == row["variant"]]
+                        print(_format_row(row, same) + (f" | {row['variant']}" if len(variants) > 1 else ""),
+                              file=progress, flush=True)
                     continue
                 spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
-                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode}
+                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode, "decode_threads": threads}
                 row = _run_child(spec)
                 breakdown.append(row)
                 if progress is not None and "error" not in row:
                     what = {"grab": "grab() only", "read": "read() every frame (before)",
                             "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)"}[mode]
-                    print(f"OpenCV alone, {row['cameras']} captures, {what}: {row['per_camera_mb']} MB and "
+                    print(f"OpenCV alone, decode_threads {threads or 'auto'}, {row['cameras']} captures, {what}: "
+                          f"{row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
-                          f"grabbed)", file=progress, flush=True)
+                          f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
+                          flush=True)
             finally:
                 if server is not None:
                     server.stop()
-    base = next((r for r in rows if r["cameras"] == 0 and "error" not in r), None)
-    for r in rows:
-        if base is not None and r["cameras"] > 0 and "error" not in r:
-            r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
-    passing = [r["cameras"] for r in rows if r.get("passes")]
+    summary = []
+    for threads, malloc in variants:
+        mine = [r for r in rows if r["variant"] == _variant(threads, malloc) and "error" not in r]
+        base = next((r for r in mine if r["cameras"] == 0), None)
+        for r in mine:
+            if base is not None and r["cameras"] > 0:
+                r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
+        top = max((r for r in mine if r["cameras"] > 0), key=lambda r: r["cameras"], default=None)
+        summary.append({"variant": _variant(threads, malloc), "decode_threads": threads, "malloc": malloc,
+                        "cameras": top["cameras"] if top else 0,
+                        "rss_mb": top["rss_mb"] if top else None,
+                        "rss_per_camera_mb": top.get("rss_per_camera_mb") if top else None,
+                        "cpu_per_camera": round(top["cpu_cores"] / top["cameras"], 3) if top else None,
+                        "p99_ms": top["p99_ms"] if top else None, "passes": bool(top and top["passes"])})
+    passing = [r["cameras"] for r in rows if r.get("passes") and r["variant"] == _variant(*variants[0])]
     return {"sources": [v.name for v in videos], "transcode": transcode, "fps": fps, "window_s": seconds,
-            "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "max_cameras": max(passing) if passing else 0,
-            "cores": os.cpu_count()}
+            "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "summary": summary,
+            "max_cameras": max(passing) if passing else 0, "cores": os.cpu_count()}
 
 
 def _format_row(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -392,6 +424,15 @@ def bench_capacity(args: argparse.Namespace) -> int:
     if not weights.is_file():
         raise SystemExit(f"monitor bench capacity: no weights at {weights}: pass --weights FILE (or create it with "
                          f"`monitor weights demo --out {weights}`: same speed as trained weights)")
+    try:
+        threads = [int(t) for t in args.decode_threads.split(",")]
+        mallocs = [m.strip() for m in args.malloc.split(",")]
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: --decode-threads {args.decode_threads!r}: expected e.g. 1,2,0") from None
+    if any(not 0 <= t <= 16 for t in threads) or any(m not in ("tuned", "arenas") for m in mallocs):
+        raise SystemExit("monitor bench capacity: --decode-threads takes 0..16 (0 = FFmpeg's choice), --malloc "
+                         "tuned and/or arenas")
+    variants = [(m_threads, m) for m in mallocs for m_threads in threads]
     out = sys.stderr if args.json else sys.stdout
     print(f"monitor bench capacity: {', '.join(v.name for v in videos)}"
           f"{' transcoded to ' + args.transcode if args.transcode else ''}, {args.fps:g} fps sampled per "
@@ -399,7 +440,7 @@ def bench_capacity(args: argparse.Namespace) -> int:
           f"one daemon process per step; model from {args.weights or config or 'defaults'}", file=out)
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
-                     args.weights, progress=out, breakdown_cameras=args.breakdown)
+                     args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -407,10 +448,21 @@ def bench_capacity(args: argparse.Namespace) -> int:
     dec = sorted({x for row in r["steps"] for x in row.get("decoders", [])})
     print(f"streams {', '.join(res)} ({', '.join(dec)} decoding); "
           f"torch loaded: {any(row.get('torch_loaded') for row in r['steps'])}")
-    print(f"most cameras with every sampled frame classified and p99 < {P99_BOUND_MS:.0f} ms: {r['max_cameras']}")
-    per = [f"{row['cameras']}: {row['rss_per_camera_mb']}" for row in r["steps"] if "rss_per_camera_mb" in row]
-    if per:
-        print(f"RSS per camera over the 0-camera daemon (MB): {', '.join(per)}")
+    print(f"most cameras with every sampled frame classified and p99 < {P99_BOUND_MS:.0f} ms"
+          f"{' (' + r['summary'][0]['variant'] + ')' if len(variants) > 1 else ''}: {r['max_cameras']}")
+    for v in r["summary"]:
+        per = [f"{row['cameras']}: {row['rss_per_camera_mb']}" for row in r["steps"]
+               if "rss_per_camera_mb" in row and row["variant"] == v["variant"]]
+        if per:
+            print(f"{v['variant']}: RSS per camera over the 0-camera daemon (MB): {', '.join(per)}")
+    first = r["summary"][0]
+    if len(variants) > 1 and first["rss_per_camera_mb"]:
+        for v in r["summary"]:
+            if v["rss_per_camera_mb"]:
+                print(f"at {v['cameras']} cameras, {v['variant']}: {v['rss_per_camera_mb']} MB per camera "
+                      f"({v['rss_per_camera_mb'] / first['rss_per_camera_mb']:.2f}x {first['variant']}), "
+                      f"RSS {v['rss_mb']:.0f} MB, {v['cpu_per_camera']} cores per camera, p99 {v['p99_ms']} ms, "
+                      f"ok {'yes' if v['passes'] else 'no'}")
     return 0
 
 

@@ -23,8 +23,6 @@ from monitor.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
-DECODER_THREADS = 1
-
 # Process-wide FFmpeg settings that OpenCV reads (getenv) at every open. They are set here, once, when the
 # capture module is imported, before any capture thread exists: setenv while another thread runs getenv is
 # undefined behaviour in glibc. A value the operator exported is left alone.
@@ -308,9 +306,11 @@ class Camera:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
         hw = src.kind != "device" and self.cfg.hwaccel == "auto"
         if src.kind != "device":
-            # One decoder thread per camera: FFmpeg's default (cores + 1 frame threads) keeps a frame buffer per
-            # thread and adds latency; a camera-sized H.264 stream decodes in ~2 ms on one core anyway.
-            params += [cv2.CAP_PROP_N_THREADS, DECODER_THREADS]
+            # FFmpeg frame-threads H.264 (OpenCV asks for one thread per core unless told): every frame thread
+            # holds pictures of its own, +7 MB per 1080p camera with 2 threads, and adds a frame of latency. One
+            # thread per camera (the default) decodes a 1080p25 stream with ~0.06 cores; many cameras on few
+            # cores gain nothing from more (README, capacity: decode threads).
+            params += [cv2.CAP_PROP_N_THREADS, self.cfg.decode_threads]
             # ANY: OpenCV tries VAAPI, D3D11, MFX ... and decodes in software when none initialises.
             params += [cv2.CAP_PROP_HW_ACCELERATION,
                        cv2.VIDEO_ACCELERATION_ANY if hw else cv2.VIDEO_ACCELERATION_NONE]

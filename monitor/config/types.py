@@ -191,6 +191,9 @@ class CameraConfig(Section):
     stale_after: Duration(allow_zero=False) = 10.0   # reopen when no frame arrived for this long
     backoff_max: Duration(allow_zero=False) = 30.0   # cap of the exponential reconnect backoff
     hwaccel: Choice("none", "auto") = "none"         # auto: any hardware decoder OpenCV finds, else software
+    # FFmpeg decoder threads (CAP_PROP_N_THREADS); 0 = FFmpeg's choice (cores + 1). Each frame thread holds its
+    # own pictures: 1 is leanest, and on a few cores shared by many cameras no slower (README, capacity).
+    decode_threads: Int(0, 16) = 1
     motion: MotionConfig = _section()
 
     @field_validator("loop")
