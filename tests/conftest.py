@@ -8,6 +8,7 @@ import pytest
 
 from monitor.capture.camera import Camera
 from monitor.core.metrics import Metrics
+from testkit.mqtt import Subscriber
 from testkit.rtsp import SHARED, RtspServer, VideoArg, free_port
 
 
@@ -60,3 +61,12 @@ def cameras() -> Iterator[list[Camera]]:
     yield made
     for cam in made:
         cam.stop(timeout=2.0)
+
+
+@pytest.fixture
+def subscribers() -> Iterator[list[Subscriber]]:
+    """MQTT subscribers appended here are closed at teardown."""
+    made: list[Subscriber] = []
+    yield made
+    for s in made:
+        s.close()

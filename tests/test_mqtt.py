@@ -59,14 +59,6 @@ def brokers(tmp_path: Path) -> Iterator[list[Mosquitto]]:
         b.kill()
 
 
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for s in made:
-        s.close()
-
-
 @pytest.fixture(scope="module")
 def footage(demo_weights: Path, videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A 6 s clip and a rule on the demo model's top class at a score where it flickers: events start and end

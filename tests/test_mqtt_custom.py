@@ -39,14 +39,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     b.kill()
 
 
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for s in made:
-        s.close()
-
-
 @pytest.fixture(scope="module")
 def video(videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return clip(videos_dir / "car-detection.mp4", tmp_path_factory.mktemp("clip") / "cars-4s.mp4", 4)

@@ -46,14 +46,6 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqu
     b.kill()
 
 
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for s in made:
-        s.close()
-
-
 def build(tmp: Path, weights: Path, video: Path, mqtt: dict[str, Any]) -> Config:
     return parse_config({
         "server": {"host": "127.0.0.1", "port": 0},
