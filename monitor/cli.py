@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
     p.add_argument("--decode-threads", default="1", metavar="N,N,...",
                    help="camera decode_threads to compare (0 = FFmpeg's choice; default 1)")
+    p.add_argument("--capture", default="opencv", metavar="opencv,pyav:WxH",
+                   help="camera capture to compare: opencv, pyav (full size) or pyav:960x540 (backend pyav with "
+                        "that frame_size)")
     p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
                    help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
     p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",

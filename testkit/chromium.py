@@ -112,30 +112,34 @@ class Browser:
         return self
 
     def _read(self) -> None:
-        buf = b""
+        partial: list[bytes] = []       # pieces of a message still being received (a screenshot is megabytes)
         try:
             while True:
                 chunk = os.read(self._from_browser, 1 << 16)
                 if not chunk:
                     break
-                buf += chunk
-                *messages, buf = buf.split(b"\0")
-                for raw in messages:
-                    msg = json.loads(raw)
-                    with self._cond:
-                        if "id" in msg:
-                            self._answers[msg["id"]] = msg
-                        else:
-                            if len(self.events) == self.events.maxlen:
-                                self.events_dropped += 1
-                            self.events.append(msg)
-                        self._cond.notify_all()
+                *ends, rest = chunk.split(b"\0")
+                for end in ends:
+                    self._deliver(json.loads(b"".join(partial) + end))
+                    partial = []
+                if rest:
+                    partial.append(rest)
         except OSError:
             pass
         finally:
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        with self._cond:
+            if "id" in msg:
+                self._answers[msg["id"]] = msg
+            else:
+                if len(self.events) == self.events.maxlen:
+                    self.events_dropped += 1
+                self.events.append(msg)
+            self._cond.notify_all()
 
     def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
              timeout: float | None = None) -> dict[str, Any]:
@@ -195,6 +199,8 @@ class Browser:
                 except ProcessLookupError:
                     pass
                 self._proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)        # the browser is gone: its end of the pipe closed, the reader saw EOF
         for fd in (self._to_browser, self._from_browser):
             if fd >= 0:
                 try:
@@ -202,8 +208,6 @@ class Browser:
                 except OSError:
                     pass
         self._to_browser = self._from_browser = -1
-        if self._reader is not None:
-            self._reader.join(5)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Browser:
@@ -250,9 +254,10 @@ class Page:
                 return value
             time.sleep(interval)
 
-    def click(self, selector: str) -> None:
-        """A left click in the middle of the first element matching `selector`, scrolled into view. Refused
-        when the element is not displayed or something else lies on top of it (a user could not click it)."""
+    def click(self, selector: str, hold: float = 0.0) -> None:
+        """A left click in the middle of the first element matching `selector`, scrolled into view, the button
+        held down for `hold` seconds (a page that rebuilds its controls meanwhile loses the click, as a user's
+        would be). Refused when the element is not displayed or something else lies on top of it."""
         box = self.evaluate(f"""(() => {{
             const e = document.querySelector({json.dumps(selector)});
             if (!e) return 'missing';
@@ -268,6 +273,8 @@ class Page:
             raise ChromiumError(f"cannot click {selector!r}: {box}")
         x, y = box
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            if kind == "mouseReleased" and hold:
+                time.sleep(hold)
             self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
                                                    "buttons": 1 if kind == "mousePressed" else 0,
                                                    "clickCount": 0 if kind == "mouseMoved" else 1})

@@ -184,9 +184,11 @@ def test_custom_class_controls_in_chromium(tmp_path: Path, demo_weights: Path, s
         x, y, w, h = crop_box(*clean.shape[:2], "center")
         seen_by_head = clean[y:y + h, x:x + w]
         item = f'#events li[data-event="{event_id}"]'
-        for button, cls, count in (("mark-right", "cars", SAVES_PER_CLASS + 1), ("mark-wrong", "none", 1)):
+        # "right" is held across a refresh of the event list (every 5 s), which must not lose the click
+        for button, cls, count, hold in (("mark-right", "cars", SAVES_PER_CLASS + 1, 5.3),
+                                         ("mark-wrong", "none", 1, 0.0)):
             old = set(jpegs(examples / cls))
-            page.click(f"{item} button.{button}")
+            page.click(f"{item} button.{button}", hold=hold)
             folder = examples / cls
             assert wait_until(lambda f=folder, n=count: len(jpegs(f)) == n, 10), jpegs(folder)
             (filed,) = set(jpegs(folder)) - old
@@ -200,7 +202,10 @@ def test_custom_class_controls_in_chromium(tmp_path: Path, demo_weights: Path, s
         # -- "retrain": trained in the background on the labelled examples, swapped in without a restart
         sha_before = hashlib.sha256(Path(head_file).read_bytes()).hexdigest()
         classified = s.sample("monitor_frames_classified_total", {"camera": "street"})
-        page.click('#heads-list li[data-head="scene"] button.retrain')
+        # held across a status poll (every 1.5 s): the page must not rebuild the button under the pointer
+        page.click('#heads-list li[data-head="scene"] button.retrain', hold=1.8)
+        assert wait_until(lambda: status(port)["custom_classes"][0]["retrain"]["state"] != "idle", 5), \
+            "the retrain click was lost"
         retrain = wait_until(lambda: status(port)["custom_classes"][0]["retrain"]["state"] in ("done", "failed")
                              and status(port)["custom_classes"][0]["retrain"], 60)
         assert retrain and retrain["state"] == "done", retrain

@@ -61,7 +61,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_path: str | None,
-             weights: str | None, decode_threads: int = 1, malloc: str = "tuned") -> dict[str, Any]:
+             weights: str | None, decode_threads: int = 1, malloc: str = "tuned",
+             capture: str = "opencv") -> dict[str, Any]:
     """In the child: run the daemon on `urls` and measure one window."""
     import logging
 
@@ -83,7 +84,8 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     if weights:
         model = _replace(model, weights=Path(weights))
     cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=60, read_timeout=10,
-                              stale_after=10, decode_threads=decode_threads) for i, u in enumerate(urls))
+                              stale_after=10, decode_threads=decode_threads, **capture_options(capture))
+                 for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
                         logging=LoggingConfig(level="warning"))
@@ -117,7 +119,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     diff = {k: after[k] - before[k] for k in before}
     due = fps * window * len(cams) if cams else 0.0
     return {
-        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": _variant(decode_threads, malloc),
+        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": _variant(decode_threads, malloc, capture),
         "due": round(due, 1), "classified": diff["classified"], "dropped": diff["dropped"],
         "failed": diff["failed"],
         "classified_ratio": round(diff["classified"] / due, 3) if due else None,
@@ -136,8 +138,21 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     }
 
 
-def _variant(decode_threads: int, malloc: str) -> str:
-    return f"decode_threads {decode_threads or 'auto'}, malloc {malloc}"
+def _variant(decode_threads: int, malloc: str, capture: str = "opencv") -> str:
+    return f"decode_threads {decode_threads or 'auto'}, malloc {malloc}" + (f", {capture}" if capture != "opencv"
+                                                                               else "")
+
+
+def capture_options(capture: str) -> dict[str, Any]:
+    """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields."""
+    backend, _, size = capture.partition(":")
+    if backend not in ("opencv", "pyav") or (size and backend != "pyav"):
+        raise ValueError(capture)
+    options: dict[str, Any] = {"backend": backend}
+    if size:
+        w, h = size.lower().split("x")
+        options["frame_size"] = (int(w), int(h))
+    return options
 
 
 def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, decode_threads: int = 1) -> dict[str, Any]:
@@ -226,7 +241,8 @@ def _child_main() -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
-                      spec.get("weights"), spec.get("decode_threads", 1), spec.get("malloc", "tuned"))
+                      spec.get("weights"), spec.get("decode_threads", 1), spec.get("malloc", "tuned"),
+                      spec.get("capture", "opencv"))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -307,8 +323,8 @@ def _passes(row: dict[str, Any]) -> bool:
 def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
                  progress: Any = None, breakdown_cameras: int = 0,
-                 variants: Sequence[tuple[int, str]] = ((1, "tuned"),)) -> dict[str, Any]:
-    """variants: (decode_threads, malloc) pairs, each run at every step; interleaved per step so that a change
+                 variants: Sequence[tuple[int, str, str]] = ((1, "tuned", "opencv"),)) -> dict[str, Any]:
+    """variants: (decode_threads, malloc, capture) triples, each run at every step; interleaved per step so that a change
     of load on the machine hits every variant alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
@@ -318,11 +334,12 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
         rows: list[dict[str, Any]] = []
         breakdown = []
-        jobs: list[tuple[int, str | None, tuple[int, str]]] = [(n, None, v) for n in steps for v in variants]
+        jobs: list[tuple[int, str | None, tuple[int, str, str]]] = [(n, None, v) for n in steps for v in variants]
         # The bare captures once per decoder thread count compared (malloc settings do not matter to them).
-        jobs += [(breakdown_cameras, m, (t, variants[0][1])) for t in dict.fromkeys(t for t, _ in variants)
+        jobs += [(breakdown_cameras, m, (t, variants[0][1], "opencv"))
+                 for t in dict.fromkeys(t for t, _, _ in variants)
                  for m in ("grab", "retrieve", "read") if breakdown_cameras]
-        for n, mode, (threads, malloc) in jobs:
+        for n, mode, (threads, malloc, capture) in jobs:
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
             server = _Server(serve, served, minutes, sub) if n else None
@@ -331,9 +348,9 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if mode is None:
                     spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
                             "warmup": warmup, "config": config, "weights": weights, "decode_threads": threads,
-                            "malloc": malloc}
+                            "malloc": malloc, "capture": capture}
                     row = _run_child(spec)
-                    row["variant"] = _variant(threads, malloc)
+                    row["variant"] = _variant(threads, malloc, capture)
                     row["passes"] = _passes(row)
                     rows.append(row)
                     if progress is not None:
@@ -357,14 +374,15 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if server is not None:
                     server.stop()
     summary = []
-    for threads, malloc in variants:
-        mine = [r for r in rows if r["variant"] == _variant(threads, malloc) and "error" not in r]
+    for threads, malloc, capture in variants:
+        mine = [r for r in rows if r["variant"] == _variant(threads, malloc, capture) and "error" not in r]
         base = next((r for r in mine if r["cameras"] == 0), None)
         for r in mine:
             if base is not None and r["cameras"] > 0:
                 r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
         top = max((r for r in mine if r["cameras"] > 0), key=lambda r: r["cameras"], default=None)
-        summary.append({"variant": _variant(threads, malloc), "decode_threads": threads, "malloc": malloc,
+        summary.append({"variant": _variant(threads, malloc, capture), "decode_threads": threads, "malloc": malloc,
+                        "capture": capture,
                         "cameras": top["cameras"] if top else 0,
                         "rss_mb": top["rss_mb"] if top else None,
                         "rss_per_camera_mb": top.get("rss_per_camera_mb") if top else None,
@@ -432,7 +450,13 @@ def bench_capacity(args: argparse.Namespace) -> int:
     if any(not 0 <= t <= 16 for t in threads) or any(m not in ("tuned", "arenas") for m in mallocs):
         raise SystemExit("monitor bench capacity: --decode-threads takes 0..16 (0 = FFmpeg's choice), --malloc "
                          "tuned and/or arenas")
-    variants = [(m_threads, m) for m in mallocs for m_threads in threads]
+    captures = [c.strip() for c in args.capture.split(",")]
+    try:
+        for c in captures:
+            capture_options(c)
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: --capture {args.capture!r}: expected e.g. opencv,pyav:960x540") from None
+    variants = [(m_threads, m, c) for c in captures for m in mallocs for m_threads in threads]
     out = sys.stderr if args.json else sys.stdout
     print(f"monitor bench capacity: {', '.join(v.name for v in videos)}"
           f"{' transcoded to ' + args.transcode if args.transcode else ''}, {args.fps:g} fps sampled per "

@@ -1,4 +1,5 @@
-"""Camera: one thread per camera owning its cv2.VideoCapture; newest-frame slot, fps sampling, reconnects."""
+"""Camera: one thread per camera owning its capture (cv2.VideoCapture, or PyAVCapture with `backend: pyav`);
+newest-frame slot, fps sampling, reconnects."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ from monitor.config.types import CameraConfig
 from monitor.core.metrics import Metrics
 from monitor.capture.buffers import FramePool
 from monitor.capture.motion import MotionGate
+from monitor.capture.pyav_capture import PyAVCapture
 from monitor.core.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -254,6 +256,7 @@ class Camera:
                 "retrieved": self._retrieved,           # frames converted to BGR (due or watched)
                 "decoder": self._decoder,               # "software" | "hardware" ("" before the first open)
                 "hwaccel": self.cfg.hwaccel,
+                "backend": self.cfg.backend,            # "opencv" | "pyav"
             }
 
     # ---------------------------------------------------------------- capture thread
@@ -314,6 +317,8 @@ class Camera:
             # ANY: OpenCV tries VAAPI, D3D11, MFX ... and decodes in software when none initialises.
             params += [cv2.CAP_PROP_HW_ACCELERATION,
                        cv2.VIDEO_ACCELERATION_ANY if hw else cv2.VIDEO_ACCELERATION_NONE]
+        if self.cfg.backend == "pyav" and src.kind != "device":
+            return self._open_pyav(read_ms / 1000.0, hw)
         if src.kind == "device":
             path = f"/dev/video{src.target}" if isinstance(src.target, int) else str(src.target)
             if not os.path.exists(path):
@@ -336,6 +341,19 @@ class Camera:
         if not cap.isOpened():
             cap.release()
             raise _Failure(f"cannot open {what}")
+        self._note_decoder(cap, hw)
+        return cap
+
+    def _open_pyav(self, read_timeout: float, hw: bool) -> PyAVCapture:
+        src = self.source
+        if src.kind == "file" and not Path(src.target).is_file():
+            raise _Failure(f"file not found: {src.shown}")
+        size = tuple(self.cfg.frame_size) if self.cfg.frame_size else None
+        cap = PyAVCapture(str(src.target), self.cfg.open_timeout, read_timeout, self.cfg.decode_threads, size)
+        if not cap.isOpened():
+            # FFmpeg's message may quote the URL: show it without credentials
+            why = cap.error.replace(str(src.target), src.shown)
+            raise _Failure(f"cannot open {src.shown if src.kind != 'file' else 'file ' + src.shown}: {why}")
         self._note_decoder(cap, hw)
         return cap
 

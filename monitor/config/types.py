@@ -194,7 +194,35 @@ class CameraConfig(Section):
     # FFmpeg decoder threads (CAP_PROP_N_THREADS); 0 = FFmpeg's choice (cores + 1). Each frame thread holds its
     # own pictures: 1 is leanest, and on a few cores shared by many cameras no slower (README, capacity).
     decode_threads: Int(0, 16) = 1
+    # opencv: cv2.VideoCapture, every kind of source. pyav: files and URLs decoded by PyAV, each used frame
+    # converted straight to frame_size in one swscale pass, with no full-size BGR copy (README, capacity).
+    backend: Choice("opencv", "pyav") = "opencv"
+    # [width, height] the camera's frames are classified, shown and snapshotted at (backend pyav): a 1080p
+    # camera processed at 960x540 holds 1.5 MB frames instead of 6.2 MB ones. Crops are in these pixels.
+    frame_size: Optional[tuple[Int(16, 7680), Int(16, 4320)]] = None
     motion: MotionConfig = _section()
+
+    @field_validator("backend")
+    @classmethod
+    def _pyav_reads_files_and_urls(cls, backend: str, info: ValidationInfo) -> str:
+        if backend == "pyav" and "source" in info.data and source_kind(info.data["source"]) == "device":
+            raise problem("pyav reads files and URLs; a webcam/device needs backend: opencv", show_value=False)
+        return backend
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size_needs_pyav(cls, size: tuple[int, int] | None, info: ValidationInfo) -> tuple[int, int] | None:
+        if size is None:
+            return size
+        if info.data.get("backend", "opencv") != "pyav":
+            raise problem("needs backend: pyav (OpenCV always converts the full picture)", show_value=False)
+        crop = info.data.get("crop")
+        if isinstance(crop, tuple):
+            x, y, w, h = crop
+            if x + w > size[0] or y + h > size[1]:
+                raise problem(f"crop {list(crop)} does not fit the {size[0]}x{size[1]} frame_size "
+                              f"(needs x+w <= {size[0]}, y+h <= {size[1]})", show_value=False)
+        return size
 
     @field_validator("loop")
     @classmethod

@@ -123,24 +123,41 @@ function renderCustom(card, cam) {
   card.labelRow.hidden = options.length === 0;
 }
 
+// The list is rebuilt only when the set of heads changes; otherwise each entry is updated in place. A button
+// replaced between the press and the release of the mouse never gets the click (status comes every 1.5 s).
+let headsShown = null;
+
+function headItem(h) {
+  const button = el('button', { type: 'button', class: 'retrain', text: 'retrain' });
+  const note = el('span', { class: 'muted retrain-state' });
+  button.addEventListener('click', () => postAction(`/api/heads/${encodeURIComponent(h.name)}/retrain`, note,
+    (body) => body.retrain.state));
+  return el('li', { 'data-head': h.name }, el('strong', { text: h.name }), el('span', { class: 'summary' }),
+    button, ' ', note);
+}
+
+function updateHeadItem(item, h) {
+  const state = h.retrain || { state: 'idle' };
+  const counts = Object.entries(h.examples).map(([k, v]) => `${k} ${v}`).join(', ') || 'no examples yet';
+  item.querySelector('.summary').textContent = ` ${h.classes.join(' / ')} · examples: ${counts} `;
+  item.querySelector('.retrain').disabled = state.state === 'queued' || state.state === 'training';
+  item.querySelector('.retrain-state').textContent = state.state +
+    (state.state === 'failed' ? ': ' + state.message : '') +
+    (state.state === 'done' && state.accuracy != null ? ` (held-out ${(state.accuracy * 100).toFixed(1)}%)` : '');
+}
+
 function renderHeads(list) {
   heads = list;
-  const box = document.getElementById('heads');
-  box.hidden = list.length === 0;
+  document.getElementById('heads').hidden = list.length === 0;
   const ul = document.getElementById('heads-list');
-  ul.replaceChildren(...list.map((h) => {
-    const state = h.retrain || { state: 'idle' };
-    const button = el('button', { type: 'button', class: 'retrain', text: 'retrain' });
-    const note = el('span', { class: 'muted retrain-state', text: state.state +
-      (state.state === 'failed' ? ': ' + state.message : '') +
-      (state.state === 'done' && state.accuracy != null ? ` (held-out ${(state.accuracy * 100).toFixed(1)}%)` : '') });
-    button.disabled = state.state === 'queued' || state.state === 'training';
-    button.addEventListener('click', () => postAction(`/api/heads/${encodeURIComponent(h.name)}/retrain`, note,
-      (body) => body.retrain.state));
-    const counts = Object.entries(h.examples).map(([k, v]) => `${k} ${v}`).join(', ') || 'no examples yet';
-    return el('li', { 'data-head': h.name }, el('strong', { text: h.name }),
-      el('span', { text: ` ${h.classes.join(' / ')} · examples: ${counts} ` }), button, ' ', note);
-  }));
+  const names = list.map((h) => h.name).join('|');
+  let items = list.map((h) => ul.querySelector(`li[data-head="${CSS.escape(h.name)}"]`));
+  if (names !== headsShown || items.includes(null)) {
+    items = list.map(headItem);
+    ul.replaceChildren(...items);
+    headsShown = names;
+  }
+  list.forEach((h, i) => updateHeadItem(items[i], h));
 }
 
 function updateCard(card, cam) {
@@ -232,9 +249,44 @@ async function pollStatus() {
   }
 }
 
-// What each event's right/wrong click filed: the list is rebuilt on every poll, the answer must stay in view
-// (or the user clicks again and files the same frame twice). Only events still listed are remembered.
+// What each event's right/wrong click filed: kept while the event is listed, so that the answer stays in view
+// when the list is rebuilt (or the user clicks again and files the same frame twice).
 const marked = new Map();
+// The list is rebuilt only when its set of entries changes; otherwise each entry's text is updated in place.
+// A button replaced between the press and the release of the mouse never gets the click (the list is polled
+// every 5 s; a click takes ~0.1 s).
+let eventsShown = null;
+
+function eventInfo(ev) {
+  return el('div', { class: 'info' },
+    el('strong', { text: `${ev.label} ` }),
+    el('span', { text: `${(ev.peak_score * 100).toFixed(0)}% on ${ev.camera}` }),
+    el('br'),
+    el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` }));
+}
+
+function eventItem(ev) {
+  const item = el('li', { class: 'event' + (ev.ended_at ? '' : ' open'), 'data-event': String(ev.id) });
+  if (ev.snapshot_url) {
+    item.append(el('a', { href: ev.snapshot_url, target: '_blank', rel: 'noopener' },
+      el('img', { class: 'thumb', src: ev.snapshot_url, alt: `snapshot of event ${ev.id}`, loading: 'lazy' })));
+  }
+  item.append(eventInfo(ev));
+  if (ev.label.includes(':') && ev.snapshot_url) {
+    // A custom-class event teaches its head: right files its frame under the class, wrong under none.
+    const note = el('span', { class: 'muted', text: marked.get(ev.id) || '' });
+    const mark = (right) => async () => {
+      if (await postAction(`/api/events/${ev.id}/label?right=${right}`, note,
+        () => (right ? 'filed under ' + ev.label : 'filed under none'))) marked.set(ev.id, note.textContent);
+    };
+    const right = el('button', { type: 'button', class: 'mark-right', text: 'right' });
+    const wrong = el('button', { type: 'button', class: 'mark-wrong', text: 'wrong' });
+    right.addEventListener('click', mark(true));
+    wrong.addEventListener('click', mark(false));
+    item.append(el('div', { class: 'mark' }, right, ' ', wrong, ' ', note));
+  }
+  return item;
+}
 
 async function pollEvents() {
   try {
@@ -242,36 +294,20 @@ async function pollEvents() {
     const listed = new Set(events.map((ev) => ev.id));
     for (const id of marked.keys()) if (!listed.has(id)) marked.delete(id);
     const list = document.getElementById('events');
+    // what decides an entry's elements: a snapshot that arrives later adds the thumbnail and the buttons
+    const entries = events.map((ev) => `${ev.id}:${ev.label}:${ev.snapshot_url}`).join('|');
+    const items = events.map((ev) => list.querySelector(`li[data-event="${ev.id}"]`));
     if (!events.length) {
       list.replaceChildren(el('li', { class: 'muted', text: 'no events yet' }));
+    } else if (entries !== eventsShown || items.includes(null)) {
+      list.replaceChildren(...events.map(eventItem));
     } else {
-      list.replaceChildren(...events.map((ev) => {
-        const item = el('li', { class: 'event' + (ev.ended_at ? '' : ' open'), 'data-event': String(ev.id) });
-        if (ev.snapshot_url) {
-          item.append(el('a', { href: ev.snapshot_url, target: '_blank', rel: 'noopener' },
-            el('img', { class: 'thumb', src: ev.snapshot_url, alt: `snapshot of event ${ev.id}`, loading: 'lazy' })));
-        }
-        item.append(el('div', {},
-          el('strong', { text: `${ev.label} ` }),
-          el('span', { text: `${(ev.peak_score * 100).toFixed(0)}% on ${ev.camera}` }),
-          el('br'),
-          el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` })));
-        if (ev.label.includes(':') && ev.snapshot_url) {
-          // A custom-class event teaches its head: right files its frame under the class, wrong under none.
-          const note = el('span', { class: 'muted', text: marked.get(ev.id) || '' });
-          const mark = (right) => async () => {
-            if (await postAction(`/api/events/${ev.id}/label?right=${right}`, note,
-              () => (right ? 'filed under ' + ev.label : 'filed under none'))) marked.set(ev.id, note.textContent);
-          };
-          const right = el('button', { type: 'button', class: 'mark-right', text: 'right' });
-          const wrong = el('button', { type: 'button', class: 'mark-wrong', text: 'wrong' });
-          right.addEventListener('click', mark(true));
-          wrong.addEventListener('click', mark(false));
-          item.append(el('div', { class: 'mark' }, right, ' ', wrong, ' ', note));
-        }
-        return item;
-      }));
+      events.forEach((ev, i) => {
+        items[i].className = 'event' + (ev.ended_at ? '' : ' open');
+        items[i].querySelector('.info').replaceWith(eventInfo(ev));
+      });
     }
+    eventsShown = entries;
   } catch (e) {
     // the status poll reports an unreachable daemon; events just keep their last content
   } finally {

@@ -1,0 +1,103 @@
+"""PyAVCapture: decode with PyAV (FFmpeg's own bindings) behind the part of cv2.VideoCapture the camera loop uses.
+
+Why a second decoder path: cv2.VideoCapture converts every retrieved picture to full-resolution BGR in a buffer
+of its own and copies it out, so a 1080p camera costs the decoder's pictures plus two or three 6.2 MB BGR
+arrays whatever the daemon needs. PyAV hands over the decoded YUV picture and converts it with one swscale
+pass straight to the size the camera is processed at (`frame_size`, like Frigate's detect resolution): a
+960x540 BGR frame is 1.5 MB, and no full-resolution BGR copy exists at all. grab() decodes; retrieve()
+converts, only for the frames the camera uses, as with OpenCV.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class PyAVCapture:
+    """One input (file or URL) decoded on the calling thread. Not thread-safe: the camera thread owns it."""
+
+    def __init__(self, target: str, open_timeout: float, read_timeout: float, threads: int = 1,
+                 size: tuple[int, int] | None = None, rtsp_tcp: bool = True) -> None:
+        import av  # imported here: only cameras with `backend: pyav` load it
+
+        self._av = av
+        self._size = size
+        self._frame: Any = None
+        self._container: Any = None
+        self._decoded: Any = None
+        self.error = ""
+        options = {"rtsp_transport": "tcp"} if rtsp_tcp and target.lower().startswith(("rtsp://", "rtsps://")) else {}
+        try:
+            # timeout=(open, read): FFmpeg's interrupt callback ends a blocking open or read after that long.
+            self._container = av.open(target, options=options, timeout=(open_timeout, read_timeout))
+            self._stream = self._container.streams.video[0]
+        except (av.error.FFmpegError, IndexError, OSError) as e:
+            self.error = str(e) if not isinstance(e, IndexError) else "no video stream"
+            self.release()
+            return
+        # Frame threads each hold pictures of their own (see CameraConfig.decode_threads).
+        self._stream.thread_count = max(0, int(threads))
+        self._stream.thread_type = "FRAME" if threads != 1 else "SLICE"
+        self._decoded = self._container.decode(self._stream)
+
+    def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoCapture's name)
+        return self._decoded is not None
+
+    def grab(self) -> bool:
+        """Decode the next picture; False at the end of the input or on any error (the camera loop decides)."""
+        if self._decoded is None:
+            return False
+        try:
+            self._frame = next(self._decoded)
+            return True
+        except StopIteration:
+            self._frame = None
+            return False
+        except (self._av.error.FFmpegError, OSError) as e:
+            self.error = str(e)
+            self._frame = None
+            return False
+
+    def retrieve(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
+        """The grabbed picture as BGR at `size` (or its own size), written into `image` when the shape fits."""
+        if self._frame is None:
+            return False, None
+        width, height = self._size or (self._frame.width, self._frame.height)
+        converted = self._frame.to_ndarray(width=width, height=height, format="bgr24")
+        if image is not None and image.shape == converted.shape:
+            np.copyto(image, converted)
+            return True, image
+        return True, np.ascontiguousarray(converted)
+
+    def get(self, prop: int) -> float:
+        if self._decoded is None:
+            return 0.0
+        if prop == cv2.CAP_PROP_FPS:
+            rate = self._stream.average_rate or self._stream.guessed_rate
+            return float(rate) if rate else 0.0
+        return 0.0       # CAP_PROP_HW_ACCELERATION and the rest: software decoding, nothing else to report
+
+    def set(self, prop: int, value: float) -> bool:
+        """Only a rewind to the start (files that loop)."""
+        if self._decoded is None or prop != cv2.CAP_PROP_POS_FRAMES or value != 0:
+            return False
+        try:
+            self._container.seek(0)
+        except (self._av.error.FFmpegError, OSError):
+            return False
+        self._decoded = self._container.decode(self._stream)
+        return True
+
+    def release(self) -> None:
+        self._frame = None
+        self._decoded = None
+        if self._container is not None:
+            try:
+                self._container.close()
+            finally:
+                self._container = None
