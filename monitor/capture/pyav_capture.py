@@ -27,6 +27,10 @@ class PyAVCapture:
 
         self._av = av
         self._size = size
+        # One swscale context per camera, kept while the sizes stay: a frame's own reformat() builds a new one
+        # on every call, and each starts a thread per core (the threads=1 below) that 16 cameras would
+        # multiply into 32 threads waking for every conversion.
+        self._reformatter = av.video.reformatter.VideoReformatter()
         self._frame: Any = None
         self._container: Any = None
         self._decoded: Any = None
@@ -68,7 +72,7 @@ class PyAVCapture:
         if self._frame is None:
             return False, None
         width, height = self._size or (self._frame.width, self._frame.height)
-        converted = self._frame.to_ndarray(width=width, height=height, format="bgr24")
+        converted = self._reformatter.reformat(self._frame, width, height, "bgr24", threads=1).to_ndarray()
         if image is not None and image.shape == converted.shape:
             np.copyto(image, converted)
             return True, image
