@@ -49,7 +49,7 @@ class PyAVCapture:
         self._stream.thread_type = "FRAME" if threads != 1 else "SLICE"
         self._decoded = self._container.decode(self._stream)
 
-    def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoCapture's name)
+    def isOpened(self) -> bool:
         return self._decoded is not None
 
     def grab(self) -> bool:
