@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "that frame_size)")
     p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
                    help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
+    p.add_argument("--capture-priority", default="default", metavar="low,idle,normal",
+                   help="camera capture_priority values to compare (default: the daemon's)")
+    p.add_argument("--model-threads", default="default", metavar="N,N,...",
+                   help="inference threads to compare (model.threads; default: the config's)")
     p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",
                    help="the GStreamer RTSP server script (default ../shared/tools/rtsp_serve.py)")
     p.add_argument("--json", action="store_true")

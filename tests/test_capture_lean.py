@@ -221,6 +221,35 @@ def test_decode_threads_config_values() -> None:
     assert any(m.startswith("cameras[0].decode_threads:") for m in e.value.errors), e.value.errors
 
 
+def test_capture_thread_runs_below_the_rest_of_the_process(videos_dir: Path, metrics: Metrics,
+                                                           cameras: list[Camera]) -> None:
+    """Only the camera's own thread is lowered (Linux schedules threads): the worker and web threads keep their
+    priority, so when the cores are busy classification runs before decoding."""
+    me = threading.get_native_id()
+    base_nice, base_policy = os.getpriority(os.PRIO_PROCESS, me), os.sched_getscheduler(me)
+    source = str(videos_dir / "car-detection.mp4")
+    cams = {p: start(cameras, CameraConfig(name=p, source=source, fps=1, loop=True, capture_priority=p), metrics)
+            for p in ("low", "idle", "normal")}
+    default = start(cameras, CameraConfig(name="default", source=source, fps=1, loop=True), metrics)
+    for cam in (*cams.values(), default):
+        assert wait_until(lambda: cam.status()["state"] == "up", 10), cam.status()
+    nice = {p: os.getpriority(os.PRIO_PROCESS, c._thread.native_id) for p, c in cams.items()}
+    policy = {p: os.sched_getscheduler(c._thread.native_id) for p, c in cams.items()}
+    assert nice == {"low": 19, "idle": 19, "normal": base_nice}
+    assert policy == {"low": base_policy, "idle": os.SCHED_IDLE, "normal": base_policy}
+    assert default.cfg.capture_priority == "idle" and os.sched_getscheduler(default._thread.native_id) == os.SCHED_IDLE
+    assert (os.getpriority(os.PRIO_PROCESS, me), os.sched_getscheduler(me)) == (base_nice, base_policy)
+
+
+def test_capture_priority_config_values() -> None:
+    cfg = parse_config({"cameras": [{"name": "a", "source": "0", "capture_priority": "low"},
+                                    {"name": "b", "source": "1"}]})
+    assert [c.capture_priority for c in cfg.cameras] == ["low", "idle"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"cameras": [{"name": "a", "source": "0", "capture_priority": "high"}]})
+    assert any(m.startswith("cameras[0].capture_priority:") for m in e.value.errors), e.value.errors
+
+
 # ---------------------------------------------------------------- FFmpeg options: once, at import
 
 
@@ -309,3 +338,4 @@ def test_capacity_bench_measures_real_rtsp_cameras(tmp_path: Path, shared_dir: P
     assert two["classified"] > 0 and two["p99_ms"] is not None and two["rss_mb"] > base["rss_mb"]
     assert two["grabbed_fps_per_camera"] > 2 * two["retrieved_per_camera_per_s"] > 0   # 12.5 fps in, 5 due
     assert two["rss_per_camera_mb"] > 0 and report["max_cameras"] in (0, 2)
+    assert two["model_threads"] == 1 and two["capture_priority"] == "idle"      # the daemon's defaults

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 DEFAULT_SERVE = Path("../shared/tools/rtsp_serve.py")
 SYSTEM_PYTHON = "/usr/bin/python3"       # Debian puts GStreamer's `gi` bindings into the system Python
@@ -60,14 +60,29 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+class Variant(NamedTuple):
+    """One daemon setting compared at every step. None: the daemon's default."""
+    decode_threads: int = 1
+    malloc: str = "tuned"
+    capture: str = "opencv"
+    capture_priority: str | None = None
+    model_threads: int | None = None
+
+    @property
+    def label(self) -> str:
+        return (f"decode_threads {self.decode_threads or 'auto'}, malloc {self.malloc}"
+                + (f", {self.capture}" if self.capture != "opencv" else "")
+                + (f", capture_priority {self.capture_priority}" if self.capture_priority else "")
+                + (f", model threads {self.model_threads}" if self.model_threads is not None else ""))
+
+
 def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_path: str | None,
-             weights: str | None, decode_threads: int = 1, malloc: str = "tuned",
-             capture: str = "opencv") -> dict[str, Any]:
+             weights: str | None, variant: Variant = Variant()) -> dict[str, Any]:
     """In the child: run the daemon on `urls` and measure one window."""
     import logging
 
     from monitor.core import memory
-    if malloc == "arenas":
+    if variant.malloc == "arenas":
         memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
 
     from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig
@@ -83,8 +98,12 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         model = ModelConfig()
     if weights:
         model = _replace(model, weights=Path(weights))
+    if variant.model_threads is not None:
+        model = _replace(model, threads=variant.model_threads)
+    priority = {} if variant.capture_priority is None else {"capture_priority": variant.capture_priority}
     cams = tuple(CameraConfig(name=f"cam{i:02d}", source=u, fps=fps, open_timeout=60, read_timeout=10,
-                              stale_after=10, decode_threads=decode_threads, **capture_options(capture))
+                              stale_after=10, decode_threads=variant.decode_threads, **priority,
+                              **capture_options(variant.capture))
                  for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
@@ -119,7 +138,8 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     diff = {k: after[k] - before[k] for k in before}
     due = fps * window * len(cams) if cams else 0.0
     return {
-        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": _variant(decode_threads, malloc, capture),
+        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": variant.label, "model_threads": model.threads,
+        "capture_priority": cams[0].capture_priority if cams else None,
         "due": round(due, 1), "classified": diff["classified"], "dropped": diff["dropped"],
         "failed": diff["failed"],
         "classified_ratio": round(diff["classified"] / due, 3) if due else None,
@@ -136,11 +156,6 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         "torch_loaded": "torch" in sys.modules,
         "threads": len(os.listdir("/proc/self/task")),
     }
-
-
-def _variant(decode_threads: int, malloc: str, capture: str = "opencv") -> str:
-    return f"decode_threads {decode_threads or 'auto'}, malloc {malloc}" + (f", {capture}" if capture != "opencv"
-                                                                               else "")
 
 
 def capture_options(capture: str) -> dict[str, Any]:
@@ -241,8 +256,7 @@ def _child_main() -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
-                      spec.get("weights"), spec.get("decode_threads", 1), spec.get("malloc", "tuned"),
-                      spec.get("capture", "opencv"))
+                      spec.get("weights"), Variant(*spec["variant"]))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -323,9 +337,9 @@ def _passes(row: dict[str, Any]) -> bool:
 def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
                  progress: Any = None, breakdown_cameras: int = 0,
-                 variants: Sequence[tuple[int, str, str]] = ((1, "tuned", "opencv"),)) -> dict[str, Any]:
-    """variants: (decode_threads, malloc, capture) triples, each run at every step; interleaved per step so that a change
-    of load on the machine hits every variant alike."""
+                 variants: Sequence[Variant] = (Variant(),)) -> dict[str, Any]:
+    """variants: each run at every step; interleaved per step so that a change of load on the machine hits every
+    variant alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
         served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
@@ -334,12 +348,12 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
         rows: list[dict[str, Any]] = []
         breakdown = []
-        jobs: list[tuple[int, str | None, tuple[int, str, str]]] = [(n, None, v) for n in steps for v in variants]
-        # The bare captures once per decoder thread count compared (malloc settings do not matter to them).
-        jobs += [(breakdown_cameras, m, (t, variants[0][1], "opencv"))
-                 for t in dict.fromkeys(t for t, _, _ in variants)
+        jobs: list[tuple[int, str | None, Variant]] = [(n, None, v) for n in steps for v in variants]
+        # The bare captures once per decoder thread count compared (the other settings do not matter to them).
+        jobs += [(breakdown_cameras, m, Variant(t))
+                 for t in dict.fromkeys(v.decode_threads for v in variants)
                  for m in ("grab", "retrieve", "read") if breakdown_cameras]
-        for n, mode, (threads, malloc, capture) in jobs:
+        for n, mode, variant in jobs:
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
             server = _Server(serve, served, minutes, sub) if n else None
@@ -347,8 +361,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
                 if mode is None:
                     spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
-                            "warmup": warmup, "config": config, "weights": weights, "decode_threads": threads,
-                            "malloc": malloc, "capture": capture}
+                            "warmup": warmup, "config": config, "weights": weights, "variant": list(variant)}
                     row = _run_child(spec)
                     if "error" in row and row["error"].startswith("no result within") and server is not None:
                         # The test server's shared GStreamer media now and then leaves a session that connected
@@ -365,7 +378,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                         first_error = row["error"]
                         row = _run_child(spec)
                         row["retried_after"] = first_error
-                    row["variant"] = _variant(threads, malloc, capture)
+                    row["variant"] = variant.label
                     row["passes"] = _passes(row)
                     rows.append(row)
                     if progress is not None:
@@ -374,13 +387,14 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                               file=progress, flush=True)
                     continue
                 spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
-                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode, "decode_threads": threads}
+                        "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode,
+                        "decode_threads": variant.decode_threads}
                 row = _run_child(spec)
                 breakdown.append(row)
                 if progress is not None and "error" not in row:
                     what = {"grab": "grab() only", "read": "read() every frame (before)",
                             "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)"}[mode]
-                    print(f"OpenCV alone, decode_threads {threads or 'auto'}, {row['cameras']} captures, {what}: "
+                    print(f"OpenCV alone, decode_threads {variant.decode_threads or 'auto'}, {row['cameras']} captures, {what}: "
                           f"{row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
                           f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
@@ -389,21 +403,20 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if server is not None:
                     server.stop()
     summary = []
-    for threads, malloc, capture in variants:
-        mine = [r for r in rows if r["variant"] == _variant(threads, malloc, capture) and "error" not in r]
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant.label and "error" not in r]
         base = next((r for r in mine if r["cameras"] == 0), None)
         for r in mine:
             if base is not None and r["cameras"] > 0:
                 r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
         top = max((r for r in mine if r["cameras"] > 0), key=lambda r: r["cameras"], default=None)
-        summary.append({"variant": _variant(threads, malloc, capture), "decode_threads": threads, "malloc": malloc,
-                        "capture": capture,
+        summary.append({"variant": variant.label, **variant._asdict(),
                         "cameras": top["cameras"] if top else 0,
                         "rss_mb": top["rss_mb"] if top else None,
                         "rss_per_camera_mb": top.get("rss_per_camera_mb") if top else None,
                         "cpu_per_camera": round(top["cpu_cores"] / top["cameras"], 3) if top else None,
                         "p99_ms": top["p99_ms"] if top else None, "passes": bool(top and top["passes"])})
-    passing = [r["cameras"] for r in rows if r.get("passes") and r["variant"] == _variant(*variants[0])]
+    passing = [r["cameras"] for r in rows if r.get("passes") and r["variant"] == variants[0].label]
     return {"sources": [v.name for v in videos], "transcode": transcode, "fps": fps, "window_s": seconds,
             "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "summary": summary,
             "max_cameras": max(passing) if passing else 0, "cores": os.cpu_count()}
@@ -471,7 +484,18 @@ def bench_capacity(args: argparse.Namespace) -> int:
             capture_options(c)
     except ValueError:
         raise SystemExit(f"monitor bench capacity: --capture {args.capture!r}: expected e.g. opencv,pyav:960x540") from None
-    variants = [(m_threads, m, c) for c in captures for m in mallocs for m_threads in threads]
+    try:
+        model_threads = [None if n.strip() == "default" else int(n) for n in args.model_threads.split(",")]
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: --model-threads {args.model_threads!r}: expected numbers, e.g. "
+                         f"1,2") from None
+    priorities = [None if p.strip() == "default" else p.strip() for p in args.capture_priority.split(",")]
+    if any(p not in (None, "normal", "low", "idle") for p in priorities) or any(
+            t is not None and not 1 <= t <= 64 for t in model_threads):
+        raise SystemExit("monitor bench capacity: --capture-priority takes normal, low and/or idle, "
+                         "--model-threads 1..64")
+    variants = [Variant(m_threads, m, c, p, mt) for c in captures for m in mallocs for m_threads in threads
+                for p in priorities for mt in model_threads]
     out = sys.stderr if args.json else sys.stdout
     print(f"monitor bench capacity: {', '.join(v.name for v in videos)}"
           f"{' transcoded to ' + args.transcode if args.transcode else ''}, {args.fps:g} fps sampled per "

@@ -18,6 +18,7 @@ import numpy as np
 
 from monitor.config.types import CameraConfig
 from monitor.core.metrics import Metrics
+from monitor.core.priority import lower_this_thread
 from monitor.capture.buffers import FramePool
 from monitor.capture.motion import MotionGate
 from monitor.capture.pyav_capture import PyAVCapture
@@ -262,6 +263,7 @@ class Camera:
     # ---------------------------------------------------------------- capture thread
 
     def _run(self) -> None:
+        lower_this_thread(self.cfg.capture_priority)   # before opening: FFmpeg's decoder threads inherit it
         failures = 0
         attempt = 0
         reason = ""
