@@ -51,3 +51,43 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path) -> None:
     for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=2",
                    "SupplementaryGroups=video", "StateDirectory=monitor"):
         assert needed in text
+
+
+def _syscalls(names: list[str], seen: set[str]) -> set[str]:
+    """systemd's syscall groups (@name) expanded, as this systemd defines them."""
+    calls: set[str] = set()
+    for name in names:
+        if not name.startswith("@"):
+            calls.add(name)
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.splitlines()[1:]
+        calls |= _syscalls([line.strip() for line in out if line.strip() and not line.strip().startswith("#")],
+                           seen)
+    return calls
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs Debian package systemd")
+def test_systemd_unit_lets_capture_threads_lower_their_priority() -> None:
+    """The unit's SystemCallFilter lines, combined as systemd.exec(5) says (the first line sets the default,
+    later ones add or remove): the two calls of monitor/core/priority.py pass; the rest of @resources does not."""
+    unit = (ROOT / "systemd" / "monitor.service").read_text()
+    allowed: set[str] | None = None
+    for line in unit.splitlines():
+        if not line.startswith("SystemCallFilter="):
+            continue
+        value = line.split("=", 1)[1]
+        calls = _syscalls(value.lstrip("~").split(), set())
+        if allowed is None:
+            assert not value.startswith("~"), "the unit's filter should start as an allow-list"
+            allowed = calls
+        elif value.startswith("~"):
+            allowed -= calls
+        else:
+            allowed |= calls
+    assert allowed is not None
+    assert {"setpriority", "sched_setscheduler"} <= allowed
+    assert not {"setrlimit", "sched_setaffinity", "sched_setattr", "nice"} & allowed
