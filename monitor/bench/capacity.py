@@ -138,8 +138,8 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     diff = {k: after[k] - before[k] for k in before}
     due = fps * window * len(cams) if cams else 0.0
     return {
-        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": variant.label, "model_threads": model.threads,
-        "capture_priority": cams[0].capture_priority if cams else None,
+        "cameras": len(cams), "seconds": round(window, 2), "fps": fps, "variant": variant.label,
+        "model_threads": model.threads, "capture_priority": cams[0].capture_priority if cams else None,
         "due": round(due, 1), "classified": diff["classified"], "dropped": diff["dropped"],
         "failed": diff["failed"],
         "classified_ratio": round(diff["classified"] / due, 3) if due else None,

@@ -27,21 +27,19 @@ from monitor.inference.locate import resolve_weights
 Run = Callable[[Sequence[np.ndarray]], object]
 
 
-def _time_alternating(runs: dict[str, Run], frames: Sequence[np.ndarray], batch: int, rounds: int | None = None,
-                      warmup: int = 3) -> dict[str, float]:
-    """Median ms per frame of each run; the runs take turns on every batch (rotating which goes first)."""
+def _time_batches(run: Run, frames: Sequence[np.ndarray], batch: int, rounds: int | None = None,
+                  warmup: int = 3) -> float:
+    """Median ms per frame of `run` over the frames in batches (the runtimes are timed in processes of their own:
+    _time_in_processes)."""
     batches = [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)][:rounds]
-    names = list(runs)
     for b in batches[:warmup]:
-        for n in names:
-            runs[n](b)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i, b in enumerate(batches):
-        for n in names[i % len(names):] + names[:i % len(names)]:
-            t = time.perf_counter()
-            runs[n](b)
-            times[n].append(time.perf_counter() - t)
-    return {n: float(np.median(v)) * 1000.0 / batch for n, v in times.items()}
+        run(b)
+    times = []
+    for b in batches:
+        t = time.perf_counter()
+        run(b)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1000.0 / batch
 
 
 # A process that loads one artifact and times it on the frames in an .npz: what a daemon running it pays.
@@ -149,8 +147,8 @@ def bench_classify(args: argparse.Namespace) -> int:
     rows = []
     for batch in (1, 4):
         ms = _time_in_processes({"torch": torch_path, "openvino": ov_path}, frames, batch, threads)
-        ms.update(_time_alternating({"preprocess": lambda b: ov.prepare(b)}, frames, batch))
-        base = _time_alternating({"baseline": baseline}, frames, batch, rounds=max(8, len(frames) // (4 * batch)))
+        ms["preprocess"] = _time_batches(ov.prepare, frames, batch)
+        base = {"baseline": _time_batches(baseline, frames, batch, rounds=max(8, len(frames) // (4 * batch)))}
         rows.append({"batch": batch, "baseline_ms": round(base["baseline"], 2), "torch_int8_ms": round(ms["torch"], 2),
                      "openvino_int8_ms": round(ms["openvino"], 2), "preprocess_ms": round(ms["preprocess"], 3),
                      "openvino_vs_torch": round(ms["torch"] / ms["openvino"], 2),
