@@ -15,7 +15,7 @@ pytest_plugins = ["tests.daemon_helpers"]
 @pytest.fixture(scope="session")
 def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained demo artifact (`monitor weights demo`), deterministic, built once."""
-    from monitor.inference import weights
+    from monitor import weights
 
     path = tmp_path_factory.mktemp("weights") / "demo-int8.pt"
     weights.demo(path)

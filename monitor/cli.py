@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = w.add_parser("verify", help="re-hash, load, run one inference; OpenVINO/torch/FP32 top-1 agreement")
     p.add_argument("file", nargs="?", metavar="FILE")
     p.add_argument("--frames-from", nargs="+", default=[], metavar="PATH",
-                   help="real frames for the agreement (default: ../shared/data/videos sample videos if present)")
+                   help="real frames for the agreement (default: the sample clip shipped in the package)")
     p.add_argument("--frames", type=int, default=150, metavar="N", help="frames for the agreement (default 150)")
     p.add_argument("--reference", metavar="FILE", help="FP32 checkpoint the INT8 artifact was made from")
     p.add_argument("--json", action="store_true")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = b.add_parser("classify", help="per frame: PIL + FP32 baseline, torch INT8, OpenVINO INT8; RSS; start time")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--no-start", action="store_true", help="skip the start-to-first-classification runs")
-    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: ../shared/data/videos)")
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: the sample clip shipped in the package)")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
     p = b.add_parser("pipeline", help="capture threads + worker on files or RTSP URLs vs the naive loop")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
     p = b.add_parser("smoothing", help="events one rule produces on footage, without and with smoothing")
-    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: ../shared/data/videos)")
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: the sample clip shipped in the package)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="rule classes (ImageNet, groups, head:class; default: the most frequent top-1 class)")
     p.add_argument("--head", metavar="FILE", help="custom head for head:class entries")
@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera capture_priority values to compare (default: the daemon's)")
     p.add_argument("--model-threads", default="default", metavar="N,N,...",
                    help="inference threads to compare (model.threads; default: the config's)")
-    p.add_argument("--rtsp-serve", default="../shared/tools/rtsp_serve.py", metavar="PATH",
-                   help="the GStreamer RTSP server script (default ../shared/tools/rtsp_serve.py)")
+    p.add_argument("--rtsp-serve", required=True, metavar="PATH",
+                   help="the GStreamer RTSP server script that serves the footage (test tooling, not part of the "
+                        "package: pass the rtsp_serve.py of the project's test tooling)")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
     return parser
@@ -196,7 +197,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from monitor.inference import weights
+    from monitor import weights
 
     action = args.weights_command
     if action == "fetch":

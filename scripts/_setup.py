@@ -17,7 +17,7 @@ def weights(given: str | None, workdir: Path) -> Path:
     """--weights, else a deterministic untrained demo artifact built into `workdir` (as the tests do)."""
     if given:
         return Path(given)
-    from monitor.inference import weights as w
+    from monitor import weights as w
     path = workdir / "demo-int8.pt"
     print(f"building demo weights into {path} ...", file=sys.stderr, flush=True)
     w.demo(path)

@@ -26,7 +26,7 @@ import _setup
 from monitor.bench.common import percentile
 from testkit.faults import CrashWatch, EventLog, flicker_rule, read_events
 from testkit.rtsp import RtspServer, free_port
-from monitor.inference.weights import resolve_weights
+from monitor.inference.locate import resolve_weights
 from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig, RuleConfig
 
 VIDEOS = ("car-detection", "bottle-detection", "one-by-one-person-detection")

@@ -319,8 +319,12 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_capacity_bench_says_when_the_rtsp_server_script_is_missing(tmp_path: Path, videos_dir: Path,
                                                                     demo_weights: Path) -> None:
     done = _bench(str(videos_dir / "car-detection.mp4"), "--weights", str(demo_weights), cwd=tmp_path)
+    assert done.returncode != 0 and "--rtsp-serve" in done.stderr     # the package ships no RTSP test server
+    missing = tmp_path / "rtsp_serve.py"
+    done = _bench(str(videos_dir / "car-detection.mp4"), "--weights", str(demo_weights), "--rtsp-serve",
+                  str(missing), cwd=tmp_path)
     assert done.returncode != 0
-    assert "../shared/tools/rtsp_serve.py is missing" in done.stderr and "--rtsp-serve" in done.stderr
+    assert f"{missing} is missing" in done.stderr and "--rtsp-serve" in done.stderr
 
 
 def test_capacity_bench_measures_real_rtsp_cameras(tmp_path: Path, shared_dir: Path, videos_dir: Path,

@@ -18,7 +18,7 @@ from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
 from monitor.inference.heads.service import clean_snapshot_path
 from monitor.inference.heads.training import train_head
-from monitor.inference.weights import synthetic_batches
+from monitor.weights import synthetic_batches
 from testkit.footage import read_video_frames
 from testkit.rtsp import RtspServer
 from testkit.waiting import wait_until

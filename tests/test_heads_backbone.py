@@ -18,7 +18,7 @@ from monitor.inference.classifier import Classifier
 from monitor.inference.heads import HeadError, load_head, save_head
 from monitor.inference.heads.cam import activation_maps, pooled_features
 from monitor.inference.heads.training import train_head
-from monitor.inference.weights import synthetic_batches
+from monitor.weights import synthetic_batches
 from testkit.footage import read_video_frames
 
 # (video, frames used): training frames from the first 60 %, held-out test frames from the rest

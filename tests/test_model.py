@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monitor.inference import model, weights
+from monitor import weights
+from monitor.weights import model
 
 BLOCK_CONVS = ("conv1", "conv2")
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -6,7 +6,8 @@ import copy
 import torch
 
 from testkit.footage import read_video_frames
-from monitor.inference import model, weights
+from monitor import weights
+from monitor.weights import model
 from monitor.inference.preprocess import prepare_batch
 
 

@@ -17,7 +17,7 @@ from monitor.config.loader import parse_config
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
 from monitor.inference.heads.training import train_head
-from monitor.inference.weights import synthetic_batches
+from monitor.weights import synthetic_batches
 from testkit.footage import read_video_frames
 from testkit.waiting import wait_until
 from tests.webapp import Served, file_camera, request

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.inference import artifact, model, weights
+from monitor import weights
+from monitor.inference import artifact
+from monitor.weights import model
 from monitor.inference.classifier import Classifier
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"

@@ -28,7 +28,7 @@ def demo_weights(tmp_root: Path) -> Path:
     global _weights
     with _lock:
         if _weights is None or not _weights.is_file():
-            from monitor.inference.weights import demo
+            from monitor.weights import demo
             path = tmp_root / "demo.pt"
             demo(path)
             _weights = path

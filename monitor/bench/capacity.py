@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-DEFAULT_SERVE = Path("../shared/tools/rtsp_serve.py")
 SYSTEM_PYTHON = "/usr/bin/python3"       # Debian puts GStreamer's `gi` bindings into the system Python
 P99_BOUND_MS = 100.0
 CLASSIFIED_MIN = 0.97                    # of the due frames: the window's edges cut a frame or two per camera
@@ -447,7 +446,7 @@ def bench_capacity(args: argparse.Namespace) -> int:
     serve = Path(args.rtsp_serve)
     if not serve.is_file():
         raise SystemExit(f"monitor bench capacity: the RTSP server script {serve} is missing: pass "
-                         f"--rtsp-serve PATH to rtsp_serve.py (GStreamer; see ../shared/tools)")
+                         f"--rtsp-serve PATH to an RTSP server script (GStreamer)")
     if not Path(SYSTEM_PYTHON).exists():
         raise SystemExit(f"monitor bench capacity: {SYSTEM_PYTHON} (with GStreamer's gi bindings) is missing")
     if args.transcode and not shutil.which("ffmpeg"):
@@ -465,7 +464,7 @@ def bench_capacity(args: argparse.Namespace) -> int:
     config = args.config
     if not config and Path("config.yaml").is_file():
         config = "config.yaml"                  # its model section, as the other commands do
-    from monitor.inference.weights import resolve_weights
+    from monitor.inference.locate import resolve_weights
     weights = resolve_weights(args.weights, config)
     if not weights.is_file():
         raise SystemExit(f"monitor bench capacity: no weights at {weights}: pass --weights FILE (or create it with "

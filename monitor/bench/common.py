@@ -11,15 +11,17 @@ import cv2
 import numpy as np
 import torch
 
-from monitor.inference import model
+from monitor.core.sample import sample_clip
+from monitor.weights import model
 
-DEFAULT_VIDEOS = Path("../shared/data/videos")
 
 
 def footage(paths: Sequence[str] | None) -> list[Path]:
-    videos = [Path(p) for p in paths] if paths else sorted(DEFAULT_VIDEOS.glob("*.mp4"))
-    if not videos:
-        raise SystemExit(f"monitor bench: no footage: pass --video FILE (default folder {DEFAULT_VIDEOS} is empty)")
+    """The videos given, else the sample clip shipped in the package (an installed wheel has no other footage)."""
+    videos = [Path(p) for p in paths] if paths else [sample_clip()]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise SystemExit(f"monitor bench: no such video: {', '.join(missing)}")
     return videos
 
 

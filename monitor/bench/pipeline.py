@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 
 from monitor.bench.common import SeedsBaseline, peak_rss_mb, percentile
-from monitor.inference.weights import resolve_weights
+from monitor.inference.locate import resolve_weights
 from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig
 from monitor.core.redact import redact_url
 

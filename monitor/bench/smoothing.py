@@ -24,7 +24,7 @@ from monitor.inference.classifier import Classifier, top_k_predictions
 from monitor.inference.heads import load_head
 from monitor.inference.heads.cam import pooled_features
 from monitor.inference.results import CustomResult, Result
-from monitor.inference.weights import resolve_weights
+from monitor.inference.locate import resolve_weights
 
 BATCH = 8
 PERCENTILES = (50, 75, 90, 95, 98, 99)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monitor.inference.weights import resolve_weights
+from monitor.inference.locate import resolve_weights
 from monitor.config.types import CameraConfig, Config, EventsConfig, ModelConfig, ServerConfig, StreamConfig
 from monitor.core.redact import redact_url
 

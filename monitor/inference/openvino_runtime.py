@@ -1,6 +1,6 @@
 """The OpenVINO runtime: the INT8 IR of an OpenVINO artifact, read from memory. Never imports torch.
 
-The IR comes out of `monitor weights fetch|build|demo` (monitor/inference/openvino_build.py): the torch INT8
+The IR comes out of `monitor weights fetch|build|demo` (monitor/weights/openvino_ir.py): the torch INT8
 network converted to a QDQ graph (FakeQuantize with torch's per-channel weight and per-tensor activation
 scales), normalisation inside the graph, three outputs (logits, pooled features, layer4 feature maps).
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from monitor.inference import model
+from monitor.weights import model
 
 INPUT_NAME = "frames"
 OUTPUTS = ("logits", "features", "feature_maps")

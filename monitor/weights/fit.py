@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from monitor.inference import model
+from monitor.weights import model
 from monitor.inference.heads.softmax import fit_softmax
 
 # Other classes keep a fifth of their random weights: present, ranked, but never near the fitted classes' logits.
