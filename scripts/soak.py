@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def run_soak(weights: Path, minutes: float, window: float, streams: int, fps: fl
             worker = daemon.worker
             try:
                 time.sleep(warmup)
-                worker.latencies.clear()
+                latencies: deque[float] = deque(maxlen=100_000)
+                worker.latency_observer = latencies.append
                 rss_start = rss_mb()
                 rss_peak = rss_start
                 windows: list[dict[str, Any]] = []
@@ -88,8 +90,8 @@ def run_soak(weights: Path, minutes: float, window: float, streams: int, fps: fl
                     rec0 = sum(c.status()["reconnects"] for c in daemon.cameras.values())
                     while time.monotonic() < w_end:
                         time.sleep(min(0.5, max(0.0, w_end - time.monotonic())))
-                        while worker.latencies:
-                            lat.append(worker.latencies.popleft())
+                        while latencies:
+                            lat.append(latencies.popleft())
                         rss_peak = max(rss_peak, rss_mb())
                     elapsed = time.monotonic() - t0
                     w = {

@@ -36,10 +36,11 @@ def run_pipeline(sources: list[str], weights: Path, seconds: float, native_rate:
             time.sleep(warmup)
             worker = daemon.worker
             n0, cpu0, t0 = worker.classified, _cpu_seconds(), time.monotonic()
-            worker.latencies.clear()
+            latencies: list[float] = []
+            worker.latency_observer = latencies.append      # list.append: atomic under the GIL
             time.sleep(seconds)
             n1, cpu1, t1 = worker.classified, _cpu_seconds(), time.monotonic()
-            latencies = list(worker.latencies)
+            worker.latency_observer = None
             captured = sum(c.status()["frames"] for c in daemon.cameras.values())
         finally:
             daemon.stop()

@@ -43,8 +43,5 @@ class FramePool:
             self._arrays.append(arr)
             self.allocated += 1
 
-    def clear(self) -> None:
-        self._arrays.clear()
-
     def __len__(self) -> int:
         return len(self._arrays)

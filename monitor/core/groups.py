@@ -78,11 +78,6 @@ def resolve(name: str) -> tuple[int, ...]:
     return lookup(name)[1]
 
 
-def canonical_name(name: str) -> str:
-    """The class or group name `name` resolves to; KeyError otherwise."""
-    return lookup(name)[0]
-
-
 def explain_missing(name: str) -> str | None:
     """Why ImageNet-1k has no class for `name` ("person", "deer", ...), None if it is not such a word."""
     return _tables().missing.get(normalize(name))

@@ -16,7 +16,8 @@ DEFAULT_ARTIFACT = Path("weights/resnet18-int8.pt")
 
 
 def resolve_weights(weights: str | None, config: str | None) -> Path:
-    """--weights, else the config's model.weights, else weights/resnet18-int8.pt."""
+    """--weights, else the config's model.weights, else weights/resnet18-int8.pt; WeightsError for a config
+    that does not load."""
     if weights:
         return Path(weights)
     path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
@@ -25,5 +26,5 @@ def resolve_weights(weights: str | None, config: str | None) -> Path:
         try:
             return Path(load_config(path).model.weights)
         except ConfigError as e:
-            raise SystemExit(f"monitor: {path}: invalid config, cannot read model.weights:\n{e}") from None
+            raise WeightsError(f"{path}: invalid config, cannot read model.weights:\n{e}") from None
     return DEFAULT_ARTIFACT

@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -53,8 +52,8 @@ class InferenceWorker:
         self.idle_wake = idle_wake
         self.heartbeat = time.monotonic()
         self.classified = 0
-        # Recent capture-to-result latencies (seconds), bounded: for benchmarks and the status page.
-        self.latencies: deque[float] = deque(maxlen=20000)
+        # Benchmarks set this to see each capture-to-result latency (seconds); the daemon keeps none.
+        self.latency_observer: Callable[[float], None] | None = None
         self._cameras: tuple[Camera, ...] = ()
         self.paused: frozenset[str] = frozenset()    # cameras whose due frames are taken and discarded
         self._publish_lock = threading.Lock()   # publishing a batch vs. set_cameras()
@@ -74,9 +73,6 @@ class InferenceWorker:
         """Stop (or resume) classifying these cameras. Their due frames are still taken, so a paused camera
         counts no dropped frames and its live view keeps running."""
         self.paused = frozenset(names)
-
-    def set_alerts(self, alerts: ResultObserver | None) -> None:
-        self.alerts = alerts
 
     def wake(self) -> None:
         """Called from capture threads when a frame becomes due: cheap, never blocks."""
@@ -207,7 +203,8 @@ class InferenceWorker:
             for c in customs[k].values():
                 for cls, value in zip(c.classes, c.probabilities):
                     self.metrics.custom_class_probability.labels(cam.name, c.head, cls).set(float(value))
-            self.latencies.append(latency)
+            if self.latency_observer is not None:
+                self.latency_observer(latency)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("classified camera=%s seq=%d top=%s latency_ms=%.1f", cam.name, frame.seq,
                           ", ".join(f"{p.label}:{p.probability:.3f}" for p in preds), latency * 1000,
