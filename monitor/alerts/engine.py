@@ -100,9 +100,12 @@ class AlertEngine:
         self._clock = clock
         self._persist_every = persist_every
         self._lock = threading.Lock()            # guards the state machines
-        # Side effects run outside _lock but in decision order: _io_lock is taken before _lock is released, so
-        # a close_all() racing an observe() cannot write an event's end before its start.
+        # Side effects run outside _lock but in decision order: a batch decided without an io thread is appended
+        # to _inline under _lock, and whoever holds _io_lock runs _inline from its head, so a close_all() racing
+        # an observe() cannot write an event's end before its start. Bounded by the threads that decide (each
+        # drains before it returns).
         self._io_lock = threading.Lock()
+        self._inline: deque[list[_Pending]] = deque()
         self._states: dict[tuple[str, str], _State] = {}
         self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {}
         self._active_view: dict[str, tuple[str, ...]] = {}   # replaced whole, read without the lock
@@ -135,29 +138,34 @@ class AlertEngine:
                 label, score = _best(rule, _scores(rule, probs, result), st)
                 self._step(st, label, score, now, result, pending)
             self._end_stale(now, pending)
-            if self._hand_off(pending):
-                return
-        self._run(pending)
+            self._hand_off(pending)
+        self._run_inline()
 
     def tick(self) -> None:
         """End events whose camera stopped delivering results (a dead camera never calls observe())."""
         pending: list[_Pending] = []
         with self._lock:
             self._end_stale(self._clock(), pending)
-            if self._hand_off(pending):
-                return
-        self._run(pending)
+            self._hand_off(pending)
+        self._run_inline()
 
-    def _hand_off(self, pending: list[_Pending]) -> bool:
-        """Under self._lock: True when the caller has nothing left to do (no transitions, or they were queued for
-        the alert-io thread); False after taking the I/O lock, which the caller's _run() releases."""
+    def _hand_off(self, pending: list[_Pending]) -> None:
+        """Under self._lock: queue the transitions for the alert-io thread, or in _inline for the caller's
+        _run_inline() once it has released _lock."""
         if not pending:
-            return True
+            return
         self._refresh_view()
-        if self._enqueue(pending):
-            return True
-        self._io_lock.acquire()
-        return False
+        if not self._enqueue(pending):
+            self._inline.append(pending)
+
+    def _run_inline(self) -> None:
+        """Outside _lock: run the batches decided inline, oldest first (a later decision's batch may be run by
+        an earlier decider's thread; either way each caller returns after its own batch ran)."""
+        if not self._inline:
+            return
+        with self._io_lock:
+            while self._inline:
+                self._run(self._inline.popleft())
 
     def reconfigure(self, rules: Sequence[RuleConfig], sinks: SinkSet | None = None,
                     removed_cameras: Sequence[str] = ()) -> int:
@@ -188,10 +196,8 @@ class AlertEngine:
             self._rules = compiled
             self._rules_for = {}
             self._refresh_view()
-            if not pending or self._enqueue(pending):
-                return len(pending)
-            self._io_lock.acquire()
-        self._run(pending)
+            self._hand_off(pending)
+        self._run_inline()
         return len(pending)
 
     def active(self, camera: str) -> list[str]:
@@ -213,7 +219,8 @@ class AlertEngine:
             q, thread = self._io_queue, self._io_thread
             self._io_queue = None        # decisions made from now on (a reload's last worker round) run inline
             if q is None or thread is None:
-                self._io_lock.acquire()
+                if pending:
+                    self._inline.append(pending)
             else:
                 try:
                     q.put_nowait(pending)
@@ -221,7 +228,7 @@ class AlertEngine:
                 except queue.Full:
                     pass                 # waited for below, outside the lock
         if q is None or thread is None:
-            self._run(pending)
+            self._run_inline()
             return
         self._drain(q, thread, pending)
 
@@ -340,22 +347,19 @@ class AlertEngine:
                     return
                 continue
             try:
-                self._io_lock.acquire()
-                self._run(pending)
+                with self._io_lock:
+                    self._run(pending)
             finally:
                 q.task_done()
 
     def _run(self, pending: list[_Pending]) -> None:
-        """Called with _io_lock held; releases it."""
-        try:
-            self._retry_ends()
-            for p in pending:
-                try:
-                    self._do(p)
-                except Exception:   # a bug in a side effect must not kill the inference worker
-                    log.exception("alerts: %s of event %s failed", p.kind, p.act.event.get("id"))
-        finally:
-            self._io_lock.release()
+        """Called with _io_lock held."""
+        self._retry_ends()
+        for p in pending:
+            try:
+                self._do(p)
+            except Exception:   # a bug in a side effect must not kill the inference worker
+                log.exception("alerts: %s of event %s failed", p.kind, p.act.event.get("id"))
 
     def _retry_ends(self) -> None:
         """With _io_lock held: write the ends that failed before, oldest first; stop at the first failure (the
