@@ -69,3 +69,37 @@ def test_scripts_and_testkit_do_not_import_the_tests():
              for folder in ("scripts", "testkit") for path in sorted((root / folder).rglob("*.py"))
              for line, module in _imports(path) if module.split(".")[0] == "tests"]
     assert not wrong, "\n".join(wrong)
+
+
+def _architecture_tree() -> set[str]:
+    """Module paths (relative to monitor/) named in ARCHITECTURE.md's layout block: folders by their
+    indentation, files as `name.py` (a line may name several, e.g. `bench/  classify.py ...` is not used)."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    block = text.split("```", 2)[1]
+    named: set[str] = set()
+    folders: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        stripped = line.lstrip()
+        if not stripped:
+            continue
+        word = stripped.split()[0]
+        indent = len(line) - len(stripped)
+        if indent >= 25:                                      # a continued description
+            continue
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        if word.endswith("/"):
+            folders.append((indent, word.rstrip("/")))
+        elif word.endswith(".py"):
+            prefix = "/".join(name for _, name in folders[1:])      # folders[0] is monitor/ itself
+            named.add(f"{prefix}/{word}" if prefix and "/" not in word else word)
+    return named
+
+
+def test_every_module_is_named_in_architecture_md():
+    named = _architecture_tree()
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    missing = sorted(modules - named)
+    assert not missing, f"modules missing from ARCHITECTURE.md's layout: {', '.join(missing)}"
+    stale = sorted(n for n in named - modules if not n.startswith(("tests/", "testkit/", "scripts/")))
+    assert not stale, f"ARCHITECTURE.md names modules that do not exist: {', '.join(stale)}"
