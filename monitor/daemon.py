@@ -58,7 +58,7 @@ class Daemon:
                                       "runtime": self.classifier.runtime,
                                       "untrained": str(meta.untrained).lower(), "sha256": self.classifier.sha256[:16]})
         self.heads = load_heads(config, self.classifier.backbone_id)
-        self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config))
+        self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config), config.watchlist)
         self.heatmaps: set[str] = set()     # cameras whose live view shows the class activation map (web toggle)
         self.events = EventStore(config.events.database, self.metrics)
         self.results = ResultBoard()
@@ -178,7 +178,8 @@ class Daemon:
             heads = load_heads(new, self.classifier.backbone_id)     # raises before anything changed
             self.heads = heads
             self.worker.heads = heads
-            self.custom.replace_heads(heads, examples_dirs(new))
+            # one reference: a label request meanwhile sees the old heads and folders or the new, never a mix
+            self.custom.replace_heads(heads, examples_dirs(new), new.watchlist)
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
         changed = [name for name in self.cameras if new_cams.get(name) != old_cams.get(name)]

@@ -320,6 +320,9 @@ class CustomClassConfig(Section):
     cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
     crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
     examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
+    retrain_interval: Duration() = Field(60.0, description=(
+        "Least time between the end of one retrain of this head (POST /api/heads/{name}/retrain) and the start "
+        "of the next; sooner requests get 429 with Retry-After. 0 = no limit."))
 
 
 # --- alerts, events, logging ---------------------------------------------------------------------------------

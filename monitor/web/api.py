@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import re
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from monitor import __version__
@@ -14,13 +16,53 @@ EVENTS_LIMIT_MAX = 1000
 
 
 class ApiError(Exception):
-    """An error answered as JSON {"error": message} with this HTTP status."""
+    """An error answered as JSON {"error": message} with this HTTP status. The application's handler passes the
+    message through without_paths() (server paths become the config keys that name them)."""
 
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+
+
+def config_paths(config: Any) -> dict[str, str]:
+    """Server paths of the config (as given and resolved) -> the key a client may see instead: events.database,
+    alerts.snapshots, custom_classes[i].head/.examples (the default examples folder too), and the state folder
+    around them (`<events.database folder>`)."""
+    named: list[tuple[Any, str]] = []
+    events = getattr(getattr(config, "events", None), "database", None)
+    if events is not None:
+        named.append((events, "events.database"))
+        named.append((Path(events).parent / "examples", "<events.database folder>/examples"))
+        named.append((Path(events).parent, "<events.database folder>"))
+    snapshots = getattr(getattr(config, "alerts", None), "snapshots", None)
+    if snapshots is not None:
+        named.append((snapshots, "alerts.snapshots"))
+    for i, c in enumerate(getattr(config, "custom_classes", ()) or ()):
+        named.append((c.head, f"custom_classes[{i}].head"))
+        folder = c.examples if c.examples is not None else (Path(events).parent / "examples" / c.name
+                                                            if events is not None else None)
+        if folder is not None:
+            named.append((folder, f"custom_classes[{i}].examples"))
+    out: dict[str, str] = {}
+    for path, key in named:
+        for form in (str(path), os.path.realpath(path)):
+            if len(form) > 1:
+                out.setdefault(form, key)
+    return out
+
+
+def without_paths(text: str, config: Any) -> str:
+    """`text` with every server path of the config replaced by its key, longest path first (a file inside a
+    configured folder becomes `key/rest`)."""
+    if config is None or not text:
+        return text
+    paths = config_paths(config)
+    for form in sorted(paths, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, paths[form])
+    return text
 
 
 def versions() -> dict[str, str]:

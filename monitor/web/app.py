@@ -236,7 +236,9 @@ def build_app(web: WebServer) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.headers)
+        # a message built from an exception may carry a server path (the database, a head file): name its key
+        daemon = getattr(web, "app", None)
+        return _error(exc.status, api.without_paths(exc.message, getattr(daemon, "config", None)), exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,14 +12,37 @@ import cv2
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+import logging
+import math
+
 from monitor.alerts.events import EventStoreError
 from monitor.inference.heads.labelling import LabelError
+from monitor.inference.heads.retrain import RetrainRefused
 from monitor.inference.heads.service import clean_snapshot_path
+from monitor.inference.heads.storage import StorageError
 from monitor.web.api import ApiError
 
+log = logging.getLogger("monitor.web")
 router = APIRouter()
 _NO_STORE = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"description": "{\"error\": message}"} for code in (400, 404, 503)}
+_ERROR = {"description": "{\"error\": message}"}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR for code in (400, 404, 503)}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {code: _ERROR for code in (400, 404, 500, 503, 507)}
+# what a refused retrain or restore answers
+_REFUSED = {"too_soon": 429, "busy": 409, "rules": 409, "missing": 404, "storage": 500}
+
+
+def storage_failed(e: StorageError) -> ApiError:
+    """The disk refused a write: 507 when more space would fix it (ENOSPC, EDQUOT), else 500 with the reason
+    (read-only, permission); logged once, no traceback (the message says all there is)."""
+    log.error("http: %s", e)
+    return ApiError(507 if e.no_space else 500, str(e))
+
+
+def refused(e: RetrainRefused) -> ApiError:
+    status = 507 if e.no_space else _REFUSED.get(e.reason, 409)
+    headers = {"Retry-After": str(max(1, math.ceil(e.retry_after)))} if e.reason == "too_soon" else None
+    return ApiError(status, str(e), headers)
 
 
 def _daemon(request: Request) -> Any:
@@ -47,17 +70,35 @@ def heads(request: Request) -> JSONResponse:
     return JSONResponse({"heads": d.custom.status_json(list(d.cameras))}, 200, _NO_STORE)
 
 
-@router.post("/api/heads/{head:camera}/retrain", status_code=202, responses=_ERRORS,
-             summary="Retrain a head on its examples in the background; it is swapped in when done")
+@router.post("/api/heads/{head:camera}/retrain", status_code=202,
+             responses={**_ERRORS, 429: _ERROR},
+             summary="Retrain a head on its examples in the background; it is swapped in when done (the replaced "
+                     "head is kept as .prev). 429 with Retry-After within custom_classes[].retrain_interval")
 def retrain(head: str, request: Request) -> JSONResponse:
     try:
         state = _daemon(request).custom.retrain(head)
     except (LabelError, KeyError) as e:
         raise ApiError(404, str(e).strip("'\"")) from None
+    except RetrainRefused as e:
+        raise refused(e) from None
     return JSONResponse({"head": head, "retrain": state}, 202, _NO_STORE)
 
 
-@router.post("/api/cameras/{camera:camera}/label", responses=_ERRORS,
+@router.post("/api/heads/{head:camera}/restore", responses={**_WRITE_ERRORS, 409: _ERROR},
+             summary="Swap the head a retrain (or restore) replaced back in; the current one becomes the .prev")
+def restore(head: str, request: Request) -> JSONResponse:
+    try:
+        state = _daemon(request).custom.restore(head)
+    except KeyError as e:
+        raise ApiError(404, str(e).strip("'\"")) from None
+    except RetrainRefused as e:
+        if e.reason == "storage":
+            log.error("http: %s", e)
+        raise refused(e) from None
+    return JSONResponse({"head": head, "retrain": state}, 200, _NO_STORE)
+
+
+@router.post("/api/cameras/{camera:camera}/label", responses=_WRITE_ERRORS,
              summary="Save the camera's newest frame as an example (?head=&class=)")
 def label_frame(camera: str, request: Request) -> JSONResponse:
     cam = _camera(request, camera)
@@ -70,10 +111,12 @@ def label_frame(camera: str, request: Request) -> JSONResponse:
         custom.label_frame(head, cls, camera, frame.image, cam.cfg.crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
-    return JSONResponse({"head": head, "class": cls, "examples": custom.examples[head].counts()}, 200, _NO_STORE)
+    except StorageError as e:
+        raise storage_failed(e) from None
+    return JSONResponse({"head": head, "class": cls, "examples": custom.counts(head)}, 200, _NO_STORE)
 
 
-@router.post("/api/events/{event_id:event_id}/label", responses=_ERRORS,
+@router.post("/api/events/{event_id:event_id}/label", responses=_WRITE_ERRORS,
              summary="Mark a custom-class event right or wrong (?right=true|false): files its frame as an example")
 def label_event(event_id: str, request: Request) -> JSONResponse:
     d = _daemon(request)
@@ -98,8 +141,10 @@ def label_event(event_id: str, request: Request) -> JSONResponse:
         d.custom.label_event(ev, right == "true", image, crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
+    except StorageError as e:
+        raise storage_failed(e) from None
     head = str(ev["label"]).partition(":")[0]
-    return JSONResponse({"event": ev["id"], "right": right == "true", "examples": d.custom.examples[head].counts()},
+    return JSONResponse({"event": ev["id"], "right": right == "true", "examples": d.custom.counts(head)},
                         200, _NO_STORE)
 
 

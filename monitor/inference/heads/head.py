@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from monitor.inference.heads.storage import write_files
 
 FORMAT = "monitor-head 1"
 MAX_FILE_BYTES = 16 * 1024 * 1024     # 1000 classes x 512 floats is 2 MB: anything far larger is not a head
@@ -82,26 +82,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z.astype(np.float32, copy=False)
 
 
-def save_head(head: Head, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), so a daemon reloading the head never reads half a file."""
-    path = Path(path)
+def head_bytes(head: Head) -> bytes:
+    """The head file's content (an .npz archive)."""
     meta = {"format": FORMAT, "name": head.name, "classes": list(head.classes), "backbone": head.backbone,
             "crop": head.crop, "summary": head.summary}
     buf = io.BytesIO()
     np.savez(buf, weight=head.weight.astype(np.float32), bias=head.bias.astype(np.float32),
              meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return buf.getvalue()
+
+
+def save_head(head: Head, path: str | Path) -> Path:
+    """Write atomically (temp file + rename), so a daemon reloading the head never reads half a file."""
+    path = Path(path)
+    write_files([(path, head_bytes(head))])
     return path
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -20,6 +20,8 @@ class HeadEntry:
     cameras: tuple[str, ...]           # empty = every camera
     crop: Crop | None                  # own region (an extra crop in the same inference call) or None: the
                                        # camera's crop, whose features the worker already has
+    key: str = ""                      # "custom_classes[i]": what messages shown to clients name (never a path)
+    retrain_interval: float = 0.0      # custom_classes[].retrain_interval (seconds)
 
     def applies_to(self, camera: str) -> bool:
         return not self.cameras or camera in self.cameras
@@ -36,7 +38,9 @@ class HeadSet:
     def __init__(self, entries: Sequence[HeadEntry], backbone_sha256: str) -> None:
         self.backbone_sha256 = backbone_sha256
         self._lock = threading.Lock()
-        self._entries: dict[str, HeadEntry] = {e.name: e for e in entries}
+        # entries built in code without a key are named by their position, as the config would name them
+        self._entries: dict[str, HeadEntry] = {e.name: e if e.key else replace(e, key=f"custom_classes[{i}]")
+                                               for i, e in enumerate(entries)}
         self._by_camera: dict[str, tuple[HeadEntry, ...]] = {}
 
     @classmethod
@@ -50,7 +54,8 @@ class HeadSet:
                 errors.append(f"custom_classes[{i}] ({c.name}): {e}")
                 continue
             entries.append(HeadEntry(c.name, head, Path(c.head), tuple(c.cameras or ()),
-                                     crop_key(c.crop) if c.crop is not None else None))
+                                     crop_key(c.crop) if c.crop is not None else None, key=f"custom_classes[{i}]",
+                                     retrain_interval=float(getattr(c, "retrain_interval", 0.0))))
         if errors:
             raise HeadError("\n".join(errors))
         return cls(entries, backbone_sha256)
@@ -82,10 +87,25 @@ class HeadSet:
             old = self._entries.get(name)
             if old is None:
                 raise KeyError(f"no custom class {name!r} (configured: {', '.join(self._entries) or 'none'})")
-            new = HeadEntry(name, head, old.path, old.cameras, old.crop)
+            new = replace(old, head=head)
             self._entries = {**self._entries, name: new}     # replaced whole: readers see old or new
             self._by_camera = {}
         return new
+
+    def rules_broken_by(self, name: str, classes: Sequence[str], rules: Sequence[Any]) -> list[str]:
+        """Messages for every watch-list entry "name:class" whose class is not in `classes` (the classes of a
+        head about to replace head `name`): such a rule would score 0 for ever, silently."""
+        entry = self._entries.get(name)
+        where = f"{entry.key}.examples" if entry is not None and entry.key else "its examples folder"
+        out = []
+        for i, rule in enumerate(rules):
+            for j, (wanted, _) in enumerate(rule.indices):
+                head_name, sep, cls = wanted.partition(":")
+                if sep and head_name == name and cls not in classes:
+                    out.append(f"rule watchlist[{i}] ({rule.name!r}) uses {wanted!r} (watchlist[{i}].classes[{j}]), "
+                               f"but the new head has no class {cls!r} (it has: {', '.join(classes) or 'none'}); "
+                               f"add examples of {cls!r} under {where} or change the rule")
+        return out
 
     def check_rules(self, rules: Sequence[Any]) -> list[str]:
         """Messages for watch-list entries "head:class" naming an unknown head or a class the head lacks."""

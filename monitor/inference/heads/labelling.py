@@ -7,7 +7,6 @@ user keeps labelling.
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from monitor.inference.heads.storage import storage_error, write_files
 from monitor.inference.preprocess import crop_box
 
 MAX_PER_CLASS = 2000
@@ -28,14 +28,17 @@ class LabelError(Exception):
 
 
 class ExampleStore:
-    def __init__(self, root: Path, max_per_class: int = MAX_PER_CLASS) -> None:
+    def __init__(self, root: Path, max_per_class: int = MAX_PER_CLASS, key: str = "examples") -> None:
         self.root = Path(root)
+        self.key = key              # the config key of `root` (custom_classes[i].examples): errors name it
         self.max_per_class = max_per_class
         self._lock = threading.Lock()
         self._seq = 0
 
     def save(self, class_name: str, frame: np.ndarray, crop: Any, camera: str = "") -> Path:
-        """Write the `crop` region of the BGR frame as an example of `class_name`; returns its path."""
+        """Write the `crop` region of the BGR frame as an example of `class_name`; returns its path.
+
+        StorageError when the disk refuses (full, read-only, ...): no file, not even a partial one, is left."""
         if not class_name or _SAFE.sub("", class_name) != class_name or class_name.startswith("."):
             raise LabelError(f"invalid class name {class_name!r}")
         h, w = frame.shape[:2]
@@ -47,21 +50,28 @@ class ExampleStore:
         with self._lock:
             self._seq += 1
             name = f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:04d}-{_SAFE.sub('_', camera) or 'frame'}.jpg"
-            folder.mkdir(parents=True, exist_ok=True)
             path = folder / name
-            tmp = folder / f".{name}.tmp"
-            tmp.write_bytes(buf.tobytes())
-            os.replace(tmp, path)
+            try:
+                write_files([(path, buf.tobytes())])
+            except OSError as e:
+                raise storage_error(e, f"save an example of {class_name!r}", self.key) from None
             self._trim(folder)
         return path
 
     def counts(self) -> dict[str, int]:
-        if not self.root.is_dir():
+        """Examples per class; {} when the folder is missing or unreadable (the page keeps working)."""
+        try:
+            if not self.root.is_dir():
+                return {}
+            return {d.name: sum(1 for f in d.iterdir() if f.suffix == ".jpg")
+                    for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+        except OSError:
             return {}
-        return {d.name: sum(1 for f in d.iterdir() if f.suffix == ".jpg")
-                for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
     def _trim(self, folder: Path) -> None:
-        files = sorted(f for f in folder.iterdir() if f.suffix == ".jpg")
-        for old in files[:max(0, len(files) - self.max_per_class)]:
-            old.unlink(missing_ok=True)
+        try:
+            files = sorted(f for f in folder.iterdir() if f.suffix == ".jpg")
+            for old in files[:max(0, len(files) - self.max_per_class)]:
+                old.unlink(missing_ok=True)
+        except OSError:     # the example is saved; an old one left over is retried on the next save
+            pass

@@ -1,16 +1,21 @@
 """Custom classes in the running daemon: the heads, their example folders, labelling and background retraining.
 
-The web layer calls label_frame / label_event / retrain / status_json; the worker reads `heads`.
+The web layer calls label_frame / label_event / retrain / restore / status_json; the worker reads `heads`.
+Heads, example stores and rules form one immutable CustomState swapped under one reference on a reload: every
+call reads it once, so a request running during a reload sees the old set or the new one, never half of each.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from monitor.inference.heads.labelling import ExampleStore, LabelError
 from monitor.inference.heads.retrain import HeadTrainer
+from monitor.inference.heads.storage import prev_path
 
 if TYPE_CHECKING:
     from monitor.inference.classifier import Classifier
@@ -25,11 +30,36 @@ def clean_snapshot_path(snapshot: str | Path) -> Path:
     return p.with_name(p.stem + ".clean.jpg")
 
 
+@dataclass(frozen=True)
+class CustomState:
+    """One consistent set: the heads the worker runs, their example stores, the rules that name their classes."""
+    heads: HeadSet
+    stores: Mapping[str, ExampleStore]
+    rules: tuple[Any, ...]
+
+
+def build_state(heads: HeadSet, examples: Mapping[str, Path], rules: Sequence[Any] = ()) -> CustomState:
+    stores = {}
+    for name, path in examples.items():
+        entry = heads.get(name)
+        stores[name] = ExampleStore(path, key=f"{entry.key}.examples" if entry is not None and entry.key
+                                    else f"examples of {name!r}")
+    return CustomState(heads, MappingProxyType(stores), tuple(rules))
+
+
 class CustomClasses:
-    def __init__(self, classifier: Classifier, heads: HeadSet, examples: Mapping[str, Path]) -> None:
-        self.heads = heads
-        self.examples = {name: ExampleStore(path) for name, path in examples.items()}
-        self.trainer = HeadTrainer(classifier, heads, dict(examples))
+    def __init__(self, classifier: Classifier, heads: HeadSet, examples: Mapping[str, Path],
+                 rules: Sequence[Any] = ()) -> None:
+        self.state = build_state(heads, examples, rules)
+        self.trainer = HeadTrainer(classifier, lambda: self.state)
+
+    @property
+    def heads(self) -> HeadSet:
+        return self.state.heads
+
+    @property
+    def examples(self) -> Mapping[str, ExampleStore]:
+        return self.state.stores
 
     def start(self) -> None:
         self.trainer.start()
@@ -37,28 +67,34 @@ class CustomClasses:
     def stop(self, timeout: float = 2.0) -> None:
         self.trainer.stop(timeout)
 
-    def replace_heads(self, heads: HeadSet, examples: Mapping[str, Path]) -> None:
-        """After a config reload: the new heads and folders (the trainer keeps running)."""
-        self.heads = heads
-        self.examples = {name: ExampleStore(path) for name, path in examples.items()}
-        self.trainer.heads = heads
-        self.trainer.examples = dict(examples)
+    def replace_heads(self, heads: HeadSet, examples: Mapping[str, Path], rules: Sequence[Any] = ()) -> None:
+        """After a config reload: the new heads, folders and rules, in one assignment (the trainer keeps running
+        and reads the new set at its next step)."""
+        self.state = build_state(heads, examples, rules)
 
-    def _entry(self, head: str) -> HeadEntry:
-        entry = self.heads.get(head)
+    @staticmethod
+    def _entry(state: CustomState, head: str) -> HeadEntry:
+        entry = state.heads.get(head)
         if entry is None:
-            raise LabelError(f"no custom class {head!r} (configured: {', '.join(self.heads.names()) or 'none'})")
+            raise LabelError(f"no custom class {head!r} (configured: {', '.join(state.heads.names()) or 'none'})")
         return entry
 
     def label_frame(self, head: str, class_name: str, camera: str, frame: np.ndarray, camera_crop: Any) -> Path:
-        """File the region of `frame` the head sees as an example of `class_name` ("save this frame as...")."""
-        entry = self._entry(head)
+        """File the region of `frame` the head sees as an example of `class_name` ("save this frame as...").
+        LabelError for a request that cannot be honoured, StorageError when the disk refuses."""
+        state = self.state
+        entry = self._entry(state, head)
         if not entry.applies_to(camera):
             raise LabelError(f"custom class {head!r} does not run on camera {camera!r}")
         if class_name not in entry.head.classes and class_name != NONE_CLASS:
             raise LabelError(f"head {head!r} has no class {class_name!r} (it has: {', '.join(entry.head.classes)})")
         crop = entry.crop if entry.crop is not None else camera_crop
-        return self.examples[head].save(class_name, frame, crop, camera)
+        return state.stores[head].save(class_name, frame, crop, camera)
+
+    def counts(self, head: str) -> dict[str, int]:
+        """Examples per class of `head` ({} for a head a reload removed meanwhile)."""
+        store = self.state.stores.get(head)
+        return store.counts() if store is not None else {}
 
     def label_event(self, event: Mapping[str, Any], right: bool, frame: np.ndarray, camera_crop: Any) -> Path:
         """An event of rule entry "head:class" was right (file its frame under the class) or wrong (under none)."""
@@ -70,16 +106,32 @@ class CustomClasses:
                                 camera_crop)
 
     def retrain(self, head: str) -> dict[str, Any]:
-        self._entry(head)
+        """Queue a retrain (KeyError: no such head; RetrainRefused "too_soon": within its retrain_interval)."""
         return self.trainer.request(head)
 
+    def restore(self, head: str) -> dict[str, Any]:
+        """Swap the head's `.prev` back in (KeyError: no such head; RetrainRefused: no .prev, busy, rules)."""
+        return self.trainer.restore(head)
+
     def status_json(self, cameras: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The heads for /api/status and /api/heads. Files are named by their config key, never by path."""
+        state = self.state
         out = []
-        for e in self.heads.entries():
-            store = self.examples.get(e.name)
+        for e in state.heads.entries():
+            store = state.stores.get(e.name)
             out.append({"name": e.name, "classes": list(e.head.classes), "cameras": list(e.cameras) or list(cameras),
-                        "crop": list(e.crop) if isinstance(e.crop, tuple) else e.crop, "head": str(e.path),
+                        "crop": list(e.crop) if isinstance(e.crop, tuple) else e.crop, "head": f"{e.key}.head",
                         "held_out_accuracy": e.head.summary.get("held_out_accuracy"),
                         "examples": store.counts() if store is not None else {},
+                        "examples_folder": store.key if store is not None else None,
+                        "retrain_interval": e.retrain_interval,
+                        "restorable": _is_file(prev_path(e.path)),
                         "retrain": self.trainer.status(e.name)})
         return out
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
