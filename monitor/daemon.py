@@ -347,7 +347,9 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
         now = time.monotonic()
         if now >= next_prune:
             next_prune = now + PRUNE_EVERY
-            pruned = daemon.events.prune(daemon.config.events.retention)
+            alerts = daemon.config.alerts
+            pruned = daemon.events.prune(daemon.config.events.retention, snapshots=alerts.snapshots,
+                                         max_bytes=alerts.snapshots_max_bytes)
             if pruned:
                 log.info("retention: removed %d events older than %.0f days", pruned,
                          daemon.config.events.retention / 86400)

@@ -4,16 +4,30 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import sqlite3
+import stat
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from monitor.inference.heads.service import clean_snapshot_path
 
 if TYPE_CHECKING:
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# What the snapshot sink writes (sinks._SnapshotSink.path_for): <camera>/<YYYYmmdd-HHMMSS>-<id|noid>-<rule>.jpg, its
+# overlay-free twin <...>.clean.jpg, and .<name>.<pid>.tmp while writing. Only such files are ever deleted: the
+# folder may be shared with other files.
+_SNAPSHOT_NAME = re.compile(r"\d{8}-\d{6}-(?:\d+|noid)-[A-Za-z0-9._-]*?(?:\.clean)?\.jpg")
+_TMP_NAME = re.compile(r"\.\d{8}-\d{6}-.*\.jpg\.\d+\.tmp")
+TMP_STALE_AFTER = 3600.0        # seconds: a .tmp this old was left by a process that died while writing it
+SWEEP_DOWN_TO = 0.9             # over the byte cap, the oldest files go until the folder holds 90 % of it
+_IN_CHUNK = 500                 # paths per "IN (...)" query (SQLite's variable limit is 32766, keep it small)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -111,8 +125,12 @@ class EventStore:
     def set_snapshot(self, event_id: int, path: str | Path) -> None:
         self._write("set snapshot", "UPDATE events SET snapshot = ? WHERE id = ?", (str(path), int(event_id)))
 
-    def prune(self, older_than: float, now: float | None = None) -> int:
-        """Delete events that ended more than `older_than` seconds ago, and their snapshot files.
+    def prune(self, older_than: float, now: float | None = None, snapshots: Path | str | None = None,
+              max_bytes: int | None = None) -> int:
+        """Delete events that ended more than `older_than` seconds ago, and their snapshot files (with the
+        overlay-free .clean.jpg twin). With `snapshots` (the snapshot folder) also sweep that folder: files older
+        than `older_than` that no event refers to (snapshots of events whose row could not be written, `-noid-`)
+        and, above `max_bytes`, the oldest files (see sweep_snapshots).
 
         Open events are never pruned. Returns the number of rows deleted (0 on a database error)."""
         cutoff = (time.time() if now is None else now) - older_than
@@ -124,7 +142,7 @@ class EventStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    snapshots = [row[0] for row in conn.execute(
+                    files = [row[0] for row in conn.execute(
                         "SELECT snapshot FROM events WHERE ended_at IS NOT NULL AND ended_at < ?"
                         " AND snapshot IS NOT NULL", (cutoff,))]
                     deleted = conn.execute("DELETE FROM events WHERE ended_at IS NOT NULL AND ended_at < ?",
@@ -136,12 +154,53 @@ class EventStore:
             except sqlite3.Error as exc:
                 self._error("prune", exc)
                 return 0
-        # Files go after the rows are committed: a crash in between leaves orphan files, never dangling rows.
-        self._unlink_all(snapshots)
+        # Files go after the rows are committed: a crash in between leaves orphan files, never dangling rows
+        # (and the folder sweep below deletes orphans).
+        self._unlink_all(files + [str(clean_snapshot_path(f)) for f in files])
         if deleted:
             log.info("events: pruned %d events older than %.0f s (%d snapshot files)", deleted, older_than,
-                     len(snapshots))
+                     len(files))
+        if snapshots is not None:
+            sweep_snapshots(snapshots, older_than=older_than, max_bytes=max_bytes, store=self, now=now)
         return deleted
+
+    def referenced(self, paths: Iterable[str]) -> set[str] | None:
+        """Which of `paths` an event row names as its snapshot; None when the database cannot tell (then no file
+        may be taken for an orphan)."""
+        paths = list(paths)
+        found: set[str] = set()
+        for i in range(0, len(paths), _IN_CHUNK):
+            chunk = paths[i:i + _IN_CHUNK]
+            try:
+                rows = self._read("find snapshots", f"SELECT snapshot FROM events WHERE snapshot IN "
+                                  f"({', '.join('?' * len(chunk))})", chunk, strict=True)
+            except EventStoreError:
+                return None
+            found.update(r[0] for r in rows)
+        return found
+
+    def forget_snapshots(self, paths: Iterable[str]) -> bool:
+        """Clear the snapshot of the events naming one of `paths` (files about to be deleted); False when the
+        write failed (then the files must stay: rows never point at missing files by our doing)."""
+        paths = [(p,) for p in paths]
+        if not paths:
+            return True
+        with self._lock:
+            if self._conn is None:
+                self._error("forget snapshots", "the store is closed")
+                return False
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.executemany("UPDATE events SET snapshot = NULL WHERE snapshot = ?", paths)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._error("forget snapshots", exc)
+                return False
+        return True
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -246,3 +305,121 @@ class EventStore:
                 Path(p).unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("events: cannot delete snapshot %s: %s", p, exc)
+
+
+# -- the snapshot folder ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotSweep:
+    deleted: int = 0            # files deleted
+    freed: int = 0              # their bytes
+    left: int = 0               # bytes of snapshot files left in the folder
+
+
+@dataclass
+class _Group:
+    """A snapshot and its .clean.jpg twin: deleted together, aged by the older of the two."""
+    mtime: float
+    size: int = 0
+    paths: list[str] = field(default_factory=list)
+
+
+_sweep_lock = threading.Lock()
+
+
+def sweep_snapshots(root: Path | str, *, older_than: float | None = None, max_bytes: int | None = None,
+                    store: EventStore | None = None, now: float | None = None) -> SnapshotSweep:
+    """Delete from the snapshot folder `root`, oldest first:
+      - `.tmp` files left by a process that died while writing (older than TMP_STALE_AFTER);
+      - snapshots older than `older_than` seconds that no event row names (orphans: the `-noid-` files of events
+        whose row could not be written, files of rows deleted before a crash); with no `store` every old file;
+      - while the folder holds more than `max_bytes`, the oldest snapshots, down to SWEEP_DOWN_TO of it (their
+        rows forget the path first, so no row ever points at a missing file).
+    Only files named as the snapshot sink names them are touched. Never raises for a file or the database:
+    problems are logged and that file stays."""
+    wall = time.time() if now is None else now
+    root = Path(root)
+    with _sweep_lock:
+        groups, stale_tmp = _scan_snapshots(root, wall)
+        doomed: list[str] = list(stale_tmp)
+        aged = 0
+        if older_than is not None:
+            cutoff = wall - older_than
+            old = {key: g for key, g in groups.items() if g.mtime < cutoff}
+            refs = store.referenced(old) if store is not None and old else set()
+            if refs is None:
+                log.warning("snapshots %s: cannot read the events database; orphan files stay for now", root)
+            else:
+                for key, g in old.items():
+                    if key not in refs:
+                        doomed += g.paths
+                        aged += len(g.paths)
+                        del groups[key]
+        total = sum(g.size for g in groups.values())
+        capped = 0
+        if max_bytes is not None and total > max_bytes:
+            target = int(max_bytes * SWEEP_DOWN_TO)
+            over: list[str] = []
+            for key, g in sorted(groups.items(), key=lambda kv: kv[1].mtime):
+                if total <= target:
+                    break
+                over.append(key)
+                total -= g.size
+            if store is not None and not store.forget_snapshots(over):
+                log.warning("snapshots %s: over the %d byte cap, but the events database cannot be updated; "
+                            "the oldest files stay for now", root, max_bytes)
+                total = sum(g.size for g in groups.values())
+            else:
+                for key in over:
+                    doomed += groups[key].paths
+                    capped += len(groups[key].paths)
+        freed = 0
+        deleted = 0
+        for path in doomed:
+            try:
+                size = os.stat(path, follow_symlinks=False).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("snapshots: cannot delete %s: %s", path, exc)
+                continue
+            freed += size
+            deleted += 1
+        if deleted:
+            log.info("snapshots %s: deleted %d files (%.1f MB): %d stale temporary, %d older than %s without an "
+                     "event, %d over the %s byte cap; %.1f MB left", root, deleted, freed / 1e6, len(stale_tmp),
+                     aged, "the retention" if older_than is None else f"{older_than / 86400:g} days", capped,
+                     "(none)" if max_bytes is None else max_bytes, total / 1e6)
+        return SnapshotSweep(deleted, freed, total)
+
+
+def _scan_snapshots(root: Path, wall: float) -> tuple[dict[str, _Group], list[str]]:
+    """The snapshot files under `root` grouped by their main file's path, and stale .tmp files."""
+    groups: dict[str, _Group] = {}
+    stale: list[str] = []
+    for folder, dirs, names in os.walk(root, onerror=lambda exc: log.warning("snapshots: %s", exc)):
+        for name in names:
+            is_tmp = name.endswith(".tmp") and _TMP_NAME.fullmatch(name) is not None
+            if not is_tmp and not _SNAPSHOT_NAME.fullmatch(name):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue                        # deleted meanwhile
+            if not stat.S_ISREG(st.st_mode):
+                continue                        # a symlink or folder with a snapshot's name: not ours
+            if is_tmp:
+                if st.st_mtime < wall - TMP_STALE_AFTER:
+                    stale.append(path)
+                continue
+            key = path[: -len(".clean.jpg")] + ".jpg" if name.endswith(".clean.jpg") else path
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _Group(st.st_mtime)
+            g.mtime = min(g.mtime, st.st_mtime)
+            g.size += st.st_size
+            g.paths.append(path)
+    return groups, stale

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,9 +30,10 @@ import cv2
 import numpy as np
 
 from monitor import __version__
+from monitor.alerts.events import sweep_snapshots
 from monitor.inference.heads.service import clean_snapshot_path
 from monitor.inference.overlay import draw_overlay
-from monitor.core.redact import redact_url
+from monitor.core.redact import redact_url, url_origin
 
 if TYPE_CHECKING:
     from monitor.inference.classifier import Prediction
@@ -157,9 +159,12 @@ class _SnapshotSink(_Sink):
     name = "snapshot"
     kinds = ("start",)
 
-    def __init__(self, owner: SinkSet, queue_size: int, root: Path) -> None:
+    def __init__(self, owner: SinkSet, queue_size: int, root: Path, max_bytes: int | None = None) -> None:
         super().__init__(owner, queue_size)
         self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._held: int | None = None       # bytes of snapshots in the folder: measured once, then counted up
+        self._new_bytes = 0
 
     def path_for(self, ev: dict) -> str:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(float(ev.get("started_at") or time.time())))
@@ -173,6 +178,18 @@ class _SnapshotSink(_Sink):
             ok = self._write(d)
         finally:
             d.ticket.finish(ok)
+        self._keep_under_cap()
+
+    def _keep_under_cap(self) -> None:
+        """alerts.snapshots_max_bytes between the hourly retention passes: a burst of events must not fill the
+        disk. The folder is measured at the first write and counted up after; over the cap, the oldest go."""
+        if self.max_bytes is None:
+            return
+        if self._held is not None:
+            self._held += self._new_bytes
+        self._new_bytes = 0
+        if self._held is None or self._held > self.max_bytes:
+            self._held = sweep_snapshots(self.root, max_bytes=self.max_bytes, store=self.owner.store).left
 
     def _write(self, d: _Delivery) -> bool:
         ev = d.event
@@ -206,6 +223,7 @@ class _SnapshotSink(_Sink):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)   # readers see the whole JPEG or nothing
+            self._new_bytes += len(buf)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
@@ -235,7 +253,9 @@ class _WebhookSink(_Sink):
         self.url = url
         self.timeout = timeout
         self.retries = max(0, retries)
-        self.safe_url = redact_url(url)
+        # Only scheme://host:port reaches the log: a webhook's path or query is often its secret (Slack, Discord,
+        # Home Assistant webhook ids, ?token=...), which no pattern could tell from a harmless path.
+        self.safe_url = url_origin(url)
 
     def handle(self, d: _Delivery) -> None:
         payload = dict(d.event, kind=d.kind, snapshot=d.ticket.result(self.owner.snapshot_wait))
@@ -270,7 +290,8 @@ class _WebhookSink(_Sink):
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 # Retrying would get the same answer: the configured url is wrong.
-                where = redact_url(str(exc.headers.get("Location", ""))) if exc.headers is not None else ""
+                location = str(exc.headers.get("Location", "")) if exc.headers is not None else ""
+                where = self._shown_location(location) if location else ""
                 return (f"HTTP {exc.code} {exc.reason}: redirect{f' to {where}' if where else ''} not followed "
                         "(set alerts.webhook.url to the final address)"), True
             # Client errors will not fix themselves, except timeouts and rate limiting.
@@ -278,9 +299,32 @@ class _WebhookSink(_Sink):
             return f"HTTP {exc.code} {exc.reason}", permanent
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            return redact_url(f"{type(exc).__name__}: {reason}"), isinstance(exc, ValueError)
+            return self._scrub(f"{type(exc).__name__}: {reason}"), isinstance(exc, ValueError)
         except Exception as exc:   # http.client.HTTPException and friends: a broken server, worth a retry
-            return f"{type(exc).__name__}: {exc}", False
+            return self._scrub(f"{type(exc).__name__}: {exc}"), False
+
+    def _shown_location(self, location: str) -> str:
+        """A redirect target as scheme://host:port and whether the path stays: an http -> https redirect keeps
+        the (secret) path, and a signed redirect carries one of its own."""
+        try:
+            target = urllib.parse.urljoin(self.url, location)
+            same = urllib.parse.urlsplit(target)[2:4] == urllib.parse.urlsplit(self.url)[2:4]
+        except ValueError:
+            return "an unreadable Location"
+        return f"{url_origin(target)} ({'same' if same else 'another'} path)"
+
+    def _scrub(self, text: str) -> str:
+        """An error text without the url or its path (urllib and http.client quote them: "unknown url type",
+        InvalidURL "can't contain control characters")."""
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+        except ValueError:
+            return redact_url(text.replace(self.url, url_origin(self.url)))
+        tail = self.url[len(f"{parts.scheme}://{parts.netloc}"):]
+        for secret in (self.url, tail, parts.path, parts.query):
+            if len(secret) > 1:
+                text = text.replace(secret, "/…")
+        return redact_url(text)
 
 
 class _CommandSink(_Sink):
@@ -377,7 +421,8 @@ class SinkSet:
         self._lock = threading.Lock()
         self._starts: OrderedDict[tuple, _SnapshotTicket] = OrderedDict()
         size = cfg.queue_size
-        self._snapshot: _SnapshotSink | None = _SnapshotSink(self, size, cfg.snapshots) if cfg.snapshots else None
+        self._snapshot: _SnapshotSink | None = (
+            _SnapshotSink(self, size, cfg.snapshots, cfg.snapshots_max_bytes) if cfg.snapshots else None)
         sinks: list[_Sink] = [_LogSink(self, size)]
         if self._snapshot is not None:
             sinks.append(self._snapshot)

@@ -36,6 +36,11 @@ FFMPEG_ENV = {
     "OPENCV_FFMPEG_IS_THREAD_SAFE": "1",
     # RTSP over UDP loses packets under load (grey smeared frames); TCP is lossless. Other protocols ignore it.
     "OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp",
+    # FFmpeg inside OpenCV writes its own lines ("[tcp @ 0x...] Connection to ... failed") straight to stderr
+    # from C, past the redacting log formatter: they may quote a URL (credentials, ?pwd=) and they break JSON
+    # logs. AV_LOG_QUIET (-8) silences them; why a camera is down is in its status and our log line. An operator
+    # debugging a camera may export OPENCV_FFMPEG_LOGLEVEL=24 (printed unredacted, to stdout).
+    "OPENCV_FFMPEG_LOGLEVEL": "-8",
 }
 for _key, _value in FFMPEG_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -354,7 +359,7 @@ class Camera:
         cap = PyAVCapture(str(src.target), self.cfg.open_timeout, read_timeout, self.cfg.decode_threads, size)
         if not cap.isOpened():
             # FFmpeg's message may quote the URL: show it without credentials
-            why = cap.error.replace(str(src.target), src.shown)
+            why = redact_url(cap.error.replace(str(src.target), src.shown))
             raise _Failure(f"cannot open {src.shown if src.kind != 'file' else 'file ' + src.shown}: {why}")
         self._note_decoder(cap, hw)
         return cap

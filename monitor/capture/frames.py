@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from monitor.capture import camera as _camera  # noqa: F401  FFmpeg's process-wide env (quiet log, RTSP over TCP)
 from monitor.core.redact import redact_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}

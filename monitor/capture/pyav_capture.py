@@ -10,12 +10,32 @@ converts, only for the frames the camera uses, as with OpenCV.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import cv2
 import numpy as np
 
+from monitor.core.redact import redact_url
+
 log = logging.getLogger(__name__)
+_quiet_lock = threading.Lock()
+_quiet_done = False
+
+
+def _quiet_ffmpeg_log(av: Any) -> None:
+    """PyAV's FFmpeg log stays off (PyAV's own default, made sure of once): FFmpeg's default callback would print
+    unredacted lines to stderr, and PyAV's Python callback takes the GIL on FFmpeg's own threads (a decoder
+    thread logging while the GIL holder waits for it deadlocks, see av.logging). What FFmpeg reports on a
+    failure still arrives in the exception text, which is redacted below. Should anything turn it on anyway,
+    its "libav" logger goes through our (redacting) handler, errors only."""
+    global _quiet_done
+    with _quiet_lock:
+        if _quiet_done:
+            return
+        av.logging.set_level(None)
+        logging.getLogger("libav").setLevel(logging.ERROR)
+        _quiet_done = True
 
 
 class PyAVCapture:
@@ -25,7 +45,9 @@ class PyAVCapture:
                  size: tuple[int, int] | None = None, rtsp_tcp: bool = True) -> None:
         import av  # imported here: only cameras with `backend: pyav` load it
 
+        _quiet_ffmpeg_log(av)
         self._av = av
+        self._target = target
         self._size = size
         # One swscale context per camera, kept while the sizes stay: a frame's own reformat() builds a new one
         # on every call, and each starts a thread per core (the threads=1 below) that 16 cameras would
@@ -41,13 +63,17 @@ class PyAVCapture:
             self._container = av.open(target, options=options, timeout=(open_timeout, read_timeout))
             self._stream = self._container.streams.video[0]
         except (av.error.FFmpegError, IndexError, OSError) as e:
-            self.error = str(e) if not isinstance(e, IndexError) else "no video stream"
+            self.error = self._redact(str(e)) if not isinstance(e, IndexError) else "no video stream"
             self.release()
             return
         # Frame threads each hold pictures of their own (see CameraConfig.decode_threads).
         self._stream.thread_count = max(0, int(threads))
         self._stream.thread_type = "FRAME" if threads != 1 else "SLICE"
         self._decoded = self._container.decode(self._stream)
+
+    def _redact(self, text: str) -> str:
+        # FFmpeg's exceptions quote the URL as given ("Connection refused: 'rtsp://user:pw@cam/?token=...'")
+        return redact_url(text.replace(self._target, redact_url(self._target)))
 
     def isOpened(self) -> bool:
         return self._decoded is not None
@@ -63,7 +89,7 @@ class PyAVCapture:
             self._frame = None
             return False
         except (self._av.error.FFmpegError, OSError) as e:
-            self.error = str(e)
+            self.error = self._redact(str(e))
             self._frame = None
             return False
 

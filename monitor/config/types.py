@@ -360,6 +360,10 @@ def _argv(value: Any) -> Any:
 
 class AlertsConfig(Section):
     snapshots: Optional[FilePath] = None
+    snapshots_max_bytes: Optional[Size] = Field(1024 ** 3, description=(
+        "Most bytes the snapshot files under alerts.snapshots may take (e.g. 500MB, 2GB); above it the oldest "
+        "are deleted first, their events stay without a picture. Checked as snapshots are written and at each "
+        "hourly retention pass. null = no cap (events.retention still applies)."))
     webhook: Optional[WebhookConfig] = None
     # argv with {camera} {rule} {label} {score} {event_id} {snapshot}
     command: Annotated[List(Annotated[str, BeforeValidator(_command_arg)]), BeforeValidator(_argv)] = ()
