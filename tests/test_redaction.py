@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from monitor.alerts.sinks import SinkSet
 from monitor.capture.camera import Camera
-from monitor.config.loader import parse_config
+from monitor.config.loader import ConfigError, parse_config
 from monitor.config.types import AlertsConfig, WebhookConfig
 from monitor.core.logsetup import JsonFormatter, TextFormatter
 from monitor.core.metrics import Metrics
@@ -383,3 +383,33 @@ def test_no_secret_from_camera_or_webhook_urls_anywhere(tmp_path: Path, demo_wei
     if log_format == "json":
         for line in proc.lines:
             json.loads(line)
+
+
+@pytest.mark.parametrize("url", ["ftp://hooks.example/services/T0/B0/Zq-S3cret", "hooks.example/api/Zq-S3cret",
+                                 "http://hooks.example:99999/api/webhook/Zq-S3cret?token=Zq-S3cret2"])
+def test_config_errors_show_a_webhook_as_scheme_host_port(url: str) -> None:
+    """A webhook URL's path is often its secret: a config error about it (printed at startup, in the journal)
+    names scheme://host:port only."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cameras": [{"name": "c", "source": "0"}], "alerts": {"webhook": {"url": url}}}, Path("/tmp"))
+    (error,) = info.value.errors
+    assert error.startswith("alerts.webhook.url: ") and "path and query not shown" in error, error
+    assert_hidden("a config error", error, ["Zq-S3cret", "Zq-S3cret2"])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_uncaught_exceptions_go_through_the_redacting_formatter(fmt: str) -> None:
+    """Python prints an uncaught exception's traceback to stderr itself, past the formatter; after
+    setup_logging it is a log record (redacted, one JSON object in JSON format), in a thread and in main."""
+    code = ("import threading; from monitor.core.logsetup import setup_logging; import sys; "
+            f"setup_logging('info', {fmt!r}); "
+            "t = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError("
+            "'cannot open rtsp://admin:Zq-S3cret@cam/live?pwd=Zq-S3cret2')), name='cam-door'); t.start(); t.join(); "
+            "raise RuntimeError('http://cam/video.cgi?user=admin&pwd=Zq-S3cret3')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert_hidden("stderr", out.stderr + out.stdout, ["Zq-S3cret", "Zq-S3cret2", "Zq-S3cret3"])
+    assert "uncaught exception in thread cam-door" in out.stderr and "pwd=***" in out.stderr, out.stderr
+    if fmt == "json":
+        docs = [json.loads(line) for line in out.stderr.splitlines()]
+        assert [d["level"] for d in docs] == ["critical", "critical"] and "ValueError" in docs[0]["exc"], docs

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from monitor.core.redact import url_origin
+
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")   # camera and rule names end up in URL paths and metric labels
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -251,9 +253,21 @@ def check_url(value: Any, schemes: tuple[str, ...]) -> str:
     return text
 
 
-def Url(*schemes: str) -> Any:
-    return _checked(lambda value: check_url(value, schemes), str,
-                    WithJsonSchema({"type": "string", "pattern": f"^({'|'.join(schemes)})://"}))
+def Url(*schemes: str, secret_path: bool = False) -> Any:
+    """`secret_path`: the URL's path and query may be the secret (webhooks: Slack, Home Assistant ids, tokens),
+    so an error shows only its scheme://host:port."""
+    def check(value: Any) -> str:
+        if not secret_path:
+            return check_url(value, schemes)
+        try:
+            return check_url(value, schemes)
+        except PydanticCustomError as exc:
+            if not isinstance(value, str):
+                raise
+            message = (exc.context or {}).get("message", "invalid URL")
+            raise problem(f"{message} (got {url_origin(value)}/..., path and query not shown)",
+                          show_value=False) from None
+    return _checked(check, str, WithJsonSchema({"type": "string", "pattern": f"^({'|'.join(schemes)})://"}))
 
 
 def source_kind(source: str) -> str:

@@ -328,7 +328,7 @@ class CustomClassConfig(Section):
 # --- alerts, events, logging ---------------------------------------------------------------------------------
 
 class WebhookConfig(Section):
-    url: Url("http", "https")
+    url: Url("http", "https", secret_path=True)   # errors show scheme://host:port only
     timeout: Duration(allow_zero=False) = 5.0
     retries: Int(0, 10) = 3
 

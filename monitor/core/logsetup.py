@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from typing import Any
 
 from monitor.core.redact import redact_url
 
@@ -38,7 +40,30 @@ class TextFormatter(logging.Formatter):
         return redact_url(super().format(record))
 
 
+def _log_uncaught(args: threading.ExceptHookArgs) -> None:
+    # Python's default hook prints the traceback to stderr past our formatter: a URL in the exception text
+    # would reach the journal unredacted (and break JSON logs).
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("monitor").critical("uncaught exception in thread %s", name,
+                                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _log_uncaught_main(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("monitor").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """One redacting handler on stderr; uncaught exceptions (main thread and others) go through it too, unless
+    someone (a test watching for crashes) installed a hook of its own."""
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _log_uncaught
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _log_uncaught_main
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_monitor", False):
