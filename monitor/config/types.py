@@ -119,6 +119,11 @@ class ServerConfig(Section):
     upload_max_pixels: Int(1, 2_000_000_000) = 40_000_000   # an upload promising more is refused undecoded
     upload_timeout: Duration(allow_zero=False) = 30.0   # seconds for a whole upload body to arrive (408 after)
     max_connections: Int(8, 65536) = 256     # open HTTP connections (kept below the process's fd limit)
+    # One client cannot take the whole of max_connections (nor the health-check reserve) from the others.
+    max_connections_per_client: Int(1, 65536) = Field(32, description=(
+        "Open HTTP connections from one client address (an IPv6 one counted as its /64); more are answered 503 "
+        "and closed. A browser opens at most 6 to one server, live views included. Behind a reverse proxy every "
+        "client has the proxy's address: raise it to max_connections there."))
     keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
     head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
     auth: AuthConfig = _section()

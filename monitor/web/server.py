@@ -3,8 +3,9 @@
 `WebServer(app, host, port)` binds the port in start() (a clash raises at once, naming host and port), runs
 uvicorn's event loop on the thread "http" without signal handlers (the daemon's own stay in charge), and stops
 within its timeout: live streams end first, then uvicorn closes its connections; what is left is aborted.
-Bounds: open connections (server.max_connections, kept below the fd limit), request heads (head_timeout),
-idle keep-alive (keepalive_timeout), upload bodies (size, deadline, memory), decodes (pixel budget), viewers.
+Bounds: open connections (server.max_connections, kept below the fd limit; per client, with a reserve for health
+checks: monitor.web.protocol), silent connections (first byte), request heads (head_timeout), idle keep-alive
+(keepalive_timeout), upload bodies (size, deadline, memory), decodes (pixel budget), viewers, failed logins.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from monitor.web.app import build_app, load_static, route_table
 from monitor.web.auth import Authenticator
 from monitor.web.guard import HEAD_MAX_BYTES, Guard
 from monitor.web.mjpeg import STALL_TIMEOUT, StreamHub
-from monitor.web.protocol import MonitorProtocol
+from monitor.web.clients import ClientWarnings
+from monitor.web.protocol import FIRST_BYTE_TIMEOUT, HEALTH_RESERVE, ConnectionSlots, MonitorProtocol
 from monitor.web.upload import BodyBudget, PixelBudget
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class WebServer:
 
     def __init__(self, app: Any, host: str, port: int, *, request_timeout: float | None = None,
                  head_timeout: float | None = None, upload_timeout: float | None = None,
-                 keepalive_timeout: float | None = None, max_connections: int | None = None) -> None:
+                 keepalive_timeout: float | None = None, max_connections: int | None = None,
+                 max_connections_per_client: int | None = None, first_byte_timeout: float | None = None) -> None:
         cfg = app.config.server
         self.app = app
         self.host = host
@@ -79,6 +82,12 @@ class WebServer:
         self.head_timeout = head_timeout or cfg.head_timeout
         self.keepalive_timeout = keepalive_timeout or cfg.keepalive_timeout
         self.max_connections = _connection_cap(max_connections or cfg.max_connections)
+        self.max_connections_per_client = min(self.max_connections,
+                                              max_connections_per_client or cfg.max_connections_per_client)
+        self.health_reserve = max(1, min(HEALTH_RESERVE, self.max_connections // 8))
+        self.first_byte_timeout = min(first_byte_timeout or FIRST_BYTE_TIMEOUT, self.head_timeout)
+        self.slots = self._slots()
+        self._refusals = ClientWarnings(log)
         self.auth = Authenticator(cfg.auth)
         self.upload_max_bytes = int(cfg.upload_max_bytes)
         self.streams = StreamHub(app, cfg.stream, app.metrics, stall_timeout=self.stall_timeout)
@@ -124,9 +133,20 @@ class WebServer:
             counter = self._counters[status] = self.app.metrics.http_requests.labels(code=str(int(status)))
         counter.inc()
 
-    def refused_connection(self) -> None:
+    def _slots(self) -> ConnectionSlots:
+        return ConnectionSlots(self.max_connections, self.max_connections_per_client, self.health_reserve)
+
+    def refused_connection(self, client: str, why: str) -> None:
+        """A connection answered 503 at once: `client` holds max_connections_per_client (why "per_client"), or
+        every slot is taken ("total"). A WARNING at most once a minute per client (rate-limited in all)."""
         self.count(503)
-        log.debug("http: connection refused: %d open (server.max_connections)", self.max_connections)
+        if why == "per_client":
+            self._refusals.warn(client, "web: %s holds %d connections (server.max_connections_per_client); "
+                                "more from it are refused with 503", client, self.max_connections_per_client)
+        else:
+            self._refusals.warn("*", "web: all %d connections in use (server.max_connections; %d of them kept for "
+                                "health checks); new ones are refused with 503", self.max_connections,
+                                self.health_reserve)
 
     def start(self) -> None:
         if self._server is not None:
@@ -195,6 +215,7 @@ class WebServer:
         self._server, self._thread, self._socket = None, None, None
         # A new hub so the server can be started again after stop().
         self.streams = StreamHub(self.app, self.streams.cfg, self.app.metrics, stall_timeout=self.stall_timeout)
+        self.slots = self._slots()
 
 
 def _connection_cap(wanted: int) -> int:
