@@ -32,11 +32,12 @@ class TlsListener:
 
 class Mosquitto:
     """mosquitto with a generated config: one listener on 127.0.0.1:`port` (and a TLS one when `tls` is given),
-    anonymous access unless `users` ({name: password}, written with mosquitto_passwd) is given. No persistence: a restart forgets retained
+    anonymous access unless `users` ({name: password}, written with mosquitto_passwd) is given, every topic open
+    to every client unless `acl_file` (mosquitto's acl_file) is given. No persistence: a restart forgets retained
     messages, as a replaced broker would."""
 
     def __init__(self, port: int, workdir: Path, users: dict[str, str] | None = None,
-                 tls: TlsListener | None = None) -> None:
+                 tls: TlsListener | None = None, acl_file: Path | None = None) -> None:
         self.port = port
         self.tls = tls
         self.dir = Path(workdir)
@@ -55,6 +56,8 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines += ["allow_anonymous true"]
+        if acl_file is not None:
+            lines += [f"acl_file {acl_file}"]
         if tls is not None:     # a second listener; the options after it are that listener's
             lines += [f"listener {tls.port} 127.0.0.1", f"cafile {tls.ca}", f"certfile {tls.cert}",
                       f"keyfile {tls.key}", f"require_certificate {'true' if tls.require_certificate else 'false'}"]

@@ -125,7 +125,7 @@ def test_every_topic_and_discovery_payload(tmp_path, demo_weights, footage, brok
     subscribers.append(sub)
     d = Daemon(build(tmp_path, demo_weights, [cam("cars", video), {"name": "yard", "source": f"rtsp://u:pw@127.0.0.1:{dead}/x", "backoff_max": 1}],
                      [rule], {"port": broker.port, "topic_prefix": prefix, "discovery_prefix": ha,
-                              "label_keepalive": "1.5s", "client_id": "monitor-test-1"}))
+                              "label_keepalive": "1.5s", "client_id": "monitor-test-1", "control": True}))
     daemons.append(d)
     d.start(web=False)
 
@@ -223,7 +223,8 @@ def test_paused_survives_restart_and_removed_entities_are_cleared(tmp_path, demo
                                                                   daemons, subscribers) -> None:
     video, rule = footage
     prefix, ha = "t2", "ha2"
-    mqtt = {"port": broker.port, "topic_prefix": prefix, "discovery_prefix": ha, "client_id": "monitor-test-2"}
+    mqtt = {"port": broker.port, "topic_prefix": prefix, "discovery_prefix": ha, "client_id": "monitor-test-2",
+            "control": True}
     sub = Subscriber(broker.port, (f"{prefix}/#", f"{ha}/#"))
     subscribers.append(sub)
     first = Daemon(build(tmp_path, demo_weights, [cam("a", video), cam("b", video), cam("c", video)], [rule], mqtt))
@@ -308,7 +309,7 @@ def test_broker_down_at_start_then_killed_and_restarted(tmp_path, demo_weights, 
     prefix = "t3"
     d = Daemon(build(tmp_path, demo_weights, [cam("cars", video)], [rule],
                      {"port": port, "topic_prefix": prefix, "discovery_prefix": "ha3", "queue_size": 4,
-                      "client_id": "monitor-test-3"}))
+                      "client_id": "monitor-test-3", "control": True}))
     daemons.append(d)
     caplog.set_level(logging.INFO, logger="monitor")
     d.start(web=False)
@@ -424,7 +425,7 @@ def test_config_section_errors(tmp_path, demo_weights) -> None:
         "mqtt.port: must be between 1 and 65535 (got 0)",
         "mqtt.topic_prefix: must be an MQTT topic without wildcards (+ #), blanks or control characters (got 'a/#')",
         "mqtt.password: unknown key (allowed: host, port, username, password_file, tls, topic_prefix, "
-        "discovery_prefix, client_id, label_keepalive, queue_size)"]
+        "discovery_prefix, client_id, label_keepalive, queue_size, control)"]
     assert errors({"password_file": "/nonexistent/pw"}) == ["mqtt.password_file: needs mqtt.username"]
     assert errors({"username": "u", "password_file": "/nonexistent/pw"}) == [
         "mqtt.password_file: cannot read '/nonexistent/pw': no such file"]

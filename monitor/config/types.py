@@ -474,6 +474,12 @@ class MqttConfig(Section):
         Field(default_factory=_default_client_id)
     label_keepalive: Duration(allow_zero=False) = 60.0   # seconds: re-publish an unchanged label this often
     queue_size: Int(1, 100000) = 256        # outgoing messages held while the broker is away; full -> dropped
+    # Off by default: MQTT carries no publisher identity, so any client the broker lets write
+    # `<prefix>/<camera>/enabled/set` could stop classification. On only with a broker ACL (systemd/mosquitto-acl.example).
+    control: Bool = Field(False, description=(
+        "Accept `<prefix>/<camera>/enabled/set` ON/OFF to resume/pause classifying a camera, and announce the "
+        "Home Assistant switch for it. Off: not subscribed, no switch, a paused set kept from earlier is "
+        "ignored. Turn on only when the broker's ACL lets nobody but Home Assistant write those topics."))
     password: SkipJsonSchema[str] = _hidden()  # read from password_file at validation time, never logged
 
     @field_validator("password_file", mode="after")

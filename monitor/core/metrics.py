@@ -63,6 +63,11 @@ class Metrics:
         self.mqtt_published = Counter("monitor_mqtt_published", "MQTT messages handed to the broker", registry=r)
         self.mqtt_dropped = Counter("monitor_mqtt_dropped",
                                     "MQTT messages dropped because the outgoing queue was full", registry=r)
+        self.mqtt_resyncs_suppressed = Counter(
+            "monitor_mqtt_resyncs_suppressed",
+            "Home Assistant 'online' messages answered by no re-publish of their own (one per interval)", registry=r)
+        self.camera_paused = Gauge("monitor_camera_paused", "1 while classifying the camera is paused over MQTT",
+                                   ["camera"], registry=r)
         # info
         self.build_info = Info("monitor_build", "Version of the daemon and its runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
@@ -73,7 +78,8 @@ class Metrics:
         for ever and look like a camera that is down."""
         for collector in (self.frames_captured, self.frames_classified, self.frames_dropped,
                           self.frames_skipped_still, self.camera_connected, self.camera_reconnects,
-                          self.camera_last_frame, self.stream_viewers, self.stream_frames_skipped):
+                          self.camera_last_frame, self.stream_viewers, self.stream_frames_skipped,
+                          self.camera_paused):
             try:
                 collector.remove(camera)
             except KeyError:

@@ -4,10 +4,18 @@ The daemon owns one bridge when `mqtt:` is configured: start() after the alert s
 only reads the pipeline), update() on reload. The alert sinks feed events through `on_event` (a listener of
 SinkSet, so a slow broker can only fill that sink's bounded queue).
 
-Stale discovery configs: the configs we publish are listed, retained, on `<prefix>/discovery_index`. After every
-connect we subscribe to it; the broker hands us the list a previous run left, and every config on it that we
-no longer publish (a camera or rule removed while we were stopped) is cleared with an empty retained payload.
-A reload clears what it removed directly.
+Stale discovery configs: the config topics we announce are recorded in the daemon's state directory
+(record.DiscoveryRecord, `<events db>-discovery.json`); at start every recorded one we no longer announce (a
+camera or rule removed while we were stopped) is cleared with an empty retained payload, a reload clears what it
+removed directly. Only topics of our own unique-id scheme (discovery.owned_config_topic) that this daemon
+announced are ever cleared: nothing read from the broker can add one. `<prefix>/discovery_index` still lists
+them, retained, for people and tools; we never read it back (whoever could write it could have listed a
+foreign device's config there).
+
+Trust: `mqtt.control` (default off) decides whether `<prefix>/<camera>/enabled/set` is subscribed, the HA switch
+announced and a paused set kept from earlier applied. Home Assistant's `online` is answered by at most one
+re-publish per resync.RESYNC_INTERVAL, without the snapshots. Retained messages on the topics we subscribe to
+(a command or an `online` left on the broker) are ignored: only live ones act.
 
 Custom class sets (custom_classes): one enum sensor per camera and set, whose options are the head's classes. The
 bridge holds the daemon's HeadSet and compares what it runs with what discovery announced at the start of every
@@ -24,8 +32,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from monitor.mqtt.client import MqttClient
 from monitor.mqtt.control import EnabledControl, PausedStore
-from monitor.mqtt.discovery import discovery_configs
+from monitor.mqtt.discovery import discovery_configs, owned_config_topic
 from monitor.mqtt.publisher import Publisher
+from monitor.mqtt.record import DiscoveryRecord, discovery_record_path
+from monitor.mqtt.resync import ResyncLimiter
 from monitor.mqtt.topics import Topics
 
 if TYPE_CHECKING:
@@ -39,8 +49,6 @@ if TYPE_CHECKING:
     from monitor.inference.results import ResultBoard
 
 log = logging.getLogger(__name__)
-
-_MAX_INDEX = 1 << 20           # bytes: a discovery index larger than this is not ours
 
 
 def rules_by_camera(cameras: Sequence[str], rules: Sequence[RuleConfig]) -> dict[str, list[str]]:
@@ -68,14 +76,21 @@ class MqttBridge:
                  cameras: Callable[[], Mapping[str, Camera]], pause: Callable[[frozenset[str]], None],
                  state_path: Path, untrained: bool = False) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.topics = Topics(cfg.topic_prefix)
         self.client = MqttClient(cfg, metrics)
         self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive, untrained,
-                                   before_poll=self._follow_heads)
+                                   before_poll=self._round)
         self._cameras = cameras
         self._pause = pause
         self.store = PausedStore(state_path)
-        self.control = EnabledControl(self.store, lambda: list(cameras()), pause, self._echo_enabled)
+        self.control = EnabledControl(self.store, lambda: list(cameras()), self._set_paused, self._echo_enabled)
+        self.resyncs = ResyncLimiter(self.client.resync, metrics.mqtt_resyncs_suppressed)
+        self.record = DiscoveryRecord(discovery_record_path(state_path), self._owned)
+        self._previous: frozenset[str] | None = None  # the previous run's record (None: there was none)
+        self._announced = False                       # the first announcement (which clears the previous run's)
+        self._gauged: set[str] = set()                # cameras with a monitor_camera_paused series
+        self._gauge_lock = threading.Lock()           # _set_paused runs on paho's thread and the reload thread
         self._names: list[str] = []
         self._rules: dict[str, list[str]] = {}
         self._heads: HeadSet | None = None
@@ -85,20 +100,30 @@ class MqttBridge:
 
     @property
     def paused(self) -> frozenset[str]:
+        """Cameras paused over MQTT; always none without mqtt.control (a paused set kept from earlier included)."""
+        if not self.cfg.control:
+            return frozenset()
         return self.store.paused & frozenset(self._names)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self, cameras: Sequence[str], rules: Sequence[RuleConfig], heads: HeadSet | None = None) -> None:
         t = self.topics
-        self.client.subscribe(t.enabled_set_filter, self._on_enabled_set)
+        if self.cfg.control:
+            self.client.subscribe(t.enabled_set_filter, self._on_enabled_set)
         if self.cfg.discovery_prefix:
-            self.client.subscribe(t.discovery_index, self._on_discovery_index)
             self.client.subscribe(f"{self.cfg.discovery_prefix}/status", self._on_ha_status)
+            self._previous = self.record.load()
         self._apply(list(cameras), rules_by_camera(cameras, rules), heads)
-        if self.paused:
-            log.info("mqtt: cameras paused (from %s): %s", self.store.path, ", ".join(sorted(self.paused)))
-        self._pause(self.paused)
+        kept = self.store.paused & frozenset(self._names)
+        if kept and self.cfg.control:
+            log.warning("mqtt: cameras PAUSED (not classified, no alerts) since a previous run, as %s records: %s; "
+                        "send ON to %s to resume", self.store.path, ", ".join(sorted(kept)),
+                        t.enabled_set("<camera>"))
+        elif kept:
+            log.warning("mqtt: %s records paused cameras (%s) but mqtt.control is off: they are classified",
+                        self.store.path, ", ".join(sorted(kept)))
+        self._set_paused(self.paused)
         self.client.start()
         self.publisher.start()
 
@@ -109,7 +134,7 @@ class MqttBridge:
     def update(self, cameras: Sequence[str], rules: Sequence[RuleConfig], heads: HeadSet | None = None) -> None:
         """A reload: new entities published, removed ones cleared (discovery and retained state)."""
         self._apply(list(cameras), rules_by_camera(cameras, rules), heads)
-        self._pause(self.paused)
+        self._set_paused(self.paused)
 
     def on_event(self, kind: str, event: dict, image: np.ndarray | None,
                  predictions: Sequence[Prediction] = ()) -> None:
@@ -129,29 +154,57 @@ class MqttBridge:
             self.publisher.set_pairs((c, r) for c in names for r in rules.get(c, ()))  # first: no late ON/OFF ...
             self.publisher.forget(removed, removed_pairs)                            # ... after these clears
             for cam in names:
-                self._echo_enabled(cam, cam not in self.store.paused)
+                self._echo_enabled(cam, cam not in self.paused)
             self._announce(custom)
         if removed or removed_pairs or removed_sets:
             log.info("mqtt: cleared removed entities: cameras %s, rules %s, custom classes %s", removed or "-",
                      ", ".join(f"{c}/{r}" for c, r in removed_pairs) or "-",
                      ", ".join(f"{c}/{n}" for c, n in removed_sets) or "-")
 
+    def _owned(self, topic: str) -> bool:
+        return bool(self.cfg.discovery_prefix) and owned_config_topic(topic, self.topics, self.cfg.discovery_prefix)
+
     def _announce(self, custom: CustomSets) -> None:
         """Discovery for self._names/_rules and `custom`: changed configs published, dropped ones cleared."""
         self._custom = custom
-        if self.cfg.discovery_prefix:
-            configs = discovery_configs(self.topics, self.cfg.discovery_prefix, self._names, self._rules, custom)
+        dp = self.cfg.discovery_prefix
+        if dp:
+            configs = discovery_configs(self.topics, dp, self._names, self._rules, custom, control=self.cfg.control)
             new = {topic: json.dumps(payload) for topic, payload in configs.items()}
-            for topic in self._discovery.keys() - new.keys():
-                self.client.retain(topic, b"")
+            gone = set(self._discovery.keys() - new.keys())
+            if not self._announced:
+                previous = self._previous_run(custom) - new.keys()
+                if previous:
+                    log.info("mqtt: clearing %d discovery configs a previous run announced and this one does not",
+                             len(previous))
+                gone |= previous
+            for topic in sorted(gone):
+                if self._owned(topic):          # all of them are: a second look costs nothing
+                    self.client.retain(topic, b"")
             for topic, payload in new.items():
                 if self._discovery.get(topic) != payload:
                     self.client.retain(topic, payload)
-            self._discovery = new
+            self._discovery, self._announced = new, True
+            self.record.save(new)
             self.client.retain(self.topics.discovery_index, json.dumps(sorted(new)))
         # after the discovery (one ordered queue): a result with new classes must not reach HA before the
         # options that allow it
         self.publisher.set_custom(custom)
+
+    def _previous_run(self, custom: CustomSets) -> frozenset[str]:
+        """The configs the previous run announced: its record; without one (the first run of a version that
+        keeps it), the `enabled` switches an earlier version announced for these cameras, ours by construction."""
+        if self._previous is not None:
+            return self._previous
+        if self.cfg.control or not self._names:
+            return frozenset()
+        with_control = discovery_configs(self.topics, self.cfg.discovery_prefix, self._names, self._rules, custom)
+        return frozenset(t for t in with_control if t.startswith(f"{self.cfg.discovery_prefix}/switch/"))
+
+    def _round(self) -> None:
+        """Start of every publisher round (mqtt-publisher thread): a coalesced resync due, heads swapped."""
+        self.resyncs.poll()
+        self._follow_heads()
 
     def _follow_heads(self) -> None:
         """Publisher round start: a head swapped in by a retrain with other classes gets its discovery again."""
@@ -167,38 +220,29 @@ class MqttBridge:
                      ", ".join(changed) or "-")
             self._announce(custom)
 
+    def _set_paused(self, names: frozenset[str]) -> None:
+        """Apply the paused set to the pipeline and to monitor_camera_paused{camera} (1/0 per camera)."""
+        self._pause(names)
+        with self._gauge_lock:
+            current = set(self._names)
+            for cam in self._gauged - current:
+                try:
+                    self.metrics.camera_paused.remove(cam)
+                except KeyError:
+                    pass
+            for cam in current:
+                self.metrics.camera_paused.labels(cam).set(1 if cam in names else 0)
+            self._gauged = current
+
     def _echo_enabled(self, camera: str, enabled: bool) -> None:
         self.client.retain(self.topics.enabled_state(camera), "ON" if enabled else "OFF")
 
     def _on_enabled_set(self, topic: str, payload: bytes) -> None:
-        self.control.handle(self.topics.camera_of_enabled_set(topic), payload)
+        self.control.handle(self.topics.camera_of_enabled_set(topic), payload, topic)
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
-            log.info("mqtt: Home Assistant is online: re-publishing discovery and states")
-            self.client.resync()
-
-    def _on_discovery_index(self, topic: str, payload: bytes) -> None:
-        """The index a previous run (or we) left: clear configs on it that we no longer publish."""
-        if not payload or len(payload) > _MAX_INDEX:
-            return
-        try:
-            listed = json.loads(payload)
-        except ValueError:
-            listed = None
-        if not isinstance(listed, list):
-            log.warning("mqtt: %s holds no list of topics; replacing it", topic)
-            listed = []
-        current = dict(self._discovery)
-        prefix = f"{self.cfg.discovery_prefix}/"
-        stale = [t for t in listed if isinstance(t, str) and t.startswith(prefix) and t.endswith("/config")
-                 and t not in current]
-        for t in stale:
-            self.client.retain(t, b"")
-        if stale:
-            log.info("mqtt: cleared %d stale discovery configs of removed cameras/rules", len(stale))
-        if sorted(current) != listed:
-            self.client.retain(self.topics.discovery_index, json.dumps(sorted(current)))
+            self.resyncs.request(f"via MQTT topic {topic}")
 
     def camera_names(self) -> Iterable[str]:
         return list(self._names)

@@ -7,6 +7,13 @@ one. Instead publish() puts messages into a bounded deque (never blocks: a full 
 counts it in monitor_mqtt_dropped_total) and our own "mqtt-out" thread hands them to paho only while connected.
 After every (re)connect it first publishes `<prefix>/status online`, then what was queued during the outage
 (older), then every retained state we hold (current), so the broker always ends up with the newest values.
+resync() (Home Assistant came back) re-publishes the retained states too, except those retained with
+`resync=False` (the snapshot JPEGs: the broker still holds them; only a reconnect, to a broker that may have
+lost them, sends them again).
+
+Messages the broker replays because they are retained on a topic we subscribe to are stale by definition: they
+reach a handler only if its subscription asked for them (`retained=True`). A command or Home Assistant's
+`online` retained by whoever could write it would otherwise act again after every reconnect and restart.
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ _TICK = 0.25                   # the out thread's longest sleep without looking 
 _INFLIGHT = 32                 # QoS 1 messages paho may hold unacknowledged (its own queue stays this small)
 _DROP_LOG_EVERY = 30.0         # seconds between "queue full" warnings
 _STATUS_ONLINE, _STATUS_OFFLINE = "online", "offline"
+_NO_RESYNC, _LIGHT, _FULL = 0, 1, 2    # what a resync re-publishes: nothing pending, without resync=False, all
+_IGNORED_LOGGED = 64                   # topics whose ignored retained replay was logged (one warning per topic)
 _SENT, _BUSY, _DOWN = 0, 1, 2          # outcomes of handing one message to paho
 
 Handler = Callable[[str, bytes], None]
@@ -59,6 +68,7 @@ class _Message(NamedTuple):
     payload: bytes
     retain: bool
     qos: int
+    resync: bool = True          # retained: re-published by resync() too (else only after a reconnect)
 
 
 class MqttClient:
@@ -80,9 +90,10 @@ class MqttClient:
         self._cond = threading.Condition()
         self._queue: deque[_Message] = deque()
         self._retained: dict[str, _Message] = {}
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, tuple[Handler, bool]] = {}    # filter -> (handler, takes retained replays)
+        self._ignored_logged: set[str] = set()
         self._connected = False
-        self._resync = False
+        self._resync = _NO_RESYNC
         self._stop = threading.Event()
         self._drain_until = 0.0
         self._thread: threading.Thread | None = None
@@ -176,10 +187,11 @@ class MqttClient:
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         return self._put(_Message(topic, data, retain, qos))
 
-    def retain(self, topic: str, payload: bytes | str, qos: int = 1) -> bool:
-        """Set the retained value of `topic` (remembered for re-publishing); b"" clears it on the broker."""
+    def retain(self, topic: str, payload: bytes | str, qos: int = 1, resync: bool = True) -> bool:
+        """Set the retained value of `topic` (remembered for re-publishing); b"" clears it on the broker.
+        resync=False: re-published after a reconnect only, not by resync() (large payloads the broker keeps)."""
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        msg = _Message(topic, data, True, qos)
+        msg = _Message(topic, data, True, qos, resync)
         with self._cond:
             if data:
                 self._retained[topic] = msg
@@ -193,19 +205,21 @@ class MqttClient:
         with self._cond:
             return list(self._retained)
 
-    def subscribe(self, topic: str, handler: Handler) -> None:
+    def subscribe(self, topic: str, handler: Handler, retained: bool = False) -> None:
         """Subscribe now (if connected) and after every reconnect; `handler(topic, payload)` runs on paho's
-        network thread."""
+        network thread. retained=False: the broker's replays of retained messages are dropped (and logged once
+        per topic) before the handler; only messages published while we are subscribed reach it."""
         with self._cond:
-            self._handlers[topic] = handler
+            self._handlers[topic] = (handler, retained)
         client = self._client
         if client is not None and self._connected:
             client.subscribe(topic, qos=1)
 
     def resync(self) -> None:
-        """Re-publish every retained value (Home Assistant came back online and wants the configs again)."""
+        """Re-publish the retained values but those retained with resync=False (Home Assistant came back online
+        and wants the configs again). The caller bounds how often (MqttBridge: one per RESYNC_INTERVAL)."""
         with self._cond:
-            self._resync = True
+            self._resync = max(self._resync, _LIGHT)
             self._cond.notify_all()
 
     # -- paho callbacks (network thread) ----------------------------------------------------------------------
@@ -226,7 +240,7 @@ class MqttClient:
         log.info("mqtt: connected to %s", self.where)
         self._problem = ""
         with self._cond:
-            self._resync = True
+            self._resync = _FULL
         self._set_connected(True)
         if self._on_connected is not None:
             try:
@@ -271,14 +285,28 @@ class MqttClient:
     def _paho_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         with self._cond:
             handlers = list(self._handlers.items())
-        for pattern, handler in handlers:
+        for pattern, (handler, retained) in handlers:
             if paho.topic_matches_sub(pattern, message.topic):
+                if message.retain and not retained:
+                    self._ignored_retained(message.topic, len(message.payload))
+                    continue
                 try:
                     handler(message.topic, bytes(message.payload))
                 except Exception:
                     log.exception("mqtt: handling a message on %s failed", message.topic)
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _ignored_retained(self, topic: str, size: int) -> None:
+        if not size:
+            return           # an empty retained message is no message (a cleared topic)
+        with self._cond:
+            first = topic not in self._ignored_logged and len(self._ignored_logged) < _IGNORED_LOGGED
+            if first:
+                self._ignored_logged.add(topic)
+        if first:
+            log.warning("mqtt: ignored a message retained on %s (only messages published while we listen are "
+                        "taken there; clear it with: mosquitto_pub -r -n -t '%s')", topic, topic)
 
     def _problem_once(self, level: int, text: str) -> None:
         """One line per distinct problem, not one per retry: a wrong password must not flood the log."""
@@ -324,7 +352,7 @@ class MqttClient:
                 if not self._connected or (not self._queue and not self._resync):
                     self._cond.wait(_TICK)
                     continue
-                resync, self._resync = self._resync, False
+                resync, self._resync = self._resync, _NO_RESYNC
                 batch: list[_Message] = []
                 if resync:
                     # online first, then what waited in the queue (older), then the current retained values
@@ -332,7 +360,7 @@ class MqttClient:
                     # a queued retained value the map holds is older than (or equal to) the map's: skip it
                     batch.extend(m for m in self._queue if not (m.retain and m.topic in self._retained))
                     self._queue.clear()
-                    batch.extend(self._retained.values())
+                    batch.extend(m for m in self._retained.values() if resync == _FULL or m.resync)
                 else:
                     batch.append(self._queue.popleft())
             for i, msg in enumerate(batch):
@@ -365,10 +393,10 @@ class MqttClient:
         self.metrics.mqtt_published.inc()
         return _SENT
 
-    def _requeue(self, rest: list[_Message], resync: bool) -> None:
+    def _requeue(self, rest: list[_Message], resync: int) -> None:
         with self._cond:
             if resync:
-                self._resync = True          # the retained values go out again after the next connect
+                self._resync = max(self._resync, resync)   # the retained values go out after the next connect
                 rest = [m for m in rest if m.topic not in self._retained and m.topic != self.status_topic]
             room = max(0, self.cfg.queue_size - len(self._queue))
             keep, lost = rest[:room], len(rest) - min(len(rest), room)

@@ -1,18 +1,24 @@
-"""Control over MQTT: `<prefix>/<camera>/enabled/set` ON/OFF pauses or resumes classifying that camera.
+"""Control over MQTT: `<prefix>/<camera>/enabled/set` ON/OFF pauses or resumes classifying that camera, only
+with `mqtt.control: true` (the bridge neither subscribes nor applies a kept paused set without it).
 
 The paused set is persisted in a small JSON file next to the event database, written atomically (temp file,
 fsync, rename), so it survives a restart and a crash. Commands arrive on paho's network thread: handling one is
 a set update, a file write of a few bytes and an enqueued echo on `<prefix>/<camera>/enabled/state`.
+
+A pause stops the camera's alerts without any error anywhere, so it is logged at WARNING with where it came
+from: MQTT (v3.1.1 and v5 alike) tells a subscriber the topic but never who published, so the origin is the
+topic, and the broker's ACL (systemd/mosquitto-acl.example) is what decides who can write it.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
+
+from monitor.mqtt.record import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +65,9 @@ class PausedStore:
         return True
 
     def _save(self, names: list[str]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"paused": names}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, {"paused": names})
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             log.error("mqtt: cannot save the paused cameras to %s (%s); the change holds until restart",
                       self.path, exc)
 
@@ -92,7 +91,8 @@ class EnabledControl:
         self._echo = echo
         self._last_warning = float("-inf")
 
-    def handle(self, camera: str | None, payload: bytes) -> None:
+    def handle(self, camera: str | None, payload: bytes, topic: str) -> None:
+        """One command received on `topic` (the origin the log names)."""
         known = set(self._cameras())
         if camera is None or camera not in known:
             self._warn("mqtt: enabled/set for unknown camera %r ignored (cameras: %s)", camera,
@@ -104,7 +104,11 @@ class EnabledControl:
                        payload[:_MAX_COMMAND])
             return
         if self.store.set_enabled(camera, enabled):
-            log.info("mqtt: camera %s %s", camera, "resumed" if enabled else "paused (not classified)")
+            if enabled:
+                log.info("mqtt: camera %s resumed (classified again) by ON via MQTT topic %s", camera, topic)
+            else:
+                log.warning("mqtt: camera %s PAUSED (not classified, no alerts) by OFF via MQTT topic %s; kept "
+                            "across restarts in %s until ON", camera, topic, self.store.path)
         self._apply(self.store.paused & known)
         self._echo(camera, enabled)
 

@@ -4,6 +4,9 @@ Follows https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery (and the
 components/mqtt/homeassistant): config topic `<discovery_prefix>/<component>/<unique_id>/config`, `unique_id`
 and `default_entity_id` (`<domain>.<slug>`; `object_id` is deprecated since HA 2025.10), a `device` block with
 `identifiers`, `origin`, and `availability` on `<prefix>/status` (online/offline, the last will).
+
+Every unique id starts with the node id (object_id(topic_prefix)) and `_`: `owned_config_topic` tells whether a
+topic is one of that shape, the only ones the daemon ever clears.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from monitor.mqtt.topics import Topics
 ORIGIN = {"name": "monitor", "sw_version": __version__}
 RULE_DEVICE_CLASS = "occupancy"      # "on means detected": what a watch-list rule reports for its classes
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
+COMPONENTS = ("sensor", "binary_sensor", "camera", "switch")     # the components we announce
 
 
 def object_id(*parts: str) -> str:
@@ -28,11 +32,26 @@ def _entity_slug(uid: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", uid.lower()).strip("_")
 
 
+def owned_config_topic(topic: str, topics: Topics, discovery_prefix: str) -> bool:
+    """True for `<discovery_prefix>/<one of COMPONENTS>/<node id>_<id>/config`: a topic of our unique-id scheme.
+    Necessary, not sufficient, for it to be ours (a foreign id may start the same way): the bridge clears only
+    topics that also are in its own record of what it announced."""
+    head = f"{discovery_prefix}/"
+    if not topic.startswith(head) or not topic.endswith("/config"):
+        return False
+    parts = topic[len(head):-len("/config")].split("/")
+    node = object_id(topics.prefix)
+    return (len(parts) == 2 and parts[0] in COMPONENTS and parts[1].startswith(f"{node}_")
+            and len(parts[1]) > len(node) + 1 and not _NOT_ID.search(parts[1]))
+
+
 def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[str],
                       rules_by_camera: Mapping[str, Iterable[str]],
-                      custom_by_camera: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> dict[str, dict]:
+                      custom_by_camera: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+                      control: bool = True) -> dict[str, dict]:
     """{config topic: payload} for every entity of every camera; rules_by_camera lists the watched rules,
-    custom_by_camera the custom class sets running on each camera ({set name: its classes})."""
+    custom_by_camera the custom class sets running on each camera ({set name: its classes}); the `enabled`
+    switch only with `control` (mqtt.control: without it nobody listens to its command topic)."""
     node = object_id(topics.prefix)
     availability = [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}]
     out: dict[str, dict] = {}
@@ -64,10 +83,11 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
             "state_topic": topics.state(cam), "payload_on": "up", "payload_off": "down",
             "json_attributes_topic": topics.state_attributes(cam)})
         add("camera", cam, "snapshot", {"name": "Snapshot", "topic": topics.snapshot(cam)})
-        add("switch", cam, "enabled", {
-            "name": "Enabled", "icon": "mdi:cctv", "entity_category": "config",
-            "command_topic": topics.enabled_set(cam), "state_topic": topics.enabled_state(cam),
-            "payload_on": "ON", "payload_off": "OFF", "optimistic": False})
+        if control:
+            add("switch", cam, "enabled", {
+                "name": "Enabled", "icon": "mdi:cctv", "entity_category": "config",
+                "command_topic": topics.enabled_set(cam), "state_topic": topics.enabled_state(cam),
+                "payload_on": "ON", "payload_off": "OFF", "optimistic": False})
         for rule in rules_by_camera.get(cam, ()):
             add("binary_sensor", cam, f"rule_{rule}", {
                 "name": rule, "device_class": RULE_DEVICE_CLASS,

@@ -163,7 +163,10 @@ class Publisher:
         if kind == "start" and image is not None and camera in {c for c, _ in self._pairs}:
             jpeg = self._jpeg(image, camera, predictions, str(event.get("label", "")), event.get("started_at"))
             if jpeg is not None:
-                self.client.retain(self.topics.snapshot(camera), jpeg)
+                # resync=False: Home Assistant coming back finds it on the broker; re-sending tens of kB for each
+                # `online` was the bulk of an amplification (only a reconnect, to a broker that may have lost
+                # it, sends it again)
+                self.client.retain(self.topics.snapshot(camera), jpeg, resync=False)
         on = kind == "start"
         with self._lock:
             # The end of an event of a rule or camera a reload removed may come after its topic was cleared:

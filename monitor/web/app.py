@@ -133,9 +133,13 @@ async def healthz() -> Response:
 
 @router.get("/readyz", summary="Readiness: the pipeline runs (503 until it does)", response_class=Response)
 async def readyz(request: Request) -> Response:
-    ready = bool(_daemon(request).ready())
-    return Response(b"ready\n" if ready else b"not ready\n", 200 if ready else 503, _NO_STORE,
-                    "text/plain; charset=utf-8")
+    daemon = _daemon(request)
+    ready = bool(daemon.ready())
+    # A paused camera (MQTT enabled/set OFF) keeps the daemon ready: a 503 would let whoever may pause one take the
+    # whole daemon out of its load balancer or restart loop (and a restart keeps the pause). It is said here.
+    paused = sorted(getattr(daemon, "paused", ()))
+    body = (b"ready\n" if ready else b"not ready\n") + (f"paused: {', '.join(paused)}\n".encode() if paused else b"")
+    return Response(body, 200 if ready else 503, _NO_STORE, "text/plain; charset=utf-8")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
