@@ -168,10 +168,17 @@ class Daemon:
         RELOAD_SINKS_STOP. Rules that did not change keep their open events, streaks and cooldowns."""
         t0 = time.monotonic()
         old = self.config
-        for key in ("server", "model", "events", "mqtt"):
-            if getattr(old, key) != getattr(new, key):
+        # server.auth applies at once: the credentials files were read again, and a rotated password must stop
+        # working now, not at the next restart.
+        server = old.server.model_copy(update={"auth": new.server.auth})
+        if new.server.auth != old.server.auth:
+            if self.web is not None:
+                self.web.auth.update(new.server.auth)       # raises (nothing changed) for one it cannot serve
+            log.info("reload: server.auth applied (credentials read again from their file)")
+        for key, running in (("server", server), ("model", old.model), ("events", old.events), ("mqtt", old.mqtt)):
+            if running != getattr(new, key):
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
-        new = new.model_copy(update={"server": old.server, "model": old.model, "events": old.events,
+        new = new.model_copy(update={"server": server, "model": old.model, "events": old.events,
                                      "mqtt": old.mqtt})
         setup_logging(new.logging.level, new.logging.format)
         if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):

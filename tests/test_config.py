@@ -209,7 +209,7 @@ def test_errors_name_key_path_and_line_in_document_order(tmp_path: Path) -> None
 def test_derived_fields_cannot_be_written_in_a_file_but_code_may_pass_them() -> None:
     errors = errors_of({"cameras": [CAM], "server": {"auth": {"secret": "x"}}})
     assert errors == ["server.auth.secret: unknown key (allowed: mode, username, password_file, token_file, "
-                      "protect_metrics)"]
+                      "protect_metrics, max_failures)"]
     rule = RuleConfig(name="r", classes=("dog",), indices=(("dog", (1, 2)),))
     assert rule.indices == (("dog", (1, 2)),)
     assert RuleConfig(name="r", classes=("dog",)).indices == (("dog", tuple(range(151, 269))),)

@@ -99,8 +99,9 @@ def refused_bearer() -> list[tuple[dict[str, str], str]]:
 def _served(tmp: Path, videos_dir: Path, weights: Path, auth: dict, cameras: list[dict] | None = None) -> Served:
     (tmp / "password").write_text(PASSWORD + "\n", encoding="utf-8")
     (tmp / "token").write_text(TOKEN + "\n", encoding="utf-8")
+    # Thousands of wrong credentials from one address on purpose: no back-off (tests/test_auth_rotation.py).
     cfg = make_config(tmp, weights, cameras or [file_camera(videos_dir, "cam1")],
-                      server={"auth": auth, "stream": {"width": 160}})
+                      server={"auth": {"max_failures": 0, **auth}, "stream": {"width": 160}})
     return Served(cfg, wait=["cam1"], request_timeout=3.0, head_timeout=5.0)
 
 

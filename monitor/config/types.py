@@ -78,6 +78,13 @@ class AuthConfig(Section):
     password_file: Optional[FilePath] = None  # basic: file holding the password
     token_file: Optional[FilePath] = None   # bearer: file holding the token
     protect_metrics: Bool = True            # /metrics behind auth too
+    # A guesser is slowed down per client, not for everyone: the owner logging in from another address is never
+    # refused because of it (monitor/web/auth.py).
+    max_failures: Int(0, 1_000_000) = Field(10, description=(
+        "Failed logins (wrong credentials) from one client address (an IPv6 one counted as its /64) within a "
+        "minute before that client gets 429 on every protected path for a minute, twice as long each next "
+        "time, up to an hour. Other clients are not affected; a successful login clears the count. 0 = no "
+        "limit."))
     secret: SkipJsonSchema[str] = _hidden()  # read from the file at validation time, never logged
 
     @field_validator("username", "password_file", "token_file", mode="after")

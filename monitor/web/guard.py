@@ -115,8 +115,12 @@ class Guard:
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
         auth = self.web.auth
         if auth.protects(path):
+            client = (scope.get("client") or (None,))[0]
+            if wait := auth.blocked(client):      # too many failed logins from this client (auth.py)
+                raise Refusal(429, "too many failed logins from your address",
+                              {"Retry-After": auth.retry_after(wait)})
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-            if not auth.check(header.decode("latin-1") if header is not None else None):
+            if not auth.check(header.decode("latin-1") if header is not None else None, client):
                 raise Refusal(401, "authentication required", {"WWW-Authenticate": auth.challenge()})
         route = next((r for r in self.routes if r.pattern.match(path)), None)
         if route is None:
