@@ -74,8 +74,10 @@ class Browser:
     # and counted so that a chatty page cannot grow the test's memory.
     EVENTS_KEPT = 500
 
-    def __init__(self, tmp: Path, timeout: float = 15.0) -> None:
+    def __init__(self, tmp: Path, timeout: float = 15.0, flags: tuple[str, ...] = ()) -> None:
+        """flags: more command-line switches, e.g. --host-resolver-rules to give 127.0.0.1 other names."""
         self.timeout = timeout
+        self.flags = tuple(flags)
         self.profile = tmp / f"profile-{time.monotonic_ns()}"
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.EVENTS_KEPT)
         self.events_dropped = 0
@@ -89,7 +91,7 @@ class Browser:
         self._reader: threading.Thread | None = None
 
     def start(self) -> Browser:
-        cmd = command(self.profile, "--remote-debugging-pipe", "about:blank")
+        cmd = command(self.profile, *self.flags, "--remote-debugging-pipe", "about:blank")
         # The browser reads commands on its fd 3 and writes answers and events on its fd 4.
         cmd_r, cmd_w = os.pipe()
         out_r, out_w = os.pipe()

@@ -731,7 +731,7 @@ def test_idle_sockets_do_not_delay_a_new_client(served: Served) -> None:
         for i in range(IDLE_SOCKETS):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             if i % 2:
-                s.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\nX-Partial: " + str(i).encode())
+                s.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Partial: " + str(i).encode())
             idle.append(s)
         assert wait_for(lambda: served.web.connections >= IDLE_SOCKETS, 3), served.web.connections
         assert served.web.active_requests == 0

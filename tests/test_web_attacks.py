@@ -70,7 +70,7 @@ def test_slow_drip_uploads_do_not_hold_upload_slots_and_end_at_the_deadline(serv
     """Six clients dripping an upload body one byte every 0.3 s (more than the old four upload slots; no read
     ever waits long enough for a per-read timeout): a normal upload is classified at once, and every dripper
     gets 408 when the whole-body deadline passes."""
-    head = (b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    head = (b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 100000\r\n\r\n")
     drippers = []
     stop = threading.Event()
@@ -249,21 +249,21 @@ def _with_size(data: bytes, ext: str, w: int, h: int) -> bytes:
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
         f = s.makefile("rb")
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
-                  b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                  b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert read_response(f)[::2] == (200, b"ok\n")
         assert read_response(f)[::2] == (200, b"ready\n")
         status, headers, body = read_response(f)
         assert status == 200 and b'"cameras"' in body and headers["content-type"] == "application/json"
         # the same connection serves the next request: keep-alive
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert read_response(f)[::2] == (200, b"ok\n")
         f.close()
 
 
 def test_idle_keep_alive_connection_is_closed_after_its_timeout(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         f = s.makefile("rb")
         assert read_response(f)[0] == 200
         t0 = time.monotonic()
@@ -275,7 +275,7 @@ def test_idle_keep_alive_connection_is_closed_after_its_timeout(served: Served) 
 def test_expect_100_continue_is_answered(served: Served) -> None:
     body = jpeg()
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-        s.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\n"
+        s.sendall(b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode())
         s.settimeout(0.8)                                           # curl waits 1 s before sending anyway
         assert s.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n")
@@ -287,7 +287,7 @@ def test_expect_100_continue_is_answered(served: Served) -> None:
         f.close()
     # refused up front (too large): 413 instead of 100, the body is never sent
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-        s.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\n"
+        s.sendall(b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\n"
                   b"Content-Length: 999999999\r\n\r\n")
         f = s.makefile("rb")
         assert f.readline().startswith(b"HTTP/1.1 413 ")
@@ -297,7 +297,7 @@ def test_expect_100_continue_is_answered(served: Served) -> None:
 def test_chunked_upload_is_accepted(served: Served) -> None:
     body = jpeg(seed=3)
     chunks = b"".join(b"%x\r\n" % len(body[i:i + 1000]) + body[i:i + 1000] + b"\r\n" for i in range(0, len(body), 1000))
-    answer = raw_request(served.port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    answer = raw_request(served.port, b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                                       b"Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
                                       + chunks + b"0\r\n\r\n")
     assert raw_status(answer) == 200, answer[:300]
@@ -307,16 +307,16 @@ def test_chunked_upload_is_accepted(served: Served) -> None:
     # a chunked body past upload_max_bytes is refused like any other
     cap = served.web.upload_max_bytes
     big = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
-    head = b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
     answer = raw_request(served.port, head + big * (cap // (1 << 20) + 1) + b"0\r\n\r\n")
     assert raw_status(answer) == 413, answer[:300]
 
 
 def test_absolute_form_target_is_served(served: Served) -> None:
-    answer = raw_request(served.port, f"GET http://127.0.0.1:{served.port}/healthz HTTP/1.1\r\nHost: x\r\n"
+    answer = raw_request(served.port, f"GET http://127.0.0.1:{served.port}/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                       f"Connection: close\r\n\r\n".encode())
     assert raw_status(answer) == 200 and answer.endswith(b"ok\n")
-    answer = raw_request(served.port, b"GET http://127.0.0.1/static/%2e%2e/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = raw_request(served.port, b"GET http://127.0.0.1/static/%2e%2e/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert raw_status(answer) == 404
 
 
@@ -359,7 +359,7 @@ def test_stop_with_open_connections_is_prompt(tmp_path: Path, videos_dir: Path, 
     with Served(cfg, wait=False) as s:
         idle = [socket.create_connection(("127.0.0.1", s.port), timeout=5) for _ in range(5)]
         slow = socket.create_connection(("127.0.0.1", s.port), timeout=5)
-        slow.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        slow.sendall(b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                      b"Content-Length: 100000\r\n\r\n\xff\xd8")
         assert wait_until(lambda: s.web.active_requests == 1, 3)
         t0 = time.monotonic()

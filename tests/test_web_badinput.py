@@ -67,7 +67,7 @@ def form(data: bytes, name: str = "file", boundary: str = "bNd") -> tuple[bytes,
 
 def test_upload_over_cap_by_content_length_is_413_before_reading(served: Served) -> None:
     # Only the head is sent: the server must answer from Content-Length alone, not wait for the body.
-    head = (f"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    head = (f"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {CAP + 1}\r\n\r\n").encode()
     t0 = time.monotonic()
     answer = raw_request(served.port, head + b"\xff\xd8" * 100)
@@ -82,13 +82,13 @@ def test_upload_over_cap_with_real_body_is_413(served: Served) -> None:
 
 
 def test_content_length_shorter_body_then_eof_is_400(served: Served) -> None:
-    head = b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+    head = b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
     answer = raw_request(served.port, head + jpeg_bytes()[:100], shut=True)
     assert raw_status(answer) == 400 and b"body ended" in answer
 
 
 def test_stalled_body_times_out_with_408(served: Served) -> None:
-    head = b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+    head = b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
     t0 = time.monotonic()
     answer = raw_request(served.port, head + b"\xff\xd8", timeout=10)
     assert raw_status(answer) == 408
@@ -104,7 +104,7 @@ def test_stalled_body_times_out_with_408(served: Served) -> None:
     ("Transfer-Encoding: chunked\r\n", 400),                    # accepted, but "0123456789" is no chunk
 ])
 def test_bad_content_length(served: Served, headers: str, status: int) -> None:
-    answer = raw_request(served.port, f"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    answer = raw_request(served.port, f"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                                       f"{headers}\r\n".encode() + b"0123456789", shut=True)
     assert raw_status(answer) == status, answer[:300]
 
@@ -228,13 +228,13 @@ def test_unknown_things_are_404(served: Served, path: str) -> None:
     "/static/%ff.js", "http://127.0.0.1/etc/passwd", "*",
 ])
 def test_path_tricks_are_404(served: Served, target: str) -> None:
-    answer = raw_request(served.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"))
+    answer = raw_request(served.port, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1"))
     assert raw_status(answer) == 404, (target, answer[:200])
     assert b"root:" not in answer and b"import" not in answer
 
 
 def test_nul_in_request_line_is_rejected(served: Served) -> None:
-    answer = raw_request(served.port, b"GET /healthz\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = raw_request(served.port, b"GET /healthz\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert raw_status(answer) in (400, 404)
 
 
@@ -253,7 +253,7 @@ def test_wrong_method_is_405_with_allow(served: Served, method: str, path: str, 
 
 
 def test_unknown_method_is_501(served: Served) -> None:
-    answer = raw_request(served.port, b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = raw_request(served.port, b"BREW /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert raw_status(answer) == 501
 
 
@@ -271,9 +271,9 @@ def test_bad_event_query_is_400(served: Served, query: str, words: list[str]) ->
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET / HTTP/9.9\r\n\r\n", 505),
     (b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n", 400),
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),     # head over 64 KiB
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 120 + b"\r\n", 431),   # too many header lines (> 100)
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 431),     # head over 64 KiB
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: b\r\n" * 120 + b"\r\n", 431),   # too many header lines (> 100)
 ])
 def test_malformed_requests(served: Served, data: bytes, status: int) -> None:
     assert raw_status(raw_request(served.port, data)) == status
@@ -310,7 +310,7 @@ def test_idle_and_trickling_sockets_do_not_block_new_clients(served: Served) -> 
             idle.append(socket.create_connection(("127.0.0.1", served.port), timeout=5))
         for i in range(100):                              # slowloris: half a request head, never finished
             s = socket.create_connection(("127.0.0.1", served.port), timeout=5)
-            s.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\nX-Slow: " + str(i).encode())
+            s.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + str(i).encode())
             idle.append(s)
         assert _wait(lambda: served.web.connections >= 300, 3), served.web.connections
         assert served.web.active_requests == 0          # none of them is being answered
@@ -348,7 +348,7 @@ def test_connections_past_the_cap_are_refused_at_once(served: Served) -> None:
         assert _wait(lambda: served.web.connections == held, 3), served.web.connections
         assert _wait(lambda: served.sample("monitor_http_requests_total", {"code": "503"}) == refused_before, 3)
         t0 = time.monotonic()
-        answer = raw_request(served.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        answer = raw_request(served.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout=3)
         assert raw_status(answer) == 503 and b"max_connections" in answer, answer[:200]
         assert time.monotonic() - t0 < 1.0
         assert served.sample("monitor_http_requests_total", {"code": "503"}) == refused_before + 1

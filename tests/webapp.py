@@ -167,7 +167,7 @@ class MjpegReader:
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.sock.sendall(f"GET /stream/{camera}.mjpg HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        self.sock.sendall(f"GET /stream/{camera}.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
         self.file = self.sock.makefile("rb")
         status_line = self.file.readline()
         self.status = int(status_line.split()[1])

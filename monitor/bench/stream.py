@@ -39,7 +39,7 @@ def view(i):
     try:
         # HTTP/1.1 like a browser: the stream comes chunked; http.client takes the chunks apart
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", f"/stream/{camera}.mjpg", headers={"Host": "bench"})
+        conn.request("GET", f"/stream/{camera}.mjpg")
         f = conn.getresponse()
         if f.status != 200:
             raise RuntimeError(f"HTTP {f.status}")

@@ -19,6 +19,8 @@ Models are frozen: derive a changed copy with `cfg.model_copy(update={...})`.
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -119,6 +121,31 @@ class StreamConfig(Section):
     max_viewers: Int(1, 10000) = 20
 
 
+_HOST_NAME_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
+def _allowed_host(value: Any) -> str:
+    """A host name or IP address as it appears in a Host header, without port: compared case-insensitively."""
+    if not isinstance(value, str) or not value.strip():
+        raise problem("must be a host name such as monitor.lan")
+    name = value.strip().lower()
+    if "://" in name or "/" in name:
+        raise problem("must be a host name only, without scheme or path (e.g. monitor.lan)")
+    if name.startswith("["):
+        try:
+            return f"[{ipaddress.IPv6Address(name.strip('[]')).compressed}]"
+        except ValueError:
+            raise problem("must be a host name or IP address") from None
+    if ":" in name:
+        try:
+            return f"[{ipaddress.IPv6Address(name).compressed}]"
+        except ValueError:
+            raise problem("must be a host name without a port (any port is accepted)") from None
+    if not _HOST_NAME_RE.fullmatch(name) or len(name) > 253:
+        raise problem("must be a host name made of letters, digits, '-' and '.' (e.g. monitor.lan)")
+    return name
+
+
 class ServerConfig(Section):
     host: Host = "127.0.0.1"
     port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
@@ -133,6 +160,12 @@ class ServerConfig(Section):
         "client has the proxy's address: raise it to max_connections there."))
     keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
     head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
+    # Host names a browser may use to reach the daemon besides localhost, IP addresses and `host`: a page that
+    # rebinds its own DNS name to this machine (DNS rebinding) arrives with that name in Host and gets 421.
+    allowed_hosts: List(Annotated[str, BeforeValidator(_allowed_host)], empty=None) = Field((), description=(
+        "Host names (no port, no scheme) the HTTP server answers to besides localhost, IP addresses and "
+        "server.host, e.g. the machine's DNS or mDNS name, or the name a reverse proxy passes on. A request "
+        "whose Host header names any other host is refused with 421 (DNS rebinding protection)."))
     auth: AuthConfig = _section()
     stream: StreamConfig = _section()
 

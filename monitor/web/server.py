@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import resource
 import socket
@@ -186,6 +187,9 @@ class WebServer:
                 raise RuntimeError(f"web server on {self.host}:{self.port} did not start")
             time.sleep(0.005)
         log.debug("web: listening on %s (at most %d connections)", self.url, self.max_connections)
+        warning = exposure_warning(self.host, self.port, self.auth.enabled)
+        if warning:
+            log.warning("web: %s", warning)
 
     def _run(self) -> None:
         async def serve() -> None:
@@ -216,6 +220,21 @@ class WebServer:
         # A new hub so the server can be started again after stop().
         self.streams = StreamHub(self.app, self.streams.cfg, self.app.metrics, stall_timeout=self.stall_timeout)
         self.slots = self._slots()
+
+
+def exposure_warning(host: str, port: int, auth_enabled: bool) -> str | None:
+    """What start() warns about when the port is reachable from other machines (server.host not 127.x, ::1 or
+    localhost; a name is not resolved) and nobody has to log in; None otherwise."""
+    if auth_enabled or host.lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass                      # a name, or 0.0.0.0 / :: (every interface)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (f"listening on {where} with server.auth.mode none: anyone who can reach this port can watch the "
+            f"cameras, label examples and retrain; set server.auth (basic or bearer), or server.host: 127.0.0.1")
 
 
 def _connection_cap(wanted: int) -> int:
