@@ -116,7 +116,9 @@ def test_values_of_secret_like_keys_are_hidden(key: str, value: str, url: str, t
     ("cannot open rtsp://admin:pa ss word@10.0.0.1:554/live (timeout)",
      "cannot open rtsp://***@10.0.0.1:554/live (timeout)"),
     ("cannot open rtsp://admin:p/a ss@10.0.0.1:554/live", "cannot open rtsp://***@10.0.0.1:554/live"),
+    ("cannot open rtsp:admin:S3cret@cam/live", "cannot open rtsp:***@cam/live"),        # slashes forgotten
     # what must stay as it is
+    ("mail ops:admin@example.com", "mail ops:admin@example.com"),
     ("camera door: up (640x480, rtsp://127.0.0.1:554/live, software decoding)",
      "camera door: up (640x480, rtsp://127.0.0.1:554/live, software decoding)"),
     ("ALERT start: event 5 camera=door rule=watch label=car score=0.912",

@@ -23,6 +23,7 @@ MASK = "***"
 _WORD = re.compile(r"\S+")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 _SCHEME_MAX = 32
+_SLASHLESS = re.compile(r"(?i)(?<![A-Za-z0-9+.-])(?:rtsps?|https?|mqtts?|rtmps?|ftp):(?!/)")
 _SPAN_AHEAD = 128       # a password holding spaces: how far past the end of the word its '@' may stand
 
 # Secret-like keys, compared after percent-decoding, lower-casing and dropping "-", "_", ".", "[", "]", " ".
@@ -75,7 +76,7 @@ def _redact_userinfo(m: re.Match) -> str:
     while True:
         colon = word.find(":/", pos, at)
         if colon < 0:
-            return word
+            return _redact_slashless(word, at)
         start = colon
         while start > 0 and colon - start < _SCHEME_MAX and word[start - 1] in _SCHEME_CHARS:
             start -= 1
@@ -85,6 +86,15 @@ def _redact_userinfo(m: re.Match) -> str:
                 end += 1
             return f"{word[:end]}{MASK}{word[at:]}"
         pos = colon + 1
+
+
+def _redact_slashless(word: str, at: int) -> str:
+    # "rtsp:admin:pw@cam/live": the slashes forgotten. Only the schemes a camera, webhook or broker URL has, so
+    # "note:user@example.com" stays.
+    m = _SLASHLESS.search(word, 0, at)
+    if m is None:
+        return word
+    return f"{word[:m.end()]}{MASK}{word[at:]}"
 
 
 def _join_spaced_userinfo(text: str) -> str:
