@@ -3,7 +3,8 @@
 Guards, because retraining is reachable from the HTTP port:
   - at most one retrain of a head per `custom_classes[].retrain_interval`, counted from the end of the previous
     one that trained (a loop of requests cannot keep a core busy; refused with RetrainRefused "too_soon");
-  - the trainer thread runs at a lower CPU priority (`nice 19`), so the live worker's frames go first;
+  - the trainer thread runs at the idle CPU priority (SCHED_IDLE) with 2 frames per inference call, so the live
+    worker's frames go first (figures at TRAINER_PRIORITY);
   - the head file being replaced is kept as `<head>.prev` (restore() swaps it back, itself undoable);
   - a head lacking a class that a watch-list rule uses ("head:class") is never swapped in: that rule would score
     0 for ever, silently. The job ends failed naming the rule and the class; the running head and its file stay.
@@ -34,9 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRAINER_PRIORITY = "low"     # nice 19, not SCHED_IDLE: the trainer holds the classifier's lock during its
-                             # inference calls, and an idle-class thread preempted while holding it would stall
-                             # the worker behind any busy process (priority inversion)
+# The trainer shares the classifier (one inference at a time) with the live worker. Measured with two 5 fps cameras
+# and a retrain always running (scripts/retrain_load.py, one run, windows alternating, a busy shared machine): mean
+# capture-to-result 25 ms without retraining; 186 ms (7.3x) at normal priority with 8 frames per inference call
+# (the old trainer); 104 ms at nice 19; 33.5 ms (1.3x) at nice 19 with 2 frames per call; 28 ms (1.1x) at
+# SCHED_IDLE with 2 frames per call, retrains as fast (3.4-3.9 s each). Short calls bound how long the worker can
+# wait for the lock (including while the idle-class trainer holding it is preempted); the idle class leaves the
+# worker every cycle it wants, and shares only the rest with the (also idle-class) capture threads.
+TRAINER_PRIORITY = "idle"
+FRAMES_PER_CALL = 2
 
 
 class RetrainRefused(Exception):
@@ -73,11 +80,12 @@ def entry_paths(entry: HeadEntry, examples: Path | None) -> dict[Path, str]:
 class HeadTrainer:
     """One thread; at most one queued or running job per head (asking again while one waits is a no-op).
 
-    Training shares the classifier with the live worker, a few frames per inference call, so the worker's
+    Training shares the classifier with the live worker, two frames per inference call, so the worker's
     batches interleave with it instead of waiting for the whole training. `current` returns the service's
     snapshot (heads, example stores, rules) at the moment of asking: a reload may replace it mid-job."""
 
-    def __init__(self, classifier: Classifier, current: Callable[[], CustomState], frames_per_call: int = 8,
+    def __init__(self, classifier: Classifier, current: Callable[[], CustomState],
+                 frames_per_call: int = FRAMES_PER_CALL,
                  priority: str = TRAINER_PRIORITY, clock: Callable[[], float] = time.monotonic) -> None:
         self.classifier = classifier
         self.current = current
@@ -186,7 +194,7 @@ class HeadTrainer:
         self._set(name, state="training", started_at=started, message="")
         try:
             head, report = train_head(self.classifier, entry.head.name, folder, crop="full",
-                                      progress=False, batch=max(1, self.frames_per_call // 4))
+                                      progress=False, frames_per_call=self.frames_per_call)
             self._swap_in(name, head)
         except RetrainRefused as e:
             self._fail(name, str(e))

@@ -66,8 +66,11 @@ class FeatureSet:
 
 
 def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "center", frames_per_video: int = 40,
-            folds: int = 5, progress: bool | None = None, batch: int = BATCH) -> FeatureSet:
-    """Backbone features of every example and its augmentations, `batch` examples per inference call."""
+            folds: int = 5, progress: bool | None = None, batch: int = BATCH,
+            frames_per_call: int | None = None) -> FeatureSet:
+    """Backbone features of every example and its augmentations, `batch` examples per inference call (or
+    `frames_per_call` frames: the daemon's retraining keeps its calls short, so the live worker, which shares
+    the classifier's lock, never waits long for one)."""
     sources = ex.scan(examples_dir)
     total = ex.expected_count(sources, frames_per_video)
     feats: list[np.ndarray] = []
@@ -77,12 +80,13 @@ def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "cente
     pending_crops: list[Any] = []
     n_aug = len(ex.AUGMENTATIONS)
 
+    per_call = frames_per_call or batch * n_aug
+
     def flush() -> None:
-        if pending_frames:
-            out = pooled_features(classifier.infer(pending_frames, pending_crops).feature_maps)
-            feats.append(np.asarray(out, dtype=np.float32).reshape(-1, n_aug, out.shape[-1]))
-            pending_frames.clear()
-            pending_crops.clear()
+        while pending_frames:
+            out = pooled_features(classifier.infer(pending_frames[:per_call], pending_crops[:per_call]).feature_maps)
+            feats.append(np.asarray(out, dtype=np.float32))
+            del pending_frames[:per_call], pending_crops[:per_call]
 
     with tqdm(total=total, unit="example", desc="features", disable=None if progress is None else not progress,
               leave=False) as bar:
@@ -92,12 +96,13 @@ def extract(classifier: Classifier, examples_dir: str | Path, crop: str = "cente
                 pending_crops.append(c)
             labels.append(example.label)
             fold_of.append(example.fold)
-            if len(pending_frames) >= batch * n_aug:
+            if len(pending_frames) >= per_call:
                 flush()
             bar.update(1)
         flush()
     dim = feats[0].shape[-1] if feats else 0
-    return FeatureSet(np.concatenate(feats) if feats else np.zeros((0, n_aug, dim), np.float32),
+    features = np.concatenate(feats).reshape(-1, n_aug, dim) if feats else np.zeros((0, n_aug, dim), np.float32)
+    return FeatureSet(features,
                       np.asarray(labels, dtype=np.intp), np.asarray(fold_of, dtype=np.intp),
                       tuple(s.name for s in sources))
 
@@ -135,10 +140,11 @@ def fit_head(data: FeatureSet, name: str, backbone: dict[str, Any], crop: str, l
 
 def train_head(classifier: Classifier, name: str, examples_dir: str | Path, crop: str = "center",
                frames_per_video: int = 40, folds: int = 5, l2: float = 1e-2,
-               progress: bool | None = None, batch: int = BATCH) -> tuple[Head, TrainingReport]:
+               progress: bool | None = None, batch: int = BATCH,
+               frames_per_call: int | None = None) -> tuple[Head, TrainingReport]:
     """Features of the examples, `folds`-fold held-out accuracy per class, then one fit on everything."""
     started = time.monotonic()
-    data = extract(classifier, examples_dir, crop, frames_per_video, folds, progress, batch)
+    data = extract(classifier, examples_dir, crop, frames_per_video, folds, progress, batch, frames_per_call)
     report = cross_validate(data, folds, l2)
     report.feature_seconds = time.monotonic() - started - report.fit_seconds
     summary = {**report.to_json(), "examples_dir": str(examples_dir), "frames_per_video": frames_per_video,
