@@ -61,7 +61,8 @@ COMPONENT_THREADS = ("http", "inference-worker", "alert-io")
 def served(tmp_path_factory: pytest.TempPathFactory, videos_dir: Path, demo_weights: Path) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("fuzz")
     cfg = make_config(tmp, demo_weights, [file_camera(videos_dir, "cam1")],
-                      server={"upload_max_bytes": CAP, "stream": {"max_viewers": MAX_VIEWERS, "width": 160}})
+                      server={"upload_max_bytes": CAP, "stream": {"max_viewers": MAX_VIEWERS, "width": 160},
+                              "max_connections_per_client": 256})    # the idle-socket test: 200 from one address
     with Served(cfg, request_timeout=2.0, head_timeout=5.0) as s:
         snap = tmp / "event.jpg"
         snap.write_bytes(tiny_image(".jpg", 32, 24))
