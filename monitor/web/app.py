@@ -282,8 +282,28 @@ async def _classify(web: WebServer, request: Request) -> JSONResponse:
             raise ApiError(503, "too many uploads at once, try again", {"Retry-After": "2"})
         try:
             explain = _query(request).get("explain", ["false"])[0].lower() in ("true", "1")
-            size, predictions, explanation = await run_in_threadpool(_decode_and_classify, web, kind, body,
-                                                                     deadline, explain)
+            # The decode stops (its process is killed) when the client hangs up: nobody would read the answer.
+            gone: list[bool] = []
+
+            async def hangup() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+
+            work = asyncio.ensure_future(run_in_threadpool(_decode_and_classify, web, kind, body, deadline,
+                                                           explain, lambda: bool(gone)))
+            watch = asyncio.ensure_future(hangup())
+            try:
+                await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    gone.append(True)
+                size, predictions, explanation = await work
+            except ClientGone:
+                return _error(400, "client hung up")       # nobody reads it; counted all the same
+            except BaseException:
+                gone.append(True)                           # (cancelled: the server stops)
+                raise
+            finally:
+                watch.cancel()
         finally:
             web.uploads.release()
     finally:
@@ -303,13 +323,13 @@ async def _acquire(semaphore: asyncio.Semaphore, timeout: float) -> bool:
         return False
 
 
-def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float,
-                         explain: bool = False) -> tuple[Any, list[Any], dict[str, Any] | None]:
+def _decode_and_classify(web: WebServer, kind: Any, body: bytes, deadline: float, explain: bool = False,
+                         cancelled: Any = None) -> tuple[Any, list[Any], dict[str, Any] | None]:
     if kind.multipart:
         data, name = file_field(body, kind.boundary)
     else:
         data, name = body, f"upload ({kind.media_type})"
-    image, size = checked_decode(data, name, web.pixels, max(0.1, deadline - time.monotonic()))
+    image, size = checked_decode(data, name, web.pixels, web.decoders, deadline, cancelled)
     del data
     app = web.app
     if explain:

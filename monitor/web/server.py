@@ -29,7 +29,8 @@ from monitor.web.guard import HEAD_MAX_BYTES, Guard
 from monitor.web.mjpeg import STALL_TIMEOUT, StreamHub
 from monitor.web.clients import ClientWarnings
 from monitor.web.protocol import FIRST_BYTE_TIMEOUT, HEALTH_RESERVE, ConnectionSlots, MonitorProtocol
-from monitor.web.upload import BodyBudget, PixelBudget
+from monitor.web.decoders import DecoderPool
+from monitor.web.upload import DECODE_CPU_SECONDS, DECODERS, BodyBudget, PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class WebServer:
         self.upload_max_bytes = int(cfg.upload_max_bytes)
         self.streams = StreamHub(app, cfg.stream, app.metrics, stall_timeout=self.stall_timeout)
         self.pixels = PixelBudget(cfg.upload_max_pixels)
+        self.decoders = DecoderPool(DECODERS, DECODE_CPU_SECONDS)    # processes start with the first upload
         self.body_budget = BodyBudget(UPLOAD_BODIES * self.upload_max_bytes)
         self.uploads: asyncio.Semaphore | None = None       # made on the server's loop
         self.stopping = threading.Event()
@@ -210,6 +212,7 @@ class WebServer:
         self.stopping.set()
         self.streams.close(max(0.1, min(0.3, deadline - time.monotonic())))
         server.should_exit = True
+        self.decoders.close(max(0.1, min(0.5, deadline - time.monotonic())))  # a decode still running ends: 503
         thread.join(max(0.1, deadline - time.monotonic()))
         if thread.is_alive():
             server.force_exit = True
@@ -219,6 +222,7 @@ class WebServer:
         self._server, self._thread, self._socket = None, None, None
         # A new hub so the server can be started again after stop().
         self.streams = StreamHub(self.app, self.streams.cfg, self.app.metrics, stall_timeout=self.stall_timeout)
+        self.decoders = DecoderPool(DECODERS, DECODE_CPU_SECONDS)
         self.slots = self._slots()
 
 

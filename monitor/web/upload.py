@@ -1,6 +1,7 @@
 """POST /api/classify: receive the body (bounded in size, memory and time), take the image out of it (raw image
-body, or the multipart field `file` through python-multipart), size it from its header, decode it within a
-pixel budget shared by all uploads, classify it."""
+body, or the multipart field `file` through python-multipart), size it and cost it from its header, decode it
+in a decoder process (monitor.web.decoders: bounded CPU time, killed at the deadline or when the client hangs
+up) within a memory budget shared by all uploads, classify it."""
 from __future__ import annotations
 
 import asyncio
@@ -16,9 +17,9 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from monitor.capture.frames import FrameSourceError, decode_image
 from monitor.web.api import ApiError
-from monitor.web.imagesize import FORMATS, image_header
+from monitor.web.decoders import DecodeError, DecoderPool
+from monitor.web.imagesize import FORMATS, ImageHeader, image_header
 
 # python-multipart logs a warning for every malformed body: a client could fill the daemon's log with them.
 # The refusal is answered (400, with the reason) and counted instead.
@@ -30,6 +31,13 @@ CLASSIFY_MIN = 256                    # ... and decoded at reduced size only dow
 _REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 MAX_PARTS = 16
 MAX_BOUNDARY = 70                     # RFC 2046 section 5.1.1
+# Seconds of CPU one decode may take (its process is killed past it): every format at its memory budget (a
+# 39-megapixel PNG, a 34-megapixel progressive JPEG, a 10-megapixel GIF) decodes in at most 0.25 s here.
+DECODE_CPU_SECONDS = 2.0
+# Decoder processes, i.e. decodes at once: hostile uploads hold at most two cores, DECODE_CPU_SECONDS each, and
+# uploads beyond wait for one (UPLOADS_AT_ONCE of them are read and parsed meanwhile).
+DECODERS = 2
+ADDRESS_SPACE_MARGIN = 64 * 2**20     # see address_space()
 
 
 # ---------------------------------------------------------------------------------------------- Content-Type
@@ -190,10 +198,14 @@ class PixelBudget:
             self._cond.notify_all()
 
 
-def checked_decode(data: bytes, name: str, budget: PixelBudget, wait: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an uploaded image after sizing it from its header: 415 when its format cannot be sized (or it is
-    not an image), 413 when it promises more pixels than the budget; 503 when the budget stays busy. Returns
-    the image scaled down to CLASSIFY_SIDE (short side) and its (width, height) as uploaded."""
+def checked_decode(data: bytes, name: str, budget: PixelBudget, decoders: DecoderPool, deadline: float,
+                   cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an uploaded image after sizing and costing it from its header: 415 when its format cannot be sized
+    (or it is not an image), 413 when it promises more pixels, or needs more memory, than the budget; 422 when
+    its structure would make decoding cost out of proportion (thousands of scans, pages, inflated text) or the
+    decode runs past its CPU time; 503 when the budget or the decoders stay busy. ClientGone when `cancelled()`
+    turns true during the decode. Returns the image scaled down to CLASSIFY_SIDE (short side) and its (width,
+    height) as uploaded."""
     if not data:
         raise ApiError(415, f"{name}: empty, not an image")
     header = image_header(data)
@@ -209,32 +221,62 @@ def checked_decode(data: bytes, name: str, budget: PixelBudget, wait: float) -> 
         raise ApiError(413, f"{name}: {header.format} image is {header.width}x{header.height} pixels, more than "
                             f"the {limit:,} allowed for this format and shape (server.upload_max_pixels: "
                             f"{budget.pixels:,})")
-    cost = header.pixels * max(3, header.decode_bytes_per_pixel) // 3 * (1 if reduction else 2)
-    if not budget.acquire(min(cost, budget.pixels), wait):
+    if header.excess:
+        raise ApiError(422, f"{name}: {header.excess}: not decoded")
+    need = decode_bytes(header, reduction)
+    if need > budget.pixels * 3:
+        held = f"; {header.held_for}: {header.held_bytes / 2**20:.0f} MB" if header.held_bytes else ""
+        raise ApiError(413, f"{name}: {header.format} image {header.width}x{header.height} needs about "
+                            f"{need / 2**20:.0f} MB to decode{held}; the budget is {budget.pixels * 3 / 2**20:.0f} MB "
+                            f"(server.upload_max_pixels: {budget.pixels:,}, 3 bytes each)")
+    cost = min(-(-need // 3), budget.pixels)
+    if not budget.acquire(cost, max(0.1, deadline - time.monotonic())):
         raise ApiError(503, "too many large uploads being decoded, try again", {"Retry-After": "2"})
     try:
-        image = _decode_small(data, name, reduction)
+        flag = _REDUCED[reduction] if reduction else cv2.IMREAD_COLOR
+        image = decoders.decode(data, flag, CLASSIFY_SIDE, address_space(need), deadline, cancelled)
+    except DecodeError as e:
+        raise _refusal(e, name, header) from None
     finally:
-        budget.release(min(cost, budget.pixels))
+        budget.release(cost)
     return image, (header.width, header.height)
 
 
-def _decode_small(data: bytes, name: str, reduction: int | None) -> np.ndarray:
-    # The classifier looks at 224 x 224: a large upload is decoded at 1/2, 1/4 or 1/8 of its size (JPEG scales
-    # while decoding; other formats are decoded once and scaled), then scaled down to CLASSIFY_SIDE.
-    try:
-        image = None
-        if reduction is not None:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
-        if image is None:
-            image = decode_image(data, name)
-    except FrameSourceError as e:
-        raise ApiError(415, str(e)) from None
-    h, w = image.shape[:2]
-    if min(h, w) > CLASSIFY_SIDE:
-        scale = CLASSIFY_SIDE / min(h, w)
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return image
+def decode_bytes(header: ImageHeader, reduction: int | None) -> int:
+    """Bytes a decode holds at its peak: the picture at the size it is decoded (with the format's planes and
+    wide samples), the scaled copy, and what the decoder holds beside it (header.held_bytes)."""
+    if header.format == "JPEG" and reduction and not header.full_size:
+        # libjpeg scales while decoding (the IDCT outputs 1/2, 1/4, 1/8): the picture is small from the start.
+        picture = header.pixels * 3 // (reduction * reduction) * 2
+    else:
+        full = reduction is None or header.full_size
+        picture = header.pixels * max(3, header.decode_bytes_per_pixel) * (2 if full else 1)
+    return picture + header.held_bytes
+
+
+def address_space(need: int) -> int:
+    """The decoder process's address-space allowance for a decode charged `need` bytes (RLIMIT_AS above what it
+    holds). Every format decoded at its budget here fits its charge + 16 MB; the margin is half the charge +
+    ADDRESS_SPACE_MARGIN, so that a decode the header walk did not foresee stops at an allocation failure (415)
+    instead of taking the machine's memory."""
+    return need + need // 2 + ADDRESS_SPACE_MARGIN
+
+
+def _refusal(e: DecodeError, name: str, header: ImageHeader) -> Exception:
+    what = f"{name}: {header.format} image {header.width}x{header.height}"
+    if e.kind == "unreadable":
+        return ApiError(415, f"{name}: {e}")
+    if e.kind == "cancelled":
+        return ClientGone()
+    if e.kind == "cpu":
+        return ApiError(422, f"{what}: {e}: refused")
+    if e.kind == "crashed":
+        return ApiError(422, f"{what}: {e} decoding it: refused")
+    if e.kind == "busy":
+        return ApiError(503, "too many uploads being decoded, try again", {"Retry-After": "2"})
+    if e.kind == "closed":
+        return ApiError(503, "the server is stopping", {"Retry-After": "5"})
+    return ApiError(503, f"{what}: {e} (the server is busy), try again", {"Retry-After": "2"})
 
 
 # ---------------------------------------------------------------------------------------------- the body
