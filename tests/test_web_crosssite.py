@@ -31,7 +31,7 @@ from monitor.web.app import ROUTES
 from monitor.web.server import exposure_warning
 from testkit.chromium import Browser, ChromiumError, Page
 from testkit.waiting import wait_until
-from tests.webapp import Served, file_camera, raw_request, raw_status, request
+from tests.webapp import Served, file_camera, raw_request, raw_status
 
 USER, PASSWORD = "admin", "pw-xs-1"
 CLASSES = ("cars", "bottles")
