@@ -2,8 +2,10 @@
 Schema (`monitor config schema`, config.schema.json) describes.
 
 Adding a section or a key:
-  1. Add a field to a model below (or a new `class FooConfig(Section)` and a `foo: FooConfig = _section()`
-     field on Config). Use the value types of monitor.config.fields (Int(1, 64), Number(0, 1), Duration(),
+  1. Add a field to a model below (or a new `class FooConfig(Section)` and a `foo: FooConfig = _section("...")`
+     field on Config), with `Field(default, description="...")`: what it does, its unit, what the default or
+     null means. Editors show it on hover (config.schema.json); tests/test_config_docs.py refuses a key without
+     one. Use the value types of monitor.config.fields (Int(1, 64), Number(0, 1), Duration(),
      Size, Bool, Text, Name, Choice("a", "b"), FilePath, Url("http"), List(...)): they give the wording the
      error corpus expects, accept what YAML users write (30s, 10MB, relative paths) and describe themselves in
      the schema. A plain `int`/`str` annotation works too, with pydantic's wording.
@@ -12,7 +14,8 @@ Adding a section or a key:
      A secret: a `FooConfig.password_file: Optional[FilePath]` and a hidden derived field read with
      fields.read_secret() (see AuthConfig.secret).
   3. A check across entries or sections (unique names, rules naming cameras): _cross_checks() in loader.py.
-  4. Show the key in config.yaml (tests/test_config.py checks every key is there), then regenerate the schema:
+  4. Show the key in config.yaml at its place, commented out if it is off there, with a comment saying what the
+     description says (tests/test_config_docs.py checks every key is there), then regenerate the schema:
      `python -m monitor config schema > config.schema.json` (a test compares them). A file that is only
      valid with your key: tests/configs/good/; one broken config per new check: tests/configs/bad/.
 Models are frozen: derive a changed copy with `cfg.model_copy(update={...})`.
@@ -56,9 +59,9 @@ class Section(BaseModel):
         return data
 
 
-def _section() -> Any:
+def _section(description: str) -> Any:
     """A nested section: absent means its defaults, validated like written ones (default paths resolve)."""
-    return Field(default_factory=dict)
+    return Field(default_factory=dict, description=description)
 
 
 def _hidden(default: Any = NOT_GIVEN) -> Any:
@@ -75,11 +78,21 @@ def _not_from_yaml(cls: type[BaseModel], value: Any, info: ValidationInfo) -> No
 # --- server --------------------------------------------------------------------------------------------------
 
 class AuthConfig(Section):
-    mode: Choice(*AUTH_MODES) = "none"
-    username: Optional[Text] = None         # basic
-    password_file: Optional[FilePath] = None  # basic: file holding the password
-    token_file: Optional[FilePath] = None   # bearer: file holding the token
-    protect_metrics: Bool = True            # /metrics behind auth too
+    mode: Choice(*AUTH_MODES) = Field("none", description=(
+        "none: no login (keep server.host on 127.0.0.1); basic: HTTP basic auth with username and "
+        "password_file; bearer: clients send `Authorization: Bearer <token>` with the token in token_file. "
+        "/healthz always stays open."))
+    username: Optional[Text] = Field(None, description=(
+        "User name for mode basic (no ':'); required with basic, refused with the other modes."))
+    password_file: Optional[FilePath] = Field(None, description=(
+        "Mode basic: a file holding only the password, never inline in the config. Read at startup and again "
+        "on SIGHUP, so a rotated password applies at once."))
+    token_file: Optional[FilePath] = Field(None, description=(
+        "Mode bearer: a file holding only the token clients send as `Authorization: Bearer <token>`. Read at "
+        "startup and again on SIGHUP."))
+    protect_metrics: Bool = Field(True, description=(
+        "true: /metrics needs the same credentials as the page and the API; false: anyone who reaches the "
+        "port may read it (for a Prometheus that scrapes without credentials)."))
     # A guesser is slowed down per client, not for everyone: the owner logging in from another address is never
     # refused because of it (monitor/web/auth.py).
     max_failures: Int(0, 1_000_000) = Field(10, description=(
@@ -115,10 +128,13 @@ class AuthConfig(Section):
 
 
 class StreamConfig(Section):
-    fps: Number(above=0) = 10.0             # MJPEG frames per second sent to viewers
-    width: Int(0, 16384) = 0                # 0 = native width; else resized to this width
-    quality: Int(1, 100) = 80               # JPEG quality 1..100
-    max_viewers: Int(1, 10000) = 20
+    fps: Number(above=0) = Field(10.0, description="MJPEG frames per second sent to each viewer of a live view.")
+    width: Int(0, 16384) = Field(0, description=(
+        "Width in pixels the live view is resized to, the height following the aspect ratio; 0 = the camera's "
+        "native width."))
+    quality: Int(1, 100) = Field(80, description="JPEG quality of the live view, 1..100 (higher: sharper, larger).")
+    max_viewers: Int(1, 10000) = Field(20, description=(
+        "Most live views open at once, over all cameras; one more is answered 503 with Retry-After."))
 
 
 _HOST_NAME_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
@@ -147,46 +163,74 @@ def _allowed_host(value: Any) -> str:
 
 
 class ServerConfig(Section):
-    host: Host = "127.0.0.1"
-    port: Int(0, 65535) = 8080              # 0 = any free port (tests); the bound port is logged
-    upload_max_bytes: Size = 10 * 1024 * 1024
-    upload_max_pixels: Int(1, 2_000_000_000) = 40_000_000   # an upload promising more is refused undecoded
-    upload_timeout: Duration(allow_zero=False) = 30.0   # seconds for a whole upload body to arrive (408 after)
-    max_connections: Int(8, 65536) = 256     # open HTTP connections (kept below the process's fd limit)
+    host: Host = Field("127.0.0.1", description=(
+        "Address the HTTP server (page, API, live views, /metrics) listens on: 127.0.0.1 = this machine only, "
+        "0.0.0.0 = every interface (then turn server.auth on)."))
+    port: Int(0, 65535) = Field(8080, description=(
+        "TCP port of the HTTP server; 0 picks a free port (tests) and the bound port is logged."))
+    upload_max_bytes: Size = Field(10 * 1024 * 1024, description=(
+        "Largest image the upload page (POST /api/classify) accepts: bytes, or 512KB / 10MB / 1GB (binary "
+        "units). A larger body is refused with 413."))
+    upload_max_pixels: Int(1, 2_000_000_000) = Field(40_000_000, description=(
+        "Most pixels (width x height) an uploaded image may have; an upload whose header promises more is "
+        "refused before it is decoded."))
+    upload_timeout: Duration(allow_zero=False) = Field(30.0, description=(
+        "Time a whole upload body has to arrive (e.g. 30s); a slower one is answered 408."))
+    # Kept below the process's file descriptor limit.
+    max_connections: Int(8, 65536) = Field(256, description=(
+        "Open HTTP connections at once; more are answered 503 and closed. The last 4 (an eighth when that is "
+        "fewer) are kept for /healthz and /readyz, one per client address."))
     # One client cannot take the whole of max_connections (nor the health-check reserve) from the others.
     max_connections_per_client: Int(1, 65536) = Field(32, description=(
         "Open HTTP connections from one client address (an IPv6 one counted as its /64); more are answered 503 "
         "and closed. A browser opens at most 6 to one server, live views included. Behind a reverse proxy every "
         "client has the proxy's address: raise it to max_connections there."))
-    keepalive_timeout: Duration(allow_zero=False) = 5.0  # seconds an idle keep-alive connection stays open
-    head_timeout: Duration(allow_zero=False) = 10.0  # seconds a client may take to send a whole request head
+    keepalive_timeout: Duration(allow_zero=False) = Field(5.0, description=(
+        "An idle keep-alive HTTP connection is closed after this long."))
+    head_timeout: Duration(allow_zero=False) = Field(10.0, description=(
+        "Time a client has to send a whole request head (request line and headers); a slower one is "
+        "answered 408."))
     # Host names a browser may use to reach the daemon besides localhost, IP addresses and `host`: a page that
     # rebinds its own DNS name to this machine (DNS rebinding) arrives with that name in Host and gets 421.
     allowed_hosts: List(Annotated[str, BeforeValidator(_allowed_host)], empty=None) = Field((), description=(
         "Host names (no port, no scheme) the HTTP server answers to besides localhost, IP addresses and "
         "server.host, e.g. the machine's DNS or mDNS name, or the name a reverse proxy passes on. A request "
         "whose Host header names any other host is refused with 421 (DNS rebinding protection)."))
-    auth: AuthConfig = _section()
-    stream: StreamConfig = _section()
+    auth: AuthConfig = _section(
+        "Who may use the page, the API, the live views and (with protect_metrics) /metrics. Default: no login.")
+    stream: StreamConfig = _section("The MJPEG live view each camera card shows.")
 
 
 class ModelConfig(Section):
-    weights: FilePath = Path("weights/resnet18-int8.pt")
-    # auto: the OpenVINO artifact when it sits next to the torch one (weights/resnet18-int8.ov), else torch
-    runtime: Choice("auto", "openvino", "torch") = "auto"
-    # Inference threads. More than 1 lowers one frame's latency on idle cores, but with many cameras the extra
-    # thread spins waiting for CPU the decoders hold: 16 1080p cameras, p99 133 ms with 2, 71 ms with 1 (README).
-    threads: Int(1, 64) = 1
-    top_k: Int(1, 1000) = 3
-    batch_max: Int(1, 256) = 8
+    weights: FilePath = Field(Path("weights/resnet18-int8.pt"), description=(
+        "The network's INT8 TorchScript artifact, built with `monitor weights ...` (weights never go into "
+        "git). The OpenVINO artifact is looked for next to it, with the suffix .ov."))
+    runtime: Choice("auto", "openvino", "torch") = Field("auto", description=(
+        "auto: OpenVINO when its artifact sits next to the weights (weights/resnet18-int8.ov), else torch; "
+        "openvino or torch: that runtime only."))
+    threads: Int(1, 64) = Field(1, description=(
+        "Inference threads (OpenVINO's INFERENCE_NUM_THREADS, or torch's). More than 1 lowers one frame's "
+        "latency on idle cores, but with many cameras the extra thread spins waiting for CPU the decoders hold "
+        "(16 1080p cameras: p99 133 ms with 2, 71 ms with 1): keep 1 for many cameras."))
+    top_k: Int(1, 1000) = Field(3, description=(
+        "Predictions (class and probability) kept per classified frame, shown in /api/status, the overlay and "
+        "MQTT attributes."))
+    batch_max: Int(1, 256) = Field(8, description=(
+        "Most frames classified in one inference call; frames due at once, across cameras, are batched up to "
+        "this."))
 
 
 # --- cameras -------------------------------------------------------------------------------------------------
 
 class MotionConfig(Section):
-    enabled: Bool = False
-    threshold: Number(high=1, above=0) = 0.02   # fraction of changed pixels on the small grey image
-    keepalive: Duration(allow_zero=False) = 30.0  # seconds: classify anyway this often while the scene is still
+    enabled: Bool = Field(False, description=(
+        "true: due frames are skipped while the picture does not change (saves CPU on still scenes; counted in "
+        "monitor_frames_skipped_still_total); false: every due frame is classified."))
+    threshold: Number(high=1, above=0) = Field(0.02, description=(
+        "Fraction of pixels (0..1) of a small grey thumbnail of the frame that must have changed since the "
+        "last classified frame for this one to be classified."))
+    keepalive: Duration(allow_zero=False) = Field(30.0, description=(
+        "While the scene is still, classify anyway this often, so a result never gets older than this."))
 
 
 def _source(value: Any, info: ValidationInfo) -> str:
@@ -226,32 +270,48 @@ UNION_TAGS = ("word", "box")   # pydantic puts the chosen branch in an error's l
 
 
 class CameraConfig(Section):
-    name: Name
-    # "0", /dev/video0, rtsp://..., http(s)://..., a file
+    name: Name = Field(description=(
+        "The camera's name, unique: 1-64 characters from A-Z a-z 0-9 _ . - (it is used in URLs, MQTT topics "
+        "and metric labels)."))
     source: Annotated[str, BeforeValidator(_source), WithJsonSchema(
-        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}]})]
-    fps: Number(0) = 5.0                    # classifications per second; 0 = every frame
-    crop: Crop = "center"
-    loop: Bool = False                      # files only: start again at the end (demos)
-    open_timeout: Duration(allow_zero=False) = 10.0
-    read_timeout: Duration(allow_zero=False) = 10.0
-    stale_after: Duration(allow_zero=False) = 10.0   # reopen when no frame arrived for this long
-    backoff_max: Duration(allow_zero=False) = 30.0   # cap of the exponential reconnect backoff
-    hwaccel: Choice("none", "auto") = "none"         # auto: any hardware decoder OpenCV finds, else software
-    # FFmpeg decoder threads (CAP_PROP_N_THREADS); 0 = FFmpeg's choice (cores + 1). Each frame thread holds its
-    # own pictures: 1 is leanest, and on a few cores shared by many cameras no slower (README, capacity).
-    decode_threads: Int(0, 16) = 1
-    # opencv: cv2.VideoCapture, every kind of source. pyav: files and URLs decoded by PyAV, each used frame
-    # converted straight to frame_size in one swscale pass, with no full-size BGR copy (README, capacity).
-    backend: Choice("opencv", "pyav") = "opencv"
-    # [width, height] the camera's frames are classified, shown and snapshotted at (backend pyav): a 1080p
-    # camera processed at 960x540 holds 1.5 MB frames instead of 6.2 MB ones. Crops are in these pixels.
-    frame_size: Optional[tuple[Int(16, 7680), Int(16, 4320)]] = None
-    # CPU priority of this camera's capture thread (decoding, conversion) against the inference worker's:
-    # low = nice 19, idle = SCHED_IDLE (only CPU that normal threads leave), normal = the same. When the cores
-    # are busy the worker then runs first and decoding catches up from the socket buffer (README, capacity).
-    capture_priority: Choice("normal", "low", "idle") = "idle"
-    motion: MotionConfig = _section()
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}]})] = Field(description=(
+            "Where frames come from: a webcam index (0), a device (/dev/video0), an rtsp://, rtsps://, http:// "
+            "or https:// URL, a video file, or `sample`: the demo clip shipped inside the package (a file "
+            "really named sample is written ./sample). Credentials in a URL are redacted in logs and errors."))
+    fps: Number(0) = Field(5.0, description=(
+        "Classifications per second (the frames in between are still read and shown); 0 = every frame."))
+    crop: Crop = Field("center", description=(
+        "Region of the frame that is classified: center = the centred square of 7/8 of the shorter side "
+        "(the ImageNet convention), full = the whole frame squashed to a square, or [x, y, width, height] in "
+        "pixels (of frame_size when it is set)."))
+    loop: Bool = Field(False, description=(
+        "File sources only: start again at the end of the file (demos); false: a finished file stays down."))
+    open_timeout: Duration(allow_zero=False) = Field(10.0, description=(
+        "Give up opening the source after this long; it is retried with backoff."))
+    read_timeout: Duration(allow_zero=False) = Field(10.0, description=(
+        "Give up waiting for one frame after this long; the source is reopened."))
+    stale_after: Duration(allow_zero=False) = Field(10.0, description=(
+        "Reopen the source when no frame arrived for this long."))
+    backoff_max: Duration(allow_zero=False) = Field(30.0, description=(
+        "Cap of the reconnect delay, which doubles after each failed attempt."))
+    hwaccel: Choice("none", "auto") = Field("none", description=(
+        "none: software decoding; auto: a hardware decoder when the backend finds one, else software (logged "
+        "once; the status shows which). Webcams and devices always decode in software."))
+    decode_threads: Int(0, 16) = Field(1, description=(
+        "FFmpeg decoder threads; 0 = FFmpeg's choice (cores + 1). Each thread holds pictures of its own: 1 is "
+        "the leanest and, on a few cores shared by many cameras, no slower."))
+    backend: Choice("opencv", "pyav") = Field("opencv", description=(
+        "opencv: cv2.VideoCapture, every kind of source; pyav: files and URLs decoded by PyAV, each used frame "
+        "converted straight to frame_size in one pass, with no full-size BGR copy."))
+    frame_size: Optional[tuple[Int(16, 7680), Int(16, 4320)]] = Field(None, description=(
+        "Backend pyav: [width, height] the frames are classified, shown and saved at (crops are in these "
+        "pixels); a 1080p camera at [960, 540] holds 1.5 MB frames instead of 6.2 MB. null: the native size."))
+    capture_priority: Choice("normal", "low", "idle") = Field("idle", description=(
+        "CPU priority of this camera's capture thread (decoding, conversion) against classification: idle = "
+        "Linux SCHED_IDLE (only the CPU other threads leave), low = nice 19, normal = the same. When the cores "
+        "are busy, classification runs first and decoding catches up from the socket buffer."))
+    motion: MotionConfig = _section(
+        "Motion gate: classify only when the picture changes. Default: off, every due frame is classified.")
 
     @field_validator("backend")
     @classmethod
@@ -318,21 +378,38 @@ def _class_name(name: Any) -> str:
 
 
 class SmoothingConfig(Section):
-    window: Int(2, 100) = 5                 # sampled frames the score is smoothed over
-    method: Choice("median", "mean") = "median"
+    window: Int(2, 100) = Field(5, description=(
+        "Sampled frames each class's score is smoothed over; the window starts filled with zeros."))
+    method: Choice("median", "mean") = Field("median", description=(
+        "median (one odd frame changes nothing) or mean of the scores in the window."))
 
 
 class RuleConfig(Section):
-    name: Name
-    classes: List(Annotated[str, BeforeValidator(_class_name)])  # as written (class or group names)
+    name: Name = Field(description=(
+        "The rule's name, unique: 1-64 characters from A-Z a-z 0-9 _ . -. It names the rule's events, MQTT "
+        "topics (then not label, snapshot, state or enabled) and metric labels."))
+    classes: List(Annotated[str, BeforeValidator(_class_name)]) = Field(description=(
+        "What the rule watches for: ImageNet class names (\"sports car\"), groups (dog = the 118 dog breeds, "
+        "cat, bird, car, truck, vehicle, ...; monitor/data/groups.yaml), or custom classes written "
+        "<custom_classes name>:<class>. A group scores the sum of its classes' probabilities; a frame hits when "
+        "the best entry reaches min_score. ImageNet-1k has no person class."))
     # resolved: (canonical class/group name, ImageNet indices); derived from `classes` when not given
     indices: SkipJsonSchema[tuple[tuple[str, tuple[int, ...]], ...]] = _hidden()
-    cameras: List(Text, empty="must not be empty (leave the key out to watch all cameras)") = ()  # () = all
-    min_score: Number(0, 1) = 0.5
-    min_frames: Int(1) = 3
-    end_after: Duration(allow_zero=False) = 10.0  # seconds without a hit before the event ends
-    cooldown: Duration() = 60.0             # seconds after an event ends before the rule may alert again
-    smoothing: Optional[SmoothingConfig] = None   # score = median/mean of its last `window` frames' scores
+    cameras: List(Text, empty="must not be empty (leave the key out to watch all cameras)") = Field((), description=(
+        "Names of the cameras the rule watches; leave the key out to watch all cameras."))
+    min_score: Number(0, 1) = Field(0.5, description=(
+        "Score (0..1) from which a sampled frame is a hit: a class's probability, or for a group the sum of "
+        "its classes' probabilities."))
+    min_frames: Int(1) = Field(3, description=(
+        "Consecutive hits (sampled frames) before an event starts; a miss resets the count."))
+    end_after: Duration(allow_zero=False) = Field(10.0, description=(
+        "The event ends after this long without a hit."))
+    cooldown: Duration() = Field(60.0, description=(
+        "After an event ends, the rule stays quiet on that camera this long (hits keep counting, so a class "
+        "still there alerts as soon as it is over); 0 = no cooldown."))
+    smoothing: Optional[SmoothingConfig] = Field(None, description=(
+        "Replace each class's score by the median or mean of its last `window` sampled frames, so one odd "
+        "frame neither starts nor prolongs an event. Absent: raw scores."))
 
     @field_validator("classes")
     @classmethod
@@ -360,11 +437,21 @@ class RuleConfig(Section):
 # --- custom classes ------------------------------------------------------------------------------------------
 
 class CustomClassConfig(Section):
-    name: Name                              # rules name its classes as "<name>:<class>"
-    head: FilePath                          # head file (`monitor classes train`)
-    cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = ()
-    crop: Optional[Crop] = None             # own region [x, y, w, h]; None = the camera's crop (no extra cost)
-    examples: Optional[FilePath] = None     # labelled frames; None = <events.database folder>/examples/<name>
+    name: Name = Field(description=(
+        "Name of this set of classes: rules name its classes <name>:<class> (e.g. porch:package); 1-64 "
+        "characters from A-Z a-z 0-9 _ . -."))
+    head: FilePath = Field(description=(
+        "The head file written by `monitor classes train`; refused when it was trained on other weights than "
+        "model.weights."))
+    cameras: List(Text, empty="must not be empty (leave the key out to run it on all cameras)") = Field(
+        (), description="Names of the cameras the head runs on; leave the key out to run it on all cameras.")
+    crop: Optional[Crop] = Field(None, description=(
+        "A region of its own (center, full or [x, y, width, height] in pixels), classified as one more crop in "
+        "the same inference call. Absent: the camera's crop, whose features are already computed (no extra "
+        "cost)."))
+    examples: Optional[FilePath] = Field(None, description=(
+        "Folder of the frames labelled on the web page, which retraining learns from. Absent: "
+        "examples/<name> next to events.database (state, never the repository)."))
     retrain_interval: Duration() = Field(60.0, description=(
         "Least time between the end of one retrain of this head (POST /api/heads/{name}/retrain) and the start "
         "of the next; sooner requests get 429 with Retry-After. 0 = no limit."))
@@ -373,9 +460,13 @@ class CustomClassConfig(Section):
 # --- alerts, events, logging ---------------------------------------------------------------------------------
 
 class WebhookConfig(Section):
-    url: Url("http", "https", secret_path=True)   # errors show scheme://host:port only
-    timeout: Duration(allow_zero=False) = 5.0
-    retries: Int(0, 10) = 3
+    url: Url("http", "https", secret_path=True) = Field(description=(
+        "http(s) URL each event is POSTed to as JSON. Redirects are not followed. Errors and logs show only "
+        "its scheme://host:port, since a webhook's path or query is often its secret."))
+    timeout: Duration(allow_zero=False) = Field(5.0, description="Time one POST may take before it counts as failed.")
+    retries: Int(0, 10) = Field(3, description=(
+        "Further attempts after a failed POST, with exponential backoff; a 4xx answer other than 408, 425 and "
+        "429 is not retried."))
 
 
 def _command_arg(value: Any, info: ValidationInfo) -> str:
@@ -404,26 +495,41 @@ def _argv(value: Any) -> Any:
 
 
 class AlertsConfig(Section):
-    snapshots: Optional[FilePath] = None
+    snapshots: Optional[FilePath] = Field(None, description=(
+        "Folder the JPEG of the frame that started each event is written to; null = no snapshots. Under "
+        "systemd: /var/lib/monitor/snapshots."))
     snapshots_max_bytes: Optional[Size] = Field(1024 ** 3, description=(
         "Most bytes the snapshot files under alerts.snapshots may take (e.g. 500MB, 2GB); above it the oldest "
         "are deleted first, their events stay without a picture. Checked as snapshots are written and at each "
         "hourly retention pass. null = no cap (events.retention still applies)."))
-    webhook: Optional[WebhookConfig] = None
-    # argv with {camera} {rule} {label} {score} {event_id} {snapshot}
-    command: Annotated[List(Annotated[str, BeforeValidator(_command_arg)]), BeforeValidator(_argv)] = ()
-    command_timeout: Duration(allow_zero=False) = 10.0
-    queue_size: Int(1, 100000) = 64         # per sink; full -> drop and count
+    webhook: Optional[WebhookConfig] = Field(None, description=(
+        "POST each event as JSON to a URL when it starts and when it ends. Absent: no webhook."))
+    command: Annotated[List(Annotated[str, BeforeValidator(_command_arg)]), BeforeValidator(_argv)] = Field(
+        (), description=(
+            "A program run when an event starts: its argv as a list, run without a shell, e.g. "
+            "[/usr/local/bin/notify, \"{camera}\", \"{label}\"]. The placeholders {camera} {rule} {label} "
+            "{score} {event_id} {snapshot} are replaced in each argument. Absent: no command."))
+    command_timeout: Duration(allow_zero=False) = Field(10.0, description=(
+        "The command is killed, with every process it started, when it runs longer than this."))
+    queue_size: Int(1, 100000) = Field(64, description=(
+        "Deliveries waiting per sink (snapshot, webhook, command, ...); when a sink's queue is full, its new "
+        "deliveries are dropped and counted in monitor_sink_dropped_total, never blocking classification."))
 
 
 class EventsConfig(Section):
-    database: FilePath = Path("events.db")
-    retention: Duration(allow_zero=False) = 30 * 86400.0
+    database: FilePath = Field(Path("events.db"), description=(
+        "SQLite file holding the event history; labelled examples are kept in the same folder. Under "
+        "systemd: /var/lib/monitor/events.db."))
+    retention: Duration(allow_zero=False) = Field(30 * 86400.0, description=(
+        "Events older than this (e.g. 30d) are deleted with their snapshots, by an hourly pass."))
 
 
 class LoggingConfig(Section):
-    level: Choice("debug", "info", "warning", "error") = "info"
-    format: Choice("text", "json") = "text"
+    level: Choice("debug", "info", "warning", "error") = Field("info", description=(
+        "Least severity logged: debug, info, warning or error."))
+    format: Choice("text", "json") = Field("text", description=(
+        "text: one readable line per record; json: one JSON object per line (journald, ELK). Both go to "
+        "stderr, with credentials in URLs redacted."))
 
 
 # --- mqtt ----------------------------------------------------------------------------------------------------
@@ -463,9 +569,13 @@ def _default_client_id() -> str:
 
 class MqttTlsConfig(Section):
     """TLS to the broker; no keys (or `tls: true`) = the system's CA certificates, no client certificate."""
-    ca_file: Optional[FilePath] = None      # PEM CA certificate(s) the broker's certificate must chain to
-    cert_file: Optional[FilePath] = None    # PEM client certificate (brokers with require_certificate)
-    key_file: Optional[FilePath] = None     # its private key, unencrypted PEM; None: it is in cert_file
+    ca_file: Optional[FilePath] = Field(None, description=(
+        "PEM CA certificate(s) the broker's certificate must chain to. Absent: the system's CA certificates."))
+    cert_file: Optional[FilePath] = Field(None, description=(
+        "PEM client certificate presented to the broker (brokers with require_certificate)."))
+    key_file: Optional[FilePath] = Field(None, description=(
+        "The client certificate's private key, unencrypted PEM; needs cert_file. Absent: the key is in "
+        "cert_file."))
 
     @field_validator("ca_file", mode="after")
     @classmethod
@@ -503,17 +613,31 @@ def _tls_schema(schema: dict[str, Any]) -> None:
 
 
 class MqttConfig(Section):
-    host: Host = "127.0.0.1"
-    port: Int(1, 65535) = 1883
-    username: Optional[Text] = None
-    password_file: Optional[FilePath] = None  # file holding the password (never inline in the config)
-    tls: Annotated[Optional[MqttTlsConfig], BeforeValidator(_tls), Field(json_schema_extra=_tls_schema)] = None
-    topic_prefix: Topic = "monitor"
-    discovery_prefix: Optional[Topic] = "homeassistant"   # None: no Home Assistant discovery
+    host: Host = Field("127.0.0.1", description=(
+        "The broker's host name or IP address; with TLS it must be a name in the broker's certificate."))
+    port: Int(1, 65535) = Field(1883, description="The broker's port (1883; 8883 is the usual TLS port).")
+    username: Optional[Text] = Field(None, description="User name to log in to the broker. Absent: anonymous.")
+    password_file: Optional[FilePath] = Field(None, description=(
+        "A file holding only the broker password, never inline in the config; needs username."))
+    tls: Annotated[Optional[MqttTlsConfig], BeforeValidator(_tls), Field(json_schema_extra=_tls_schema)] = Field(
+        None, description=(
+            "TLS to the broker: true = verified with the system's CA certificates; a section = your own CA "
+            "and/or a client certificate; false or absent: plain TCP."))
+    topic_prefix: Topic = Field("monitor", description=(
+        "First level of every topic published: <prefix>/status, <prefix>/<camera>/label, ... (no wildcards, "
+        "no empty level)."))
+    discovery_prefix: Optional[Topic] = Field("homeassistant", description=(
+        "Home Assistant's discovery prefix: every camera and rule is announced under "
+        "<discovery_prefix>/<component>/<id>/config. null: no discovery. Must differ from topic_prefix."))
     client_id: Annotated[str, BeforeValidator(_client_id), WithJsonSchema({"type": "string", "minLength": 1})] = \
-        Field(default_factory=_default_client_id)
-    label_keepalive: Duration(allow_zero=False) = 60.0   # seconds: re-publish an unchanged label this often
-    queue_size: Int(1, 100000) = 256        # outgoing messages held while the broker is away; full -> dropped
+        Field(default_factory=_default_client_id, description=(
+            "MQTT client id, at most 128 bytes; default monitor-<hostname>. Two clients with one id keep "
+            "disconnecting each other."))
+    label_keepalive: Duration(allow_zero=False) = Field(60.0, description=(
+        "An unchanged label is published again this often while results come."))
+    queue_size: Int(1, 100000) = Field(256, description=(
+        "Outgoing messages held while the broker is away; when full, new ones are dropped and counted in "
+        "monitor_mqtt_dropped_total."))
     # Off by default: MQTT carries no publisher identity, so any client the broker lets write
     # `<prefix>/<camera>/enabled/set` could stop classification. On only with a broker ACL (systemd/mosquitto-acl.example).
     control: Bool = Field(False, description=(
@@ -547,15 +671,25 @@ class MqttConfig(Section):
 
 
 class Config(Section):
-    server: ServerConfig = _section()
-    model: ModelConfig = _section()
-    cameras: List(CameraConfig, empty="must list at least one camera")
-    watchlist: List(RuleConfig, empty=None) = ()
-    custom_classes: List(CustomClassConfig, empty=None) = ()
-    alerts: AlertsConfig = _section()
-    events: EventsConfig = _section()
-    logging: LoggingConfig = _section()
-    mqtt: Optional[MqttConfig] = None       # absent or null: no MQTT
+    server: ServerConfig = _section("The HTTP server: web page, REST API, MJPEG live views and /metrics.")
+    model: ModelConfig = _section("The classification network and how it runs.")
+    cameras: List(CameraConfig, empty="must list at least one camera") = Field(description=(
+        "The cameras to classify, at least one. A camera that cannot be opened (a missing file, a host that "
+        "is down) is not a config error: it shows as down and is retried with backoff while the others run."))
+    watchlist: List(RuleConfig, empty=None) = Field((), description=(
+        "Alert rules: each turns classification results into events, which are stored and sent to the alert "
+        "sinks and MQTT. Absent or empty: no events."))
+    custom_classes: List(CustomClassConfig, empty=None) = Field((), description=(
+        "Custom classes: small heads trained on the network's 512 pooled features from your own examples "
+        "(`monitor classes train NAME EXAMPLES_DIR`). One network pass serves ImageNet and every head; rules "
+        "name their classes <name>:<class>."))
+    alerts: AlertsConfig = _section(
+        "Where events go when they start and end: snapshot files, a webhook, a command. Each sink has a queue "
+        "of its own and never blocks classification.")
+    events: EventsConfig = _section("The event history (SQLite) and how long it is kept.")
+    logging: LoggingConfig = _section("Log level and format.")
+    mqtt: Optional[MqttConfig] = Field(None, description=(
+        "MQTT publishing and Home Assistant discovery of every camera and rule. Absent or null: no MQTT."))
     _path: Optional[Path] = PrivateAttr(None)
 
     @property
