@@ -81,7 +81,7 @@ class Daemon:
             return None
         from monitor.mqtt.bridge import MqttBridge, paused_state_path
         return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
-                          paused_state_path(config.events.database), untrained=self.classifier.untrained)
+                          paused_state_path(config.events.database))
 
     def worker_pause(self, names: frozenset[str]) -> None:
         self.worker.set_paused(names)

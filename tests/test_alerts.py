@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from monitor.alerts.engine import AlertEngine
+from monitor.alerts.event import Event
 from monitor.config.types import AlertsConfig, RuleConfig
 from monitor.alerts.events import EventStore
 from monitor.core.metrics import Metrics
@@ -98,9 +99,9 @@ def test_starts_exactly_once_after_min_frames_and_a_miss_resets(env) -> None:
     events = store.query()
     assert len(events) == 1
     ev = events[0]
-    assert (ev["camera"], ev["rule"], ev["label"], ev["started_at"], ev["ended_at"]) == (
+    assert (ev.camera, ev.rule, ev.label, ev.started_at, ev.ended_at) == (
         "cam1", "dogs", "dog", clock.t, None)
-    assert ev["score"] == pytest.approx(0.6)
+    assert ev.score == pytest.approx(0.6)
     assert engine.active("cam1") == ["dog"] and engine.active("cam2") == []
     assert alerts_count(metrics, "dogs", "dog") == 1
     for _ in range(20):                       # the dog stays: still one event
@@ -116,11 +117,11 @@ def test_peak_tracked_and_ends_after_end_after(env) -> None:
     last_hit = clock.t
     step(engine, clock, "cam1", {}, dt=5.0)     # gone 5 s: still active
     step(engine, clock, "cam1", {}, dt=4.9)     # gone 9.9 s: still active
-    assert engine.active("cam1") == ["dog"] and store.query()[0]["ended_at"] is None
+    assert engine.active("cam1") == ["dog"] and store.query()[0].ended_at is None
     step(engine, clock, "cam1", {}, dt=0.1)     # gone 10 s: ends
     ev = store.query()[0]
-    assert ev["ended_at"] == pytest.approx(last_hit + 10.0)
-    assert ev["peak_score"] == pytest.approx(0.95)
+    assert ev.ended_at == pytest.approx(last_hit + 10.0)
+    assert ev.peak_score == pytest.approx(0.95)
     assert engine.active("cam1") == []
 
 
@@ -130,7 +131,7 @@ def test_cooldown_blocks_then_allows_a_new_event(env) -> None:
     for _ in range(3):
         step(engine, clock, "cam1", {GOLDEN: 0.9})
     step(engine, clock, "cam1", {}, dt=5.0)    # ends
-    ended = store.query()[0]["ended_at"]
+    ended = store.query()[0].ended_at
     assert ended is not None
     # Within the cooldown: the dog is back for many frames, no new event.
     while clock.t < ended + 59.0:
@@ -138,7 +139,7 @@ def test_cooldown_blocks_then_allows_a_new_event(env) -> None:
     assert len(store.query()) == 1 and engine.active("cam1") == []
     step(engine, clock, "cam1", {GOLDEN: 0.9}, dt=1.0)   # cooldown over, class still present: alerts
     events = store.query()
-    assert len(events) == 2 and events[0]["started_at"] >= ended + 60.0
+    assert len(events) == 2 and events[0].started_at >= ended + 60.0
     assert alerts_count(metrics, "dogs", "dog") == 2
 
 
@@ -164,7 +165,7 @@ def test_group_score_is_the_sum_of_its_classes(env) -> None:
     for _ in range(2):
         step(engine, clock, "cam1", {GOLDEN: 0.35, LABRADOR: 0.35, TABBY: 0.25})
     (ev,) = store.query()
-    assert ev["label"] == "dog" and ev["score"] == pytest.approx(0.70, abs=1e-6)
+    assert ev.label == "dog" and ev.score == pytest.approx(0.70, abs=1e-6)
     assert alerts_count(metrics, "dogs", "dog") == 1
 
 
@@ -188,7 +189,7 @@ def test_rule_camera_filter_and_independent_cameras(env) -> None:
         step(engine, clock, "yard", {GOLDEN: 0.9})
     for _ in range(2):
         step(engine, clock, "door", {TABBY: 0.9})        # cameras=() watches every camera
-    events = {(e["camera"], e["rule"]) for e in store.query()}
+    events = {(e.camera, e.rule) for e in store.query()}
     assert events == {("yard", "dogs"), ("door", "anycat")}
     assert engine.active("yard") == ["dog"] and engine.active("door") == ["cat"]
 
@@ -201,7 +202,7 @@ def test_close_all_ends_open_events(env) -> None:
     clock.t += 2.0
     engine.close_all()
     events = store.query()
-    assert len(events) == 2 and all(e["ended_at"] == clock.t for e in events)
+    assert len(events) == 2 and all(e.ended_at == clock.t for e in events)
     assert engine.active("a") == [] and engine.active("b") == []
 
 
@@ -211,7 +212,7 @@ def test_dead_camera_events_end_on_tick(env) -> None:
     step(engine, clock, "a", {GOLDEN: 0.9})
     clock.t += 11.0                         # camera "a" delivers nothing any more
     engine.tick()
-    assert store.query()[0]["ended_at"] == clock.t
+    assert store.query()[0].ended_at == clock.t
 
 
 def test_long_event_refreshes_last_seen_for_crash_recovery(tmp_path: Path) -> None:
@@ -226,7 +227,7 @@ def test_long_event_refreshes_last_seen_for_crash_recovery(tmp_path: Path) -> No
     reopened = EventStore(tmp_path / "e.db", metrics)
     ev = reopened.query()[0]
     assert reopened.recovered == 1
-    assert started + 60.0 <= ev["ended_at"] <= clock.t and ev["peak_score"] == pytest.approx(0.9)
+    assert started + 60.0 <= ev.ended_at <= clock.t and ev.peak_score == pytest.approx(0.9)
     reopened.close()
 
 
@@ -240,8 +241,8 @@ def test_event_reaches_sinks_and_snapshot_lands_in_the_row(env, tmp_path: Path) 
     finally:
         sinks.stop(5.0)
     (ev,) = store.query()
-    assert ev["snapshot"] is not None and Path(ev["snapshot"]).is_file()
-    assert cv2.imread(ev["snapshot"]).shape == IMAGE.shape
+    assert ev.snapshot is not None and Path(ev.snapshot).is_file()
+    assert cv2.imread(ev.snapshot).shape == IMAGE.shape
 
 
 def test_active_is_safe_while_observing(env) -> None:
@@ -316,10 +317,10 @@ class RecordingSinks:
     """Records what the engine hands to its sinks (the real SinkSet is tested in test_sinks.py)."""
 
     def __init__(self) -> None:
-        self.emitted: list[tuple[str, dict]] = []
+        self.emitted: list[tuple[str, Event]] = []
 
-    def emit(self, kind: str, event: dict, frame: object, predictions: object = ()) -> None:
-        self.emitted.append((kind, dict(event)))
+    def emit(self, kind: str, event: Event, frame: object, predictions: object = ()) -> None:
+        self.emitted.append((kind, event))
 
 
 def cat_rule(**kw: object) -> RuleConfig:
@@ -341,7 +342,7 @@ def test_reconfigure_keeps_open_events_streaks_and_cooldowns_of_unchanged_rules(
         step(engine, clock, "yard", {GOLDEN: 0.9})          # an event opens on "yard"
     step(engine, clock, "door", {GOLDEN: 0.9})
     step(engine, clock, "door", {GOLDEN: 0.9})              # a streak of 2 of 3 on "door"
-    assert [e["camera"] for e in store.query() if e["ended_at"] is None] == ["yard"]
+    assert [e.camera for e in store.query() if e.ended_at is None] == ["yard"]
 
     assert engine.reconfigure([dog_rule(end_after=8.0, cooldown=60.0), cat_rule()]) == 0
     for _ in range(5):
@@ -354,7 +355,7 @@ def test_reconfigure_keeps_open_events_streaks_and_cooldowns_of_unchanged_rules(
     assert engine.active("shed") == []
     step(engine, clock, "yard", {TABBY: 0.9})                # the new rule works
     assert engine.active("yard") == ["dog", "cat"]
-    starts = [(e["camera"], e["rule"]) for kind, e in sinks.emitted if kind == "start"]
+    starts = [(e.camera, e.rule) for kind, e in sinks.emitted if kind == "start"]
     assert starts == [("shed", "dogs"), ("yard", "dogs"), ("door", "dogs"), ("yard", "cats")], starts
     assert alerts_count(metrics, "dogs", "dog") == 3
     assert len(store.query()) == 4
@@ -370,7 +371,7 @@ def test_reconfigure_ends_events_of_changed_and_removed_rules_and_removed_camera
     clock.t += 1.0
     # dogs changed (min_score), cats unchanged, camera "shed" removed
     assert engine.reconfigure([dog_rule(min_frames=1, min_score=0.7), cat_rule()], removed_cameras=["shed"]) == 2
-    ended = {(e["camera"], e["rule"]): e["ended_at"] for e in store.query()}
+    ended = {(e.camera, e.rule): e.ended_at for e in store.query()}
     assert ended == {("yard", "dogs"): clock.t, ("door", "cats"): None, ("shed", "cats"): clock.t}
     assert engine.active("yard") == [] and engine.active("door") == ["cat"] and engine.active("shed") == []
     step(engine, clock, "yard", {GOLDEN: 0.9})       # the changed rule starts afresh (no cooldown carried over)

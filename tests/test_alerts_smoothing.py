@@ -34,10 +34,10 @@ def test_median_ignores_single_frame_spikes(env) -> None:
     smoothed = AlertEngine([dog_rule(name="smooth", smoothing=SmoothingConfig(window=5, method="median"))], store, None,
                            metrics, clock=clock)
     run(smoothed, clock, FLICKER)
-    assert [e for e in store.query() if e["rule"] == "smooth"] == []
+    assert [e for e in store.query() if e.rule == "smooth"] == []
     run(smoothed, clock, [0.9] * 3)         # a real, lasting presence: the median follows within 3 frames
-    events = [e for e in store.query() if e["rule"] == "smooth"]
-    assert len(events) == 1 and events[0]["score"] == pytest.approx(0.9)
+    events = [e for e in store.query() if e.rule == "smooth"]
+    assert len(events) == 1 and events[0].score == pytest.approx(0.9)
 
 
 def test_mean_over_window(env) -> None:
@@ -48,8 +48,8 @@ def test_mean_over_window(env) -> None:
     assert store.query() == []
     run(engine, clock, [0.75])                          # mean 0.5: hits
     events = store.query()
-    assert len(events) == 1 and events[0]["score"] == pytest.approx(0.5)
-    assert events[0]["started_at"] == clock.t
+    assert len(events) == 1 and events[0].score == pytest.approx(0.5)
+    assert events[0].started_at == clock.t
 
 
 def custom_result(t: float, package: float, seq: int = 1, head: str = "porch") -> Result:
@@ -75,11 +75,11 @@ def test_rule_on_a_custom_class_and_imagenet_side_by_side(env) -> None:
         clock.t += 1
         engine.observe(custom_result(clock.t, s))
     events = store.query()
-    assert len(events) == 1 and events[0]["label"] == "porch:package" and events[0]["score"] == pytest.approx(0.9)
+    assert len(events) == 1 and events[0].label == "porch:package" and events[0].score == pytest.approx(0.9)
     assert engine.active("cam1") == ["porch:package"]
     # a frame from a camera the head does not run on (no custom result) scores 0 for the custom entry
     clock.t += 10
     engine.observe(result("cam1", {}, clock.t))
-    assert store.query()[0]["ended_at"] is not None
+    assert store.query()[0].ended_at is not None
     # a head that lost the class (retrained without it) cannot hit, and nothing breaks
     assert CustomResult("porch", ("none", "person"), np.array([0.1, 0.9], np.float32)).score("package") == 0.0

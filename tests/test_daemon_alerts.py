@@ -112,12 +112,12 @@ def test_event_starts_once_reaches_every_sink_ends_and_obeys_cooldown(
         rows = wait_until(lambda: d.events.query(), 15)
         assert len(rows) == 1, rows
         first = rows[0]
-        assert (first["camera"], first["rule"], first["label"], first["ended_at"]) == ("cars", RULE, footage.label,
+        assert (first.camera, first.rule, first.label, first.ended_at) == ("cars", RULE, footage.label,
                                                                                        None)
-        assert first["score"] >= MIN_SCORE and first["peak_score"] >= first["score"]
+        assert first.score >= MIN_SCORE and first.peak_score >= first.score
         assert hook.wait_for(1, 5), "webhook not called"
         assert wait_until(command_lines, 5), "command not run"
-        assert wait_until(lambda: (d.events.get(first["id"]) or {}).get("snapshot"), 5), "snapshot path not stored"
+        assert wait_until(lambda: getattr(d.events.get(first.id), "snapshot", None), 5), "snapshot path not stored"
 
         # it keeps being seen for many more frames: still one event, not one per frame
         seen = classified(d, "cars")
@@ -128,31 +128,31 @@ def test_event_starts_once_reaches_every_sink_ends_and_obeys_cooldown(
                                                    {"rule": RULE, "label": footage.label}) == 1
         assert hook.hits == 1 and len(command_lines()) == 1
 
-        row = d.events.get(first["id"])
+        row = d.events.get(first.id)
         body = hook.requests[0]
         assert body["kind"] == "start"
         assert {k: body[k] for k in ("id", "camera", "rule", "label", "ended_at")} == {
-            "id": first["id"], "camera": "cars", "rule": RULE, "label": footage.label, "ended_at": None}
-        assert body["score"] == pytest.approx(first["score"], abs=1e-6)
-        assert body["started_at"] == pytest.approx(first["started_at"], abs=1e-3)
-        assert body["snapshot"] == row["snapshot"]
+            "id": first.id, "camera": "cars", "rule": RULE, "label": footage.label, "ended_at": None}
+        assert body["score"] == pytest.approx(first.score, abs=1e-6)
+        assert body["started_at"] == pytest.approx(first.started_at, abs=1e-3)
+        assert body["snapshot"] == row.snapshot
         assert hook.headers[0]["Content-Type"] == "application/json"
-        assert command_lines() == [f"cars {footage.label} {first['score']:.3f} {first['id']}"]
-        snapshot = cv2.imread(row["snapshot"])
-        assert snapshot is not None, row["snapshot"]
+        assert command_lines() == [f"cars {footage.label} {first.score:.3f} {first.id}"]
+        snapshot = cv2.imread(row.snapshot)
+        assert snapshot is not None, row.snapshot
         assert snapshot.shape == (432, 768, 3)
-        assert Path(row["snapshot"]).parent == tmp_path / "snapshots" / "cars"
+        assert Path(row.snapshot).parent == tmp_path / "snapshots" / "cars"
 
         # -- the class goes away: "cars" now shows the bottles video; the event ends after end_after
         t_reload = time.time()
         d.reload(config(footage.bottles, hook.url))
-        ended = wait_until(lambda: d.events.get(first["id"])["ended_at"], end_after + 6)
+        ended = wait_until(lambda: d.events.get(first.id).ended_at, end_after + 6)
         assert ended, "event did not end"
-        assert ended >= t_reload and ended - first["started_at"] >= end_after
+        assert ended >= t_reload and ended - first.started_at >= end_after
         assert d.alerts.active("cars") == []
         assert hook.wait_for(2, 5), "no webhook for the end of the event"
         end_body = hook.requests[1]
-        assert (end_body["kind"], end_body["id"]) == ("end", first["id"])
+        assert (end_body["kind"], end_body["id"]) == ("end", first.id)
         assert end_body["ended_at"] == pytest.approx(ended, abs=1e-3)
         assert end_body["peak_score"] >= end_body["score"]
 
@@ -174,9 +174,9 @@ def test_event_starts_once_reaches_every_sink_ends_and_obeys_cooldown(
         rows = wait_until(lambda: d.events.query() if len(d.events.query()) == 2 else None, 5)
         assert rows, "no event after the cooldown although the class is present"
         second = rows[0]
-        assert second["id"] != first["id"] and second["camera"] == "cars"
-        assert second["started_at"] >= ended + cooldown
-        assert second["started_at"] - (ended + cooldown) < 1.5   # hits counted during the cooldown
+        assert second.id != first.id and second.camera == "cars"
+        assert second.started_at >= ended + cooldown
+        assert second.started_at - (ended + cooldown) < 1.5   # hits counted during the cooldown
         assert wait_until(lambda: len(command_lines()) == 2, 5)
         d.stop()
 
@@ -260,7 +260,7 @@ def test_reload_keeps_the_open_event_of_an_unchanged_rule(tmp_path: Path, demo_w
         daemons.append(d)
         d.start(web=False)
         rows = wait_until(lambda: d.events.query(), 15)
-        assert len(rows) == 1 and rows[0]["ended_at"] is None, rows
+        assert len(rows) == 1 and rows[0].ended_at is None, rows
         assert hook1.wait_for(1, 5)
 
         d.reload(config(footage.cars, [rule, unrelated], hook2.url))
@@ -273,8 +273,8 @@ def test_reload_keeps_the_open_event_of_an_unchanged_rule(tmp_path: Path, demo_w
 
         # the class goes away: the event ends, once, and its end reaches the new webhook
         d.reload(config(footage.bottles, [rule, unrelated], hook2.url))
-        assert wait_until(lambda: d.events.get(rows[0]["id"])["ended_at"], end_after + 6), "event did not end"
+        assert wait_until(lambda: d.events.get(rows[0].id).ended_at, end_after + 6), "event did not end"
         assert hook2.wait_for(1, 5), "no webhook for the end of the event"
-        assert [(r["kind"], r["id"]) for r in hook2.requests] == [("end", rows[0]["id"])]
+        assert [(r["kind"], r["id"]) for r in hook2.requests] == [("end", rows[0].id)]
         assert hook1.hits == 1 and len(d.events.query()) == 1
         d.stop()

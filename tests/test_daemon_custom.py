@@ -16,7 +16,7 @@ from monitor.config.loader import parse_config
 from monitor.daemon import Daemon
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
-from monitor.inference.heads.service import clean_snapshot_path
+from monitor.alerts.snapshot_files import clean_snapshot_path
 from monitor.inference.heads.training import train_head
 from monitor.weights import synthetic_batches
 from testkit.footage import read_video_frames
@@ -61,7 +61,7 @@ def test_rule_on_a_custom_class_fires_on_the_right_stream_only(
     d.start(web=False)
     rows = wait_until(lambda: d.events.query(), 60)
     assert rows, "no event on the car stream within 60 s"
-    assert [(r["camera"], r["rule"], r["label"]) for r in rows] == [("street", "cars-seen", "scene:cars")]
+    assert [(r.camera, r.rule, r.label) for r in rows] == [("street", "cars-seen", "scene:cars")]
     # the bottle stream was classified all along, and its scene head said bottles, never cars
     shelf = d.results.get("shelf")
     assert shelf is not None and shelf.custom["scene"].label == "bottles"
@@ -72,9 +72,9 @@ def test_rule_on_a_custom_class_fires_on_the_right_stream_only(
     classified = d.metrics.registry.get_sample_value("monitor_frames_classified_total", {"camera": "shelf"})
     assert classified >= 8
     # the event's frame without overlay is kept for labelling; marking it right files it under "cars"
-    ev = wait_until(lambda: (d.events.get(rows[0]["id"]) or {}).get("snapshot") and d.events.get(rows[0]["id"]), 10)
-    clean = clean_snapshot_path(ev["snapshot"])
+    ev = wait_until(lambda: getattr(d.events.get(rows[0].id), "snapshot", None) and d.events.get(rows[0].id), 10)
+    clean = clean_snapshot_path(ev.snapshot)
     assert clean.is_file()
-    path = d.custom.label_event(ev, True, cv2.imread(str(clean)), d.config.cameras[0].crop)
+    path = d.custom.label_event(ev.label, ev.camera, True, cv2.imread(str(clean)), d.config.cameras[0].crop)
     assert path.parent == tmp_path / "examples" / "scene" / "cars"
     assert d.events.query(camera="shelf") == []

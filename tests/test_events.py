@@ -9,10 +9,12 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from monitor.alerts.event import Event
 from monitor.alerts.events import CRASH_NOTE, EventStore
 from monitor.core.metrics import Metrics
 
@@ -35,9 +37,40 @@ def test_start_and_end_are_committed_for_other_connections(tmp_path: Path) -> No
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
     ev = store.get(eid)
-    assert ev is not None and ev["ended_at"] == 1030.0 and ev["peak_score"] == 0.93 and ev["note"] is None
+    assert ev is not None and ev.ended_at == 1030.0 and ev.peak_score == 0.93 and ev.note is None
     assert store.get(eid + 100) is None
     store.close()
+
+
+def test_an_event_round_trips_through_the_store(tmp_path: Path) -> None:
+    """Event -> row -> Event: what the engine inserts comes back field for field (the id added, nothing else
+    changed), through get() and query(), from another process's connection too (a reopened store); the end,
+    written by id, comes back as the engine's replaced instance has it."""
+    store = EventStore(tmp_path / "e.db", Metrics())
+    started = Event(camera="porch", rule="parcels", label="porch:package", score=0.8125, peak_score=0.875,
+                    started_at=1_700_000_000.25, snapshot="/snaps/porch/x.jpg")
+    stored = store.insert(started)
+    assert stored.id is not None and stored is not started and started.id is None     # a new instance
+    assert replace(stored, id=None) == started
+    assert store.get(stored.id) == stored and store.query() == [stored]
+    ended = replace(stored, ended_at=1_700_000_042.5, peak_score=0.9375)
+    assert store.end_event(ended.id, ended.ended_at, ended.peak_score)
+    store.close()
+    reopened = EventStore(tmp_path / "e.db", Metrics())
+    try:
+        assert reopened.recovered == 0
+        assert reopened.get(stored.id) == ended and reopened.query(camera="porch") == [ended]
+        assert ended.custom == ("porch", "package") and reopened.get(stored.id).custom == ("porch", "package")
+    finally:
+        reopened.close()
+
+
+def test_a_failed_insert_gives_the_event_back_without_an_id(tmp_path: Path) -> None:
+    metrics = Metrics()
+    store = EventStore(tmp_path / "e.db", metrics)
+    store.close()
+    ev = Event(camera="c", rule="r", label="l", score=0.5, peak_score=0.5, started_at=1.0)
+    assert store.insert(ev) == ev and db_errors(metrics) == 1
 
 
 def test_update_peak_only_raises_and_refreshes_last_seen(tmp_path: Path) -> None:
@@ -45,7 +78,7 @@ def test_update_peak_only_raises_and_refreshes_last_seen(tmp_path: Path) -> None
     eid = store.start_event("cam1", "dogs", "dog", 0.6, 100.0)
     store.update_peak(eid, 0.9, seen_at=150.0)
     store.update_peak(eid, 0.7, seen_at=140.0)   # lower peak and older time change nothing
-    assert store.get(eid)["peak_score"] == 0.9
+    assert store.get(eid).peak_score == 0.9
     store.close()
     raw = sqlite3.connect(tmp_path / "e.db")
     assert raw.execute("SELECT last_seen FROM events WHERE id = ?", (eid,)).fetchone()[0] == 150.0
@@ -79,18 +112,18 @@ def test_events_of_a_killed_process_survive_and_are_closed_once(tmp_path: Path) 
     metrics = Metrics()
     store = EventStore(db, metrics)
     assert store.recovered == 2
-    events = {e["started_at"]: e for e in store.query()}
+    events = {e.started_at: e for e in store.query()}
     assert len(events) == 3
-    assert events[100.0]["ended_at"] == 120.0 and events[100.0]["note"] is None
-    assert events[200.0]["ended_at"] == 260.0 and events[200.0]["peak_score"] == 0.95   # last_seen
-    assert events[300.0]["ended_at"] == 300.0                                          # started_at
-    assert events[200.0]["note"] == CRASH_NOTE and events[300.0]["note"] == CRASH_NOTE
+    assert events[100.0].ended_at == 120.0 and events[100.0].note is None
+    assert events[200.0].ended_at == 260.0 and events[200.0].peak_score == 0.95   # last_seen
+    assert events[300.0].ended_at == 300.0                                          # started_at
+    assert events[200.0].note == CRASH_NOTE and events[300.0].note == CRASH_NOTE
     store.close()
 
     again = EventStore(db, metrics)
     assert again.recovered == 0
     assert len(again.query()) == 3                                  # no duplicates
-    assert [e["ended_at"] for e in again.query()] == [300.0, 260.0, 120.0]
+    assert [e.ended_at for e in again.query()] == [300.0, 260.0, 120.0]
     assert db_errors(metrics) == 0
     again.close()
 
@@ -100,14 +133,13 @@ def test_query_filters_newest_first_and_limit(tmp_path: Path) -> None:
     for i in range(10):
         store.start_event("cam1" if i % 2 == 0 else "cam2", "r", "dog", 0.5, 1000.0 + i)
     all_events = store.query()
-    assert [e["started_at"] for e in all_events] == [1000.0 + i for i in reversed(range(10))]
+    assert [e.started_at for e in all_events] == [1000.0 + i for i in reversed(range(10))]
     cam1 = store.query(camera="cam1")
-    assert {e["camera"] for e in cam1} == {"cam1"} and len(cam1) == 5
-    assert [e["started_at"] for e in store.query(since=1007.0)] == [1009.0, 1008.0, 1007.0]
-    assert [e["started_at"] for e in store.query(camera="cam2", since=1004.0, limit=2)] == [1009.0, 1007.0]
+    assert {e.camera for e in cam1} == {"cam1"} and len(cam1) == 5
+    assert [e.started_at for e in store.query(since=1007.0)] == [1009.0, 1008.0, 1007.0]
+    assert [e.started_at for e in store.query(camera="cam2", since=1004.0, limit=2)] == [1009.0, 1007.0]
     assert store.query(camera="nope") == []
-    assert set(all_events[0]) >= {"id", "camera", "rule", "label", "score", "peak_score", "started_at",
-                                  "ended_at", "snapshot"}
+    assert all(isinstance(e, Event) and e.id is not None for e in all_events)
     store.close()
 
 
@@ -159,7 +191,7 @@ def test_locked_database_counts_errors_and_does_not_raise(tmp_path: Path) -> Non
         locker.close()
     # Once the lock is gone the store works again; the committed event is intact.
     store.end_event(eid, 4.0, 0.9)
-    assert store.get(eid)["ended_at"] == 4.0
+    assert store.get(eid).ended_at == 4.0
     assert db_errors(metrics) == 4
     store.close()
 
@@ -208,8 +240,8 @@ def test_a_second_opener_leaves_the_owners_open_events_alone(tmp_path: Path) -> 
     eid = owner.start_event("cam1", "r", "dog", 0.5, 1.0)
     reader = EventStore(tmp_path / "e.db")          # e.g. `monitor events` while the daemon runs
     assert reader.recovered == 0
-    assert reader.get(eid)["ended_at"] is None
+    assert reader.get(eid).ended_at is None
     reader.close()
     owner.end_event(eid, 5.0, 0.7)
-    assert owner.get(eid)["ended_at"] == 5.0 and owner.get(eid)["note"] is None
+    assert owner.get(eid).ended_at == 5.0 and owner.get(eid).note is None
     owner.close()

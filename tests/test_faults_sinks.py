@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from monitor.alerts.engine import AlertEngine
+from monitor.alerts.event import Event
 from monitor.alerts.events import EventStore
 from monitor.capture.camera import Frame
 from monitor.config.types import RuleConfig
@@ -95,7 +96,7 @@ def test_locked_database_never_blocks_observe_and_ends_are_written_once_it_unloc
                               probabilities=probs, classified_at=now[0], latency=0.0))
         return time.monotonic() - t
 
-    def rows() -> list[dict]:
+    def rows() -> list[Event]:
         return store.query(limit=100)
 
     def wait(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -117,9 +118,9 @@ def test_locked_database_never_blocks_observe_and_ends_are_written_once_it_unloc
         slowest = max(slowest, observe(0.0))
         assert wait(lambda: metrics.registry.get_sample_value("monitor_events_db_errors_total") >= 2), \
             "the writes never met the lock"
-        assert rows()[0]["ended_at"] is None                  # not written while locked
+        assert rows()[0].ended_at is None                  # not written while locked
         locker.execute("ROLLBACK")
-        ended = wait(lambda: rows()[-1]["ended_at"])
+        ended = wait(lambda: rows()[-1].ended_at)
         assert ended == pytest.approx(1_700_000_002.0), rows()
         engine.close_all()
     finally:

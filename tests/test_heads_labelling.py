@@ -56,12 +56,11 @@ def test_label_then_retrain_swaps_the_head(tmp_path: Path, classifier: Classifie
             custom.label_frame("scene", "cars", "front", f, "center")
         for f in bottles[:5]:
             custom.label_frame("scene", "bottles", "front", f, "center")
-        event = {"id": 7, "camera": "front", "label": "scene:bottles"}
         for f in bottles[5:]:
-            custom.label_event(event, True, f, "center")        # right: filed under the class
-        custom.label_event({"id": 8, "camera": "front", "label": "scene:cars"}, False, cars[0], "center")
+            custom.label_event("scene:bottles", "front", True, f, "center")        # right: filed under the class
+        custom.label_event("scene:cars", "front", False, cars[0], "center")
         with pytest.raises(LabelError, match="not a custom class"):
-            custom.label_event({"id": 9, "camera": "front", "label": "dog"}, True, cars[0], "center")
+            custom.label_event("dog", "front", True, cars[0], "center")
         assert custom.examples["scene"].counts() == {"bottles": 10, "cars": 10, "none": 1}
         state = custom.retrain("scene")
         assert state["state"] in ("queued", "training")

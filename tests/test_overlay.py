@@ -6,7 +6,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from monitor.inference.overlay import BANNER_COLOR, banner_height, draw_overlay
+from monitor.render.overlay import BANNER_COLOR, banner_height, draw_overlay
 
 
 class Pred(NamedTuple):     # same fields as monitor.inference.classifier.Prediction

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from monitor.inference.classifier import Prediction
-from monitor.inference.overlay import draw_overlay
+from monitor.render.overlay import draw_overlay
 from monitor.inference.results import CustomResult
 
 

@@ -29,6 +29,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.alerts.event import Event
 from monitor.alerts.sinks import SinkSet
 from monitor.capture.camera import Camera
 from monitor.config.loader import ConfigError, parse_config
@@ -204,8 +205,8 @@ def test_webhook_failures_log_only_scheme_host_and_port(caplog: pytest.LogCaptur
             sinks = SinkSet(AlertsConfig(webhook=WebhookConfig(url=url, timeout=2.0, retries=0)), metrics, None)
             sinks.start()
             try:
-                sinks.emit("start", {"id": 1, "camera": "door", "rule": "r", "label": "car", "score": 0.9,
-                                     "started_at": time.time()}, None)
+                sinks.emit("start", Event(id=1, camera="door", rule="r", label="car", score=0.9, peak_score=0.9,
+                                          started_at=time.time()), None)
                 assert wait_until(lambda: metrics.registry.get_sample_value(
                     "monitor_sink_failures_total", {"sink": "webhook"}) == 1, 10.0)
             finally:

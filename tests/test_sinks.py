@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from monitor.config.types import AlertsConfig, WebhookConfig
+from monitor.alerts.event import Event
 from monitor.alerts.events import EventStore
 from monitor.core.metrics import Metrics
 from monitor.alerts.sinks import SinkSet
@@ -29,11 +31,11 @@ def dropped(metrics: Metrics, sink: str) -> float:
     return metrics.registry.get_sample_value("monitor_sink_dropped_total", {"sink": sink}) or 0.0
 
 
-def event(eid: int | None = 1, **kw: object) -> dict:
-    ev = {"id": eid, "camera": "yard", "rule": "dogs", "label": "dog", "score": 0.8123, "peak_score": 0.8123,
-          "started_at": 1_700_000_000.0, "ended_at": None, "snapshot": None}
-    ev.update(kw)
-    return ev
+def event(eid: int | None = 1, **kw: object) -> Event:
+    fields: dict = {"id": eid, "camera": "yard", "rule": "dogs", "label": "dog", "score": 0.8123,
+                    "peak_score": 0.8123, "started_at": 1_700_000_000.0}
+    fields.update(kw)
+    return Event(**fields)
 
 
 def wait_until(cond, timeout: float = 5.0) -> bool:
@@ -168,7 +170,7 @@ def test_command_gets_substituted_arguments_without_a_shell(tmp_path: Path, stor
     assert len(lines) == 1
     args = json.loads(lines[0])
     assert args[:5] == ["yard", "dogs", "dog; rm -rf /", "0.812", f"id={eid}"]
-    assert Path(args[5]).is_file() and args[5] == store.get(eid)["snapshot"]
+    assert Path(args[5]).is_file() and args[5] == store.get(eid).snapshot
     assert args[6:] == ["{unknown} {}", "$HOME;`x`"]
     assert failures(metrics, "command") == 0
 
@@ -230,10 +232,10 @@ def test_snapshot_is_a_decodable_jpeg_with_overlay_and_the_row_gets_its_path(tmp
     sinks.start()
     try:
         sinks.emit("start", event(eid), IMAGE)
-        assert wait_until(lambda: store.get(eid)["snapshot"] is not None, 5.0)
+        assert wait_until(lambda: store.get(eid).snapshot is not None, 5.0)
     finally:
         sinks.stop(5.0)
-    path = Path(store.get(eid)["snapshot"])
+    path = Path(store.get(eid).snapshot)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_700_000_000.0))
     assert path == root / "yard" / f"{stamp}-{eid}-dogs.jpg"
     img = cv2.imread(str(path))
@@ -263,7 +265,7 @@ def test_unwritable_snapshot_directory_counts_a_failure(tmp_path: Path, store: E
         finally:
             sinks.stop(5.0)
     assert rx.requests[0]["snapshot"] is None                # nothing written, nothing claimed
-    assert store.get(eid)["snapshot"] is None
+    assert store.get(eid).snapshot is None
 
 
 def test_stop_drains_queued_deliveries(tmp_path: Path) -> None:
@@ -289,10 +291,10 @@ def test_snapshot_path_components_are_sanitised(tmp_path: Path, store: EventStor
     try:
         eid = store.start_event("../../etc", "a/b", "dog", 0.8, 1_700_000_000.0)
         sinks.emit("start", event(eid, camera="../../etc", rule="a/b"), IMAGE)
-        assert wait_until(lambda: store.get(eid)["snapshot"] is not None, 5.0)
+        assert wait_until(lambda: store.get(eid).snapshot is not None, 5.0)
     finally:
         sinks.stop(5.0)
-    path = Path(store.get(eid)["snapshot"]).resolve()
+    path = Path(store.get(eid).snapshot).resolve()
     assert root.resolve() in path.parents
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{eid}-a_b\.jpg", path.name)
 
@@ -322,14 +324,14 @@ def test_webhook_redirect_is_a_counted_failure_never_a_get(code: str, caplog: py
 
 
 def test_listener_sink_gets_the_webhook_event_and_its_full_queue_drops(tmp_path: Path) -> None:
-    """A later stage's listener (MQTT): the event dict the webhook gets (kind, snapshot path once written), the
-    frame at start; a stuck listener costs only its own bounded queue, counted under its name."""
+    """A later stage's listener (MQTT): the event the webhook gets (snapshot path once written), the event's
+    picture at start; a stuck listener costs only its own bounded queue, counted under its name."""
     import threading
     got: list[tuple] = []
     release = threading.Event()
 
-    def listener(kind: str, ev: dict, image: object, predictions: list) -> None:
-        got.append((kind, ev, image))
+    def listener(kind: str, ev: Event, picture: object) -> None:
+        got.append((kind, ev, picture))
         release.wait(5)
 
     metrics = Metrics()
@@ -346,7 +348,7 @@ def test_listener_sink_gets_the_webhook_event_and_its_full_queue_drops(tmp_path:
         assert wait_until(lambda: len(got) == 3)
     finally:
         sinks.stop(timeout=2)
-    kind, ev, image = got[0]
-    assert kind == "start" and image is IMAGE
-    assert ev == dict(event(), kind="start", snapshot=ev["snapshot"])
-    assert ev["snapshot"] and Path(ev["snapshot"]).is_file()
+    kind, ev, picture = got[0]
+    assert ev == replace(event(), snapshot=ev.snapshot)
+    assert kind == "start" and ev.snapshot and Path(ev.snapshot).is_file()
+    assert picture is not None and picture.jpeg == Path(ev.snapshot).read_bytes()    # the file's very bytes

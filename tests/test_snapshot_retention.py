@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from monitor.alerts import events
+from monitor.alerts.event import Event
 from monitor.alerts.events import EventStore
 from monitor.alerts.sinks import SinkSet
 from monitor.config.loader import ConfigError, parse_config
@@ -53,13 +54,12 @@ def write_snapshots(sinks: SinkSet, store: EventStore, n: int, label: str = "dog
         started = time.time() - (n - i) * 10 - first_seed * 1000   # names hold the start second: all distinct
         eid = store.start_event("yard", "dogs", label, 0.9, started) if with_rows else None
         before = set(Path(sinks.cfg.snapshots).rglob("*.jpg"))
-        sinks.emit("start", {"id": eid, "camera": "yard", "rule": "dogs", "label": label, "score": 0.9,
-                             "peak_score": 0.9, "started_at": started, "ended_at": None, "snapshot": None},
-                   frame(first_seed + i))
+        sinks.emit("start", Event(id=eid, camera="yard", rule="dogs", label=label, score=0.9, peak_score=0.9,
+                                  started_at=started), frame(first_seed + i))
         assert wait_until(lambda: len(set(Path(sinks.cfg.snapshots).rglob("*.jpg")) - before) >= 1, 5.0)
         if eid is not None:
-            assert wait_until(lambda: (store.get(eid) or {}).get("snapshot") is not None, 5.0)
-            made.append((eid, Path(store.get(eid)["snapshot"])))
+            assert wait_until(lambda: getattr(store.get(eid), "snapshot", None) is not None, 5.0)
+            made.append((eid, Path(store.get(eid).snapshot)))
         else:
             new = sorted(set(Path(sinks.cfg.snapshots).rglob("*.jpg")) - before)
             made.append((None, next(p for p in new if not p.name.endswith(".clean.jpg"))))
@@ -122,7 +122,7 @@ def test_noid_orphans_older_than_the_retention_are_deleted(tmp_path: Path, store
     assert not old_orphan.exists() and not stale_tmp.exists()
     assert new_orphan.exists() and fresh_tmp.exists() and open_snap.exists()
     assert all(f.exists() for f in foreign)
-    assert store.get(open_id)["snapshot"] == str(open_snap)
+    assert store.get(open_id).snapshot == str(open_snap)
 
 
 def test_byte_cap_deletes_the_oldest_first_and_their_rows_forget_the_path(tmp_path: Path,
@@ -148,7 +148,7 @@ def test_byte_cap_deletes_the_oldest_first_and_their_rows_forget_the_path(tmp_pa
     for eid, path in made:
         row = store.get(eid)
         assert row is not None                                  # the event stays
-        assert row["snapshot"] == (str(path) if path.exists() else None)
+        assert row.snapshot == (str(path) if path.exists() else None)
 
 
 def test_snapshot_sink_keeps_the_folder_under_the_cap_while_writing(tmp_path: Path, store: EventStore) -> None:
@@ -167,7 +167,7 @@ def test_snapshot_sink_keeps_the_folder_under_the_cap_while_writing(tmp_path: Pa
     assert made[-1][1].exists()
     assert not made[0][1].exists()
     for eid, path in made:
-        assert store.get(eid)["snapshot"] == (str(path) if path.exists() else None)
+        assert store.get(eid).snapshot == (str(path) if path.exists() else None)
 
 
 def test_a_locked_database_keeps_the_files_rows_still_name(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_a_locked_database_keeps_the_files_rows_still_name(tmp_path: Path) -> No
     assert result.deleted == 0 and all(p.exists() for _, p in made)
     result = events.sweep_snapshots(root, max_bytes=1, store=store)         # the lock is gone: now they go
     assert result.deleted == 3 and not any(p.exists() for _, p in made)
-    assert all(store.get(eid)["snapshot"] is None for eid, _ in made)
+    assert all(store.get(eid).snapshot is None for eid, _ in made)
     store.close()
 
 

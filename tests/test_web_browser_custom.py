@@ -24,7 +24,7 @@ import pytest
 from monitor.config.loader import parse_config
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
-from monitor.inference.heads.service import clean_snapshot_path
+from monitor.alerts.snapshot_files import clean_snapshot_path
 from monitor.inference.heads.training import train_head
 from monitor.inference.preprocess import crop_box
 from testkit.chromium import Browser, Page
@@ -179,8 +179,8 @@ def test_custom_class_controls_in_chromium(tmp_path: Path, demo_weights: Path, s
                              " return b && b.closest('li').dataset.event; })()", 30)
         assert event_id, "no custom-class event with right/wrong buttons on the page within 30 s"
         ev = s.app.events.get(int(event_id))
-        assert ev["label"] == "scene:cars" and ev["camera"] == "street"
-        clean = cv2.imread(str(clean_snapshot_path(ev["snapshot"])))
+        assert ev.label == "scene:cars" and ev.camera == "street"
+        clean = cv2.imread(str(clean_snapshot_path(ev.snapshot)))
         x, y, w, h = crop_box(*clean.shape[:2], "center")
         seen_by_head = clean[y:y + h, x:x + w]
         item = f'#events li[data-event="{event_id}"]'

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor.inference.overlay import BANNER_COLOR, banner_height
+from monitor.render.overlay import BANNER_COLOR, banner_height
 from testkit.waiting import wait_until
 from tests.webapp import MjpegReader, Served, demo_weights, file_camera, make_config, request
 

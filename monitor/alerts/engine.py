@@ -16,10 +16,12 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+from monitor.alerts.event import Event
 
 if TYPE_CHECKING:
     from monitor.config.types import RuleConfig
@@ -47,7 +49,7 @@ class _CompiledRule:
 
 @dataclass
 class _Active:
-    event: dict                      # the event dict handed to sinks (copied on every emit)
+    event: Event                     # replaced (never changed) by the io side: with its id once stored
     peak: float
     last_hit: float
     persisted_at: float
@@ -71,6 +73,10 @@ class _Pending:
     act: _Active
     image: np.ndarray | None = None
     predictions: list = field(default_factory=list)
+    # end: its time and peak, decided under the lock; the io side puts them on the event it has by then (its
+    # start, run first, gave it its id)
+    ended_at: float | None = None
+    peak: float = 0.0
 
 
 class AlertEngine:
@@ -116,7 +122,7 @@ class AlertEngine:
         self._io_dropped = 0                                 # since the last warning
         # Ends of committed events whose write failed (database locked): retried, oldest first, before the next
         # side effects and while the io thread idles, so a transient lock does not leave the row open for good.
-        self._unwritten_ends: deque[dict] = deque(maxlen=1024)
+        self._unwritten_ends: deque[Event] = deque(maxlen=1024)
         self._io_drop_logged = float("-inf")
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -275,8 +281,8 @@ class AlertEngine:
             st.streak_peak = 0.0
         # Hits during the cooldown keep counting, so a class still present when it expires alerts at once.
         if hit and st.streak >= max(1, cfg.min_frames) and now >= st.cooldown_until:
-            event = {"id": None, "camera": st.camera, "rule": cfg.name, "label": label, "score": float(score),
-                     "peak_score": float(st.streak_peak), "started_at": now, "ended_at": None, "snapshot": None}
+            event = Event(camera=st.camera, rule=cfg.name, label=label, score=float(score),
+                          peak_score=float(st.streak_peak), started_at=now)
             st.active = _Active(event=event, peak=st.streak_peak, last_hit=now, persisted_at=now)
             st.streak = 0
             st.streak_peak = 0.0
@@ -292,17 +298,15 @@ class AlertEngine:
     def _end(self, st: _State, now: float, pending: list[_Pending]) -> None:
         act = st.active
         assert act is not None
-        act.event["ended_at"] = now
-        act.event["peak_score"] = float(act.peak)
         st.active = None
         st.cooldown_until = now + st.cfg.cooldown
-        pending.append(_Pending("end", act))
+        pending.append(_Pending("end", act, ended_at=now, peak=float(act.peak)))
 
     def _refresh_view(self) -> None:
         view: dict[str, list[tuple[float, str]]] = {}
         for st in self._states.values():
             if st.active is not None:
-                view.setdefault(st.camera, []).append((st.active.event["started_at"], st.active.event["label"]))
+                view.setdefault(st.camera, []).append((st.active.event.started_at, st.active.event.label))
         self._active_view = {cam: tuple(dict.fromkeys(lbl for _, lbl in sorted(items)))
                              for cam, items in view.items()}
 
@@ -359,53 +363,56 @@ class AlertEngine:
             try:
                 self._do(p)
             except Exception:   # a bug in a side effect must not kill the inference worker
-                log.exception("alerts: %s of event %s failed", p.kind, p.act.event.get("id"))
+                log.exception("alerts: %s of event %s failed", p.kind, p.act.event.id)
 
     def _retry_ends(self) -> None:
         """With _io_lock held: write the ends that failed before, oldest first; stop at the first failure (the
         database is still locked: one busy timeout per attempt is enough)."""
         while self._unwritten_ends and self._store is not None:
             ev = self._unwritten_ends[0]
+            assert ev.id is not None and ev.ended_at is not None
             try:
-                written = self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"])
+                written = self._store.end_event(ev.id, ev.ended_at, ev.peak_score)
             except Exception:
-                log.exception("alerts: retrying the end of event %s failed", ev["id"])
+                log.exception("alerts: retrying the end of event %s failed", ev.id)
                 written = False
             if not written:
                 return
             self._unwritten_ends.popleft()
-            log.info("event %s: end written late (the event database was unavailable when it ended)", ev["id"])
+            log.info("event %s: end written late (the event database was unavailable when it ended)", ev.id)
 
     def _do(self, p: _Pending) -> None:
         act = p.act
-        ev = act.event
         if p.kind == "start":
+            ev = act.event
             if self._store is not None:
-                ev["id"] = self._store.start_event(ev["camera"], ev["rule"], ev["label"], ev["score"],
-                                                   ev["started_at"], None)
-            self._metrics.alerts.labels(ev["rule"], ev["label"]).inc()
-            if self._store is not None and ev["id"] is None:
+                ev = act.event = self._store.insert(ev)
+            self._metrics.alerts.labels(ev.rule, ev.label).inc()
+            if self._store is not None and ev.id is None:
                 # The store logged and counted the failed write; the alert still goes out, without an id.
                 log.warning("event started but NOT recorded in the event history (the database write failed; "
                             "its end will not be recorded either): camera=%s rule=%s label=%s score=%.3f",
-                            ev["camera"], ev["rule"], ev["label"], ev["score"])
+                            ev.camera, ev.rule, ev.label, ev.score)
             else:
-                log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev["id"], ev["camera"],
-                         ev["rule"], ev["label"], ev["score"])
+                log.info("event %s started: camera=%s rule=%s label=%s score=%.3f", ev.id, ev.camera, ev.rule,
+                         ev.label, ev.score)
             if self._sinks is not None:
-                self._sinks.emit("start", dict(ev), p.image, predictions=p.predictions)
+                self._sinks.emit("start", ev, p.image, predictions=p.predictions)
         elif p.kind == "end":
-            if self._store is not None and ev["id"] is not None:
-                if not self._store.end_event(ev["id"], ev["ended_at"], ev["peak_score"]):
-                    self._unwritten_ends.append(dict(ev))
-            what = "unrecorded event" if self._store is not None and ev["id"] is None else f"event {ev['id']}"
+            assert p.ended_at is not None
+            ev = act.event = replace(act.event, ended_at=p.ended_at, peak_score=p.peak)
+            if self._store is not None and ev.id is not None:
+                if not self._store.end_event(ev.id, p.ended_at, ev.peak_score):
+                    self._unwritten_ends.append(ev)
+            what = "unrecorded event" if self._store is not None and ev.id is None else f"event {ev.id}"
             log.info("%s ended: camera=%s rule=%s label=%s peak=%.3f duration=%.1fs", what,
-                     ev["camera"], ev["rule"], ev["label"], ev["peak_score"], ev["ended_at"] - ev["started_at"])
+                     ev.camera, ev.rule, ev.label, ev.peak_score, p.ended_at - ev.started_at)
             if self._sinks is not None:
-                self._sinks.emit("end", dict(ev), None)
+                self._sinks.emit("end", ev, None)
         elif p.kind == "persist":
-            if self._store is not None and ev["id"] is not None:
-                self._store.update_peak(ev["id"], act.peak, seen_at=act.last_hit)
+            ev = act.event
+            if self._store is not None and ev.id is not None:
+                self._store.update_peak(ev.id, act.peak, seen_at=act.last_hit)
 
 
 def _compile(rule: RuleConfig) -> _CompiledRule:

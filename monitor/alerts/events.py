@@ -4,27 +4,22 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import sqlite3
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from monitor.inference.heads.service import clean_snapshot_path
+from monitor.alerts.event import Event
+from monitor.alerts.snapshot_files import SNAPSHOT_NAME, TMP_NAME, clean_snapshot_path
 
 if TYPE_CHECKING:
     from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# What the snapshot sink writes (sinks._SnapshotSink.path_for): <camera>/<YYYYmmdd-HHMMSS>-<id|noid>-<rule>.jpg, its
-# overlay-free twin <...>.clean.jpg, and .<name>.<pid>.tmp while writing. Only such files are ever deleted: the
-# folder may be shared with other files.
-_SNAPSHOT_NAME = re.compile(r"\d{8}-\d{6}-(?:\d+|noid)-[A-Za-z0-9._-]*?(?:\.clean)?\.jpg")
-_TMP_NAME = re.compile(r"\.\d{8}-\d{6}-.*\.jpg\.\d+\.tmp")
 TMP_STALE_AFTER = 3600.0        # seconds: a .tmp this old was left by a process that died while writing it
 SWEEP_DOWN_TO = 0.9             # over the byte cap, the oldest files go until the folder holds 90 % of it
 _IN_CHUNK = 500                 # paths per "IN (...)" query (SQLite's variable limit is 32766, keep it small)
@@ -47,7 +42,8 @@ CREATE INDEX IF NOT EXISTS events_started_at ON events (started_at);
 CREATE INDEX IF NOT EXISTS events_camera_started_at ON events (camera, started_at);
 """
 
-_COLUMNS = ("id", "camera", "rule", "label", "score", "peak_score", "started_at", "ended_at", "snapshot", "note")
+# A row is an Event: one column per field (the table has one more, last_seen, which only the store reads).
+_COLUMNS = tuple(f.name for f in fields(Event))
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
 
 CRASH_NOTE = "closed at startup: the process ended while the event was open; ended_at is the last time it was seen"
@@ -98,15 +94,24 @@ class EventStore:
 
     # -- writes ---------------------------------------------------------------------------------------------
 
-    def start_event(self, camera: str, rule: str, label: str, score: float, started_at: float,
-                    snapshot: str | None = None) -> int | None:
-        """Insert an open event; returns its id, or None when the write failed (counted and logged)."""
+    def insert(self, event: Event) -> Event:
+        """Insert an event as it starts (open: ended_at None); returns it with the id of its row, or unchanged
+        (id None) when the write failed (counted and logged)."""
         cur = self._write(
             "start event",
             "INSERT INTO events (camera, rule, label, score, peak_score, started_at, ended_at, snapshot, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-            (camera, rule, label, float(score), float(score), float(started_at), snapshot, float(started_at)))
-        return int(cur.lastrowid) if cur is not None and cur.lastrowid is not None else None
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.camera, event.rule, event.label, float(event.score), float(event.peak_score),
+             float(event.started_at), event.ended_at, event.snapshot, float(event.started_at)))
+        if cur is None or cur.lastrowid is None:
+            return event
+        return replace(event, id=int(cur.lastrowid))
+
+    def start_event(self, camera: str, rule: str, label: str, score: float, started_at: float,
+                    snapshot: str | None = None) -> int | None:
+        """insert() from the parts (tools and tests): the new row's id, or None when the write failed."""
+        return self.insert(Event(camera=camera, rule=rule, label=label, score=float(score), peak_score=float(score),
+                                 started_at=float(started_at), snapshot=snapshot)).id
 
     def update_peak(self, event_id: int, score: float, seen_at: float | None = None) -> None:
         """Raise the stored peak to `score` if higher; `seen_at` also refreshes last_seen (crash recovery)."""
@@ -205,7 +210,7 @@ class EventStore:
     # -- reads ----------------------------------------------------------------------------------------------
 
     def query(self, camera: str | None = None, since: float | None = None, limit: int = 100,
-              strict: bool = False) -> list[dict]:
+              strict: bool = False) -> list[Event]:
         """Events newest first, optionally of one camera and/or started at or after `since`. A failed read is
         logged and counted; it gives [] unless `strict` (the HTTP API), where it raises EventStoreError."""
         where: list[str] = []
@@ -219,11 +224,11 @@ class EventStore:
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at DESC, id DESC"
         sql += " LIMIT ?"
         args.append(max(0, int(limit)))
-        return [dict(zip(_COLUMNS, row)) for row in self._read("query", sql, args, strict)]
+        return [_event(row) for row in self._read("query", sql, args, strict)]
 
-    def get(self, event_id: int, strict: bool = False) -> dict | None:
+    def get(self, event_id: int, strict: bool = False) -> Event | None:
         rows = self._read("get", _SELECT + " WHERE id = ?", (int(event_id),), strict)
-        return dict(zip(_COLUMNS, rows[0])) if rows else None
+        return _event(rows[0]) if rows else None
 
     def close(self) -> None:
         with self._lock:
@@ -305,6 +310,10 @@ class EventStore:
                 Path(p).unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("events: cannot delete snapshot %s: %s", p, exc)
+
+
+def _event(row: tuple) -> Event:
+    return Event(**dict(zip(_COLUMNS, row)))
 
 
 # -- the snapshot folder ------------------------------------------------------------------------------------
@@ -401,8 +410,8 @@ def _scan_snapshots(root: Path, wall: float) -> tuple[dict[str, _Group], list[st
     stale: list[str] = []
     for folder, dirs, names in os.walk(root, onerror=lambda exc: log.warning("snapshots: %s", exc)):
         for name in names:
-            is_tmp = name.endswith(".tmp") and _TMP_NAME.fullmatch(name) is not None
-            if not is_tmp and not _SNAPSHOT_NAME.fullmatch(name):
+            is_tmp = name.endswith(".tmp") and TMP_NAME.fullmatch(name) is not None
+            if not is_tmp and not SNAPSHOT_NAME.fullmatch(name):
                 continue
             path = os.path.join(folder, name)
             try:

@@ -1,5 +1,9 @@
 """Alert sinks (log, snapshot, webhook, command), each a thread behind a bounded queue, off the hot path.
 
+Every sink reads the same immutable Event. The picture of an event (monitor.render.picture.EventPicture) is drawn
+and JPEG-encoded once, by whichever sink needs it first (the snapshot sink, or a listener such as MQTT), and every
+other one gets the same bytes.
+
 Snapshot ordering: emit() computes the snapshot's path up front (cheap string formatting) and hands every sink of
 that event a shared ticket. The snapshot sink writes the JPEG and marks the ticket done; the webhook and command
 sinks wait on the ticket for at most `snapshot_wait` seconds before sending, then include the path only if the
@@ -22,18 +26,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import cv2
 import numpy as np
 
 from monitor import __version__
+from monitor.alerts.event import Event
 from monitor.alerts.events import sweep_snapshots
-from monitor.inference.heads.service import clean_snapshot_path
-from monitor.inference.overlay import draw_overlay
+from monitor.alerts.snapshot_files import clean_snapshot_path, snapshot_path, temporary_path
 from monitor.core.redact import redact_url, url_origin
+from monitor.render.picture import EventPicture, render_event_picture
 
 if TYPE_CHECKING:
     from monitor.inference.classifier import Prediction
@@ -43,15 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# listener(kind, event dict as the webhook gets it, frame or None, top-k predictions)
-EventListener = Callable[[str, dict, "np.ndarray | None", list], None]
+# listener(kind, the event as the webhook gets it (snapshot path once written), its picture at "start" or None)
+EventListener = Callable[[str, Event, "EventPicture | None"], None]
 
 _POLL = 0.25                    # sink loops wake this often to check the stop event
 _DROP_LOG_EVERY = 10.0          # seconds between "queue full" warnings per sink
 _BACKOFF_CAP = 30.0
-_JPEG_QUALITY = 90
 _PLACEHOLDER = re.compile(r"\{(camera|rule|label|score|event_id|snapshot)\}")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _REMEMBERED_STARTS = 256        # start tickets kept so the matching "end" reports the same snapshot
 
 
@@ -76,12 +78,41 @@ class _SnapshotTicket:
         return self.path if self.ok else None
 
 
+class _Picture:
+    """An event's picture, rendered and encoded by the first sink that asks; the others get the same object.
+    The frame is let go once rendered."""
+
+    __slots__ = ("_lock", "_job", "_picture")
+
+    def __init__(self, event: Event | None = None, image: np.ndarray | None = None,
+                 predictions: Sequence[Prediction] = (), untrained: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._job: tuple[Event, np.ndarray, list[Prediction], bool] | None = (
+            (event, image, list(predictions), untrained) if event is not None and image is not None else None)
+        self._picture: EventPicture | None = None
+
+    def get(self) -> EventPicture | None:
+        """The picture; None without a frame or when it cannot be rendered (logged once)."""
+        with self._lock:
+            if self._job is not None:
+                ev, image, predictions, untrained = self._job
+                self._job = None
+                try:
+                    self._picture = render_event_picture(image, ev.camera, ev.label, ev.started_at, predictions,
+                                                         untrained, clean=ev.custom is not None)
+                except (RuntimeError, ValueError) as exc:
+                    log.warning("alerts: cannot render the picture of event %s: %s", ev.id, exc)
+            return self._picture
+
+
+_NO_PICTURE = _Picture()       # an end, or a start without its frame
+
+
 @dataclass
 class _Delivery:
     kind: str                                # "start" | "end"
-    event: dict
-    image: np.ndarray | None
-    predictions: list = field(default_factory=list)
+    event: Event
+    picture: _Picture = _NO_PICTURE
     ticket: _SnapshotTicket = field(default_factory=lambda: _SnapshotTicket(None))
 
 
@@ -136,7 +167,7 @@ class _Sink:
                 self.handle(d)
             except Exception as exc:   # a sink bug costs one delivery, never the thread
                 self.metrics.sink_failures.labels(self.name).inc()
-                log.exception("alert sink %s: delivery of event %s failed: %s", self.name, d.event.get("id"), exc)
+                log.exception("alert sink %s: delivery of event %s failed: %s", self.name, d.event.id, exc)
 
     def handle(self, d: _Delivery) -> None:
         raise NotImplementedError
@@ -148,11 +179,11 @@ class _LogSink(_Sink):
     def handle(self, d: _Delivery) -> None:
         ev = d.event
         if d.kind == "start":
-            log.info("ALERT start: event %s camera=%s rule=%s label=%s score=%.3f", ev.get("id"), ev.get("camera"),
-                     ev.get("rule"), ev.get("label"), ev.get("score") or 0.0)
+            log.info("ALERT start: event %s camera=%s rule=%s label=%s score=%.3f", ev.id, ev.camera, ev.rule,
+                     ev.label, ev.score)
         else:
-            log.info("ALERT end: event %s camera=%s rule=%s label=%s peak=%.3f", ev.get("id"), ev.get("camera"),
-                     ev.get("rule"), ev.get("label"), ev.get("peak_score") or 0.0)
+            log.info("ALERT end: event %s camera=%s rule=%s label=%s peak=%.3f", ev.id, ev.camera, ev.rule,
+                     ev.label, ev.peak_score)
 
 
 class _SnapshotSink(_Sink):
@@ -166,11 +197,8 @@ class _SnapshotSink(_Sink):
         self._held: int | None = None       # bytes of snapshots in the folder: measured once, then counted up
         self._new_bytes = 0
 
-    def path_for(self, ev: dict) -> str:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(float(ev.get("started_at") or time.time())))
-        event_id = ev.get("id") if ev.get("id") is not None else "noid"
-        name = f"{stamp}-{event_id}-{_safe(str(ev.get('rule', 'rule')))}.jpg"
-        return str(self.root / _safe(str(ev.get("camera", "camera"))) / name)
+    def path_for(self, ev: Event) -> str:
+        return str(snapshot_path(self.root, ev))
 
     def handle(self, d: _Delivery) -> None:
         ok = False
@@ -194,36 +222,33 @@ class _SnapshotSink(_Sink):
     def _write(self, d: _Delivery) -> bool:
         ev = d.event
         path = Path(d.ticket.path) if d.ticket.path else None
-        if path is None or d.image is None:
+        if path is None:
             return False
-        img = draw_overlay(d.image, str(ev.get("camera", "")), d.predictions, None, [str(ev.get("label", ""))],
-                           self.owner.untrained, when=ev.get("started_at"))
-        if ":" in str(ev.get("label", "")):
+        picture = d.picture.get()
+        if picture is None:
+            self.fail("no picture to write for event %s", ev.id)
+            return False
+        if picture.clean_jpeg is not None:
             # A custom-class event can be marked right or wrong, which files its frame as a training example:
             # that needs the picture without the overlay.
-            self._write_jpeg(d.image, clean_snapshot_path(path), ev)
-        if not self._write_jpeg(img, path, ev):
+            self._write_file(picture.clean_jpeg, clean_snapshot_path(path))
+        if not self._write_file(picture.jpeg, path):
             return False
         store = self.owner.store
-        if store is not None and ev.get("id") is not None:
-            store.set_snapshot(int(ev["id"]), str(path))
+        if store is not None and ev.id is not None:
+            store.set_snapshot(ev.id, str(path))
         return True
 
-
-    def _write_jpeg(self, img: np.ndarray, path: Path, ev: dict) -> bool:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-        if not ok:
-            self.fail("cannot encode JPEG for event %s", ev.get("id"))
-            return False
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def _write_file(self, data: bytes, path: Path) -> bool:
+        tmp = temporary_path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(buf.tobytes())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)   # readers see the whole JPEG or nothing
-            self._new_bytes += len(buf)
+            self._new_bytes += len(data)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
@@ -258,8 +283,8 @@ class _WebhookSink(_Sink):
         self.safe_url = url_origin(url)
 
     def handle(self, d: _Delivery) -> None:
-        payload = dict(d.event, kind=d.kind, snapshot=d.ticket.result(self.owner.snapshot_wait))
-        body = json.dumps(payload, default=str).encode("utf-8")
+        event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        body = json.dumps(event.payload(d.kind), default=str).encode("utf-8")
         stop = self.owner._stop
         last_error = ""
         attempts = 0
@@ -276,7 +301,7 @@ class _WebhookSink(_Sink):
             last_error = error
             if permanent:
                 break
-        self.fail("POST %s for event %s (%s) failed after %d attempt(s): %s", self.safe_url, d.event.get("id"),
+        self.fail("POST %s for event %s (%s) failed after %d attempt(s): %s", self.safe_url, d.event.id,
                   d.kind, attempts, last_error)
 
     def _post(self, body: bytes) -> tuple[str | None, bool]:
@@ -340,10 +365,8 @@ class _CommandSink(_Sink):
         ev = d.event
         snapshot = d.ticket.result(self.owner.snapshot_wait)
         values = {
-            "camera": str(ev.get("camera", "")), "rule": str(ev.get("rule", "")), "label": str(ev.get("label", "")),
-            "score": f"{float(ev.get('score') or 0.0):.3f}",
-            "event_id": "" if ev.get("id") is None else str(ev["id"]),
-            "snapshot": snapshot or "",
+            "camera": ev.camera, "rule": ev.rule, "label": ev.label, "score": f"{ev.score:.3f}",
+            "event_id": "" if ev.id is None else str(ev.id), "snapshot": snapshot or "",
         }
         # Per argument, no shell: a label can never become shell syntax. str.format is avoided so other braces
         # in the argv (a jq filter, JSON) stay as written.
@@ -361,7 +384,7 @@ class _CommandSink(_Sink):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop.is_set() and time.monotonic() >= self.owner._deadline):
                 self._kill(proc)
-                self.fail("%s for event %s killed after %.1f s (timeout %.1f s)", argv[0], ev.get("id"),
+                self.fail("%s for event %s killed after %.1f s (timeout %.1f s)", argv[0], ev.id,
                           self.timeout - max(0.0, remaining), self.timeout)
                 return
             try:
@@ -371,7 +394,7 @@ class _CommandSink(_Sink):
                 continue
         if proc.returncode != 0:
             tail = (err or b"").decode("utf-8", "replace").strip()[-500:]
-            self.fail("%s for event %s exited with %s%s", argv[0], ev.get("id"), proc.returncode,
+            self.fail("%s for event %s exited with %s%s", argv[0], ev.id, proc.returncode,
                       f": {tail}" if tail else "")
 
     @staticmethod
@@ -387,8 +410,8 @@ class _CommandSink(_Sink):
 
 
 class _ListenerSink(_Sink):
-    """A later stage's event consumer (MQTT): called with the event dict the webhook gets, the frame and the
-    top-k predictions, on a thread and bounded queue of its own like every sink."""
+    """A later stage's event consumer (MQTT): called with the event the webhook gets and, at its start, the
+    event's picture (the snapshot file's very bytes), on a thread and bounded queue of its own like every sink."""
 
     def __init__(self, owner: SinkSet, queue_size: int, name: str, listener: EventListener) -> None:
         super().__init__(owner, queue_size)
@@ -396,8 +419,8 @@ class _ListenerSink(_Sink):
         self.listener = listener
 
     def handle(self, d: _Delivery) -> None:
-        event = dict(d.event, kind=d.kind, snapshot=d.ticket.result(self.owner.snapshot_wait))
-        self.listener(d.kind, event, d.image, d.predictions)
+        event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        self.listener(d.kind, event, d.picture.get() if d.kind == "start" else None)
 
 
 class SinkSet:
@@ -468,36 +491,33 @@ class SinkSet:
             while len(self._starts) > _REMEMBERED_STARTS:
                 self._starts.popitem(last=False)
 
-    def emit(self, kind: str, event: dict, frame: np.ndarray | None,
+    def emit(self, kind: str, event: Event, frame: np.ndarray | None,
              predictions: Sequence[Prediction] = ()) -> None:
-        """Queue `event` for every sink (kind "start" | "end"); never blocks, drops are counted per sink."""
+        """Queue `event` for every sink (kind "start" | "end"); never blocks, drops are counted per sink. At
+        "start", `frame` and `predictions` make the event's picture (rendered later, once, on a sink thread)."""
         if kind not in ("start", "end"):
             raise ValueError(f"SinkSet.emit: kind must be 'start' or 'end' (got {kind!r})")
-        ev = dict(event)
-        key = (ev.get("camera"), ev.get("rule"), ev.get("started_at"))
+        key = (event.camera, event.rule, event.started_at)
         snap = self._snapshot
+        picture = _NO_PICTURE
         if kind == "start":
-            ticket = _SnapshotTicket(snap.path_for(ev) if snap is not None and frame is not None else None)
+            ticket = _SnapshotTicket(snap.path_for(event) if snap is not None and frame is not None else None)
             with self._lock:
                 self._starts[key] = ticket
                 while len(self._starts) > _REMEMBERED_STARTS:
                     self._starts.popitem(last=False)
+            if frame is not None:
+                picture = _Picture(event, frame, predictions, self.untrained)
         else:
             with self._lock:
                 ticket = self._starts.pop(key, None) or _SnapshotTicket(None)
-            if ticket.path is None and ev.get("snapshot"):
-                ticket = _SnapshotTicket(str(ev["snapshot"]))
+            if ticket.path is None and event.snapshot:
+                ticket = _SnapshotTicket(event.snapshot)
                 ticket.finish(True)
-        d = _Delivery(kind, ev, frame, list(predictions), ticket)
+        d = _Delivery(kind, event, picture, ticket)
         for s in self._sinks:
             if kind not in s.kinds:
                 continue
             if not s.offer(d) and s is snap:
                 ticket.path = None       # never written: nobody should wait for it or be told about it
                 ticket.finish(False)
-
-
-def _safe(name: str) -> str:
-    """A path component from a camera or rule name (no separators, no dot-dot)."""
-    cleaned = _UNSAFE.sub("_", name).strip(".") or "_"
-    return cleaned[:64]

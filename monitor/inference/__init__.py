@@ -1,2 +1,2 @@
-"""Stage 2, inference: the network, its artifacts and weights tooling, preprocessing, the classifier, the
-worker that batches due frames, the result board and the overlay drawn from results."""
+"""Stage 2, inference: the runtime artifacts, preprocessing, the classifier, the worker that batches due frames,
+the result board and the custom heads (the overlay drawn from results is in monitor.render)."""

@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from monitor.mqtt.client import MqttClient
 from monitor.mqtt.control import EnabledControl, PausedStore
@@ -39,14 +39,13 @@ from monitor.mqtt.resync import ResyncLimiter
 from monitor.mqtt.topics import Topics
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from monitor.alerts.event import Event
     from monitor.capture.camera import Camera
     from monitor.config.types import MqttConfig, RuleConfig
     from monitor.core.metrics import Metrics
-    from monitor.inference.classifier import Prediction
     from monitor.inference.heads.headset import HeadSet
     from monitor.inference.results import ResultBoard
+    from monitor.render.picture import EventPicture
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +73,12 @@ def paused_state_path(events_database: Path) -> Path:
 class MqttBridge:
     def __init__(self, cfg: MqttConfig, metrics: Metrics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], pause: Callable[[frozenset[str]], None],
-                 state_path: Path, untrained: bool = False) -> None:
+                 state_path: Path) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.topics = Topics(cfg.topic_prefix)
         self.client = MqttClient(cfg, metrics)
-        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive, untrained,
+        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive,
                                    before_poll=self._round)
         self._cameras = cameras
         self._pause = pause
@@ -136,9 +135,9 @@ class MqttBridge:
         self._apply(list(cameras), rules_by_camera(cameras, rules), heads)
         self._set_paused(self.paused)
 
-    def on_event(self, kind: str, event: dict, image: np.ndarray | None,
-                 predictions: Sequence[Prediction] = ()) -> None:
-        self.publisher.on_event(kind, event, image, predictions)
+    def on_event(self, kind: str, event: Event, picture: EventPicture | None) -> None:
+        """SinkSet listener ("mqtt" sink): rule ON/OFF, the events JSON, the snapshot's bytes at a start."""
+        self.publisher.on_event(kind, event, picture)
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -243,6 +242,3 @@ class MqttBridge:
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             self.resyncs.request(f"via MQTT topic {topic}")
-
-    def camera_names(self) -> Iterable[str]:
-        return list(self._names)

@@ -201,10 +201,6 @@ class MqttClient:
                 self._retained.pop(topic, None)
         return self._put(msg)
 
-    def retained_topics(self) -> list[str]:
-        with self._cond:
-            return list(self._retained)
-
     def subscribe(self, topic: str, handler: Handler, retained: bool = False) -> None:
         """Subscribe now (if connected) and after every reconnect; `handler(topic, payload)` runs on paho's
         network thread. retained=False: the broker's replays of retained messages are dropped (and logged once

@@ -7,7 +7,8 @@ events (handed over by the alert sinks). Nothing here runs on the capture or inf
   class set running on the camera; only results whose classes are the ones discovery announced (set_custom).
 - `<prefix>/<camera>/state` up/down (+ `/attributes` with the reason): retained, on change.
 - `<prefix>/<camera>/<rule>` ON/OFF: retained; `<prefix>/events`: one JSON per start and end;
-  `<prefix>/<camera>/snapshot`: JPEG of the frame that started the latest event, retained.
+  `<prefix>/<camera>/snapshot`: JPEG of the frame that started the latest event, retained (the snapshot file's
+  very bytes: the alert sinks render and encode an event's picture once).
 """
 from __future__ import annotations
 
@@ -17,36 +18,31 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-import cv2
-import numpy as np
-
-from monitor.inference.overlay import draw_overlay
 from monitor.mqtt.topics import Topics
 
 if TYPE_CHECKING:
+    from monitor.alerts.event import Event
     from monitor.capture.camera import Camera
-    from monitor.inference.classifier import Prediction
     from monitor.inference.results import CustomResult, Result, ResultBoard
     from monitor.mqtt.client import MqttClient
+    from monitor.render.picture import EventPicture
 
 log = logging.getLogger(__name__)
 
 _TICK = 0.25              # seconds between looks at the result board and the camera states
-_JPEG_QUALITY = 85
 
 
 class Publisher:
     """One thread ("mqtt-publisher") polling the ResultBoard and Camera.status(); on_event() for the alerts."""
 
     def __init__(self, client: MqttClient, topics: Topics, results: ResultBoard,
-                 cameras: Callable[[], Mapping[str, Camera]], keepalive: float, untrained: bool = False,
+                 cameras: Callable[[], Mapping[str, Camera]], keepalive: float,
                  before_poll: Callable[[], None] | None = None) -> None:
         self.client = client
         self.topics = topics
         self.results = results
         self.cameras = cameras
         self.keepalive = keepalive
-        self.untrained = untrained
         self.before_poll = before_poll       # runs first in every round (the bridge checks for swapped heads)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,18 +151,15 @@ class Publisher:
 
     # -- pushed: events (from the alert sink thread) ----------------------------------------------------------
 
-    def on_event(self, kind: str, event: dict, image: np.ndarray | None,
-                 predictions: Sequence[Prediction] = ()) -> None:
-        camera, rule = str(event.get("camera", "")), str(event.get("rule", ""))
+    def on_event(self, kind: str, event: Event, picture: EventPicture | None) -> None:
+        camera, rule = event.camera, event.rule
         if not camera or not rule:
             return
-        if kind == "start" and image is not None and camera in {c for c, _ in self._pairs}:
-            jpeg = self._jpeg(image, camera, predictions, str(event.get("label", "")), event.get("started_at"))
-            if jpeg is not None:
-                # resync=False: Home Assistant coming back finds it on the broker; re-sending tens of kB for each
-                # `online` was the bulk of an amplification (only a reconnect, to a broker that may have lost
-                # it, sends it again)
-                self.client.retain(self.topics.snapshot(camera), jpeg, resync=False)
+        if kind == "start" and picture is not None and camera in {c for c, _ in self._pairs}:
+            # resync=False: Home Assistant coming back finds it on the broker; re-sending tens of kB for each
+            # `online` was the bulk of an amplification (only a reconnect, to a broker that may have lost it,
+            # sends it again)
+            self.client.retain(self.topics.snapshot(camera), picture.jpeg, resync=False)
         on = kind == "start"
         with self._lock:
             # The end of an event of a rule or camera a reload removed may come after its topic was cleared:
@@ -177,17 +170,7 @@ class Publisher:
                 self._active.discard((camera, rule))
             if (camera, rule) in self._pairs:     # under the lock: forget() cannot clear it in between
                 self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
-        self.client.publish(self.topics.events, json.dumps(dict(event, kind=kind), default=str))
-
-    def _jpeg(self, image: np.ndarray, camera: str, predictions: Sequence[Prediction], label: str,
-              when: object) -> bytes | None:
-        img = draw_overlay(image, camera, list(predictions), None, [label] if label else [], self.untrained,
-                           when=when)
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-        if not ok:
-            log.warning("mqtt: cannot encode the snapshot of camera %s as JPEG", camera)
-            return None
-        return buf.tobytes()
+        self.client.publish(self.topics.events, json.dumps(event.payload(kind), default=str))
 
     # -- initial and removed states ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """JSON documents of the API: status, events, predictions, and the validation of their query parameters."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from monitor import __version__
+from monitor.alerts.event import Event
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 EVENTS_LIMIT_MAX = 1000
@@ -124,10 +126,11 @@ def status_json(app: Any, versions_doc: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def event_json(ev: Mapping[str, Any]) -> dict[str, Any]:
-    """An event for the API: the snapshot's file path stays on the server, the client gets a URL."""
-    doc = {k: v for k, v in ev.items() if k != "snapshot"}
-    doc["snapshot_url"] = f"/api/events/{int(ev['id'])}/snapshot.jpg" if ev.get("snapshot") else None
+def event_json(ev: Event) -> dict[str, Any]:
+    """An event of the history for the API (models.Event): the snapshot's file path stays on the server, the
+    client gets a URL."""
+    doc = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev) if f.name != "snapshot"}
+    doc["snapshot_url"] = f"/api/events/{ev.id}/snapshot.jpg" if ev.snapshot else None
     return doc
 
 

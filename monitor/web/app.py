@@ -23,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor import __version__
 from monitor.alerts.events import EventStoreError
+from monitor.render.jpeg import encode_jpeg
 from monitor.web import api, models
 from monitor.web.api import ApiError
-from monitor.web.mjpeg import BOUNDARY, ViewerLimit, encode_jpeg, render
+from monitor.web.mjpeg import BOUNDARY, ViewerLimit, render
 from monitor.web.protocol import STREAMING_KEY, TRANSPORT_KEY
 from monitor.web.upload import ClientGone, body_kind, checked_decode, file_field, read_body
 
@@ -182,9 +183,9 @@ def event_snapshot(event_id: str, request: Request) -> Response:
         raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
     if ev is None:
         raise ApiError(404, f"no event {number}")
-    if not ev.get("snapshot"):
+    if not ev.snapshot:
         raise ApiError(404, f"event {number} has no snapshot")
-    path = Path(ev["snapshot"])
+    path = Path(ev.snapshot)
     try:
         if not path.is_file() or path.stat().st_size > SNAPSHOT_MAX_BYTES:
             raise ApiError(404, f"snapshot of event {number} is missing")

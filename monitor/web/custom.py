@@ -5,7 +5,6 @@ carry no body to bound.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -16,9 +15,9 @@ import logging
 import math
 
 from monitor.alerts.events import EventStoreError
+from monitor.alerts.snapshot_files import clean_snapshot_path
 from monitor.inference.heads.labelling import LabelError
 from monitor.inference.heads.retrain import RetrainRefused
-from monitor.inference.heads.service import clean_snapshot_path
 from monitor.inference.heads.storage import StorageError
 from monitor.web.api import ApiError
 
@@ -129,22 +128,22 @@ def label_event(event_id: str, request: Request) -> JSONResponse:
         raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
     if ev is None:
         raise ApiError(404, f"no event {int(event_id)}")
-    if ":" not in str(ev.get("label", "")):
-        raise ApiError(400, f"event {ev['id']} is about ImageNet class {ev['label']!r}, not a custom class")
-    clean = clean_snapshot_path(ev["snapshot"]) if ev.get("snapshot") else None
-    image = cv2.imread(str(clean)) if clean is not None and Path(clean).is_file() else None
+    if ev.custom is None:
+        raise ApiError(400, f"event {ev.id} is about ImageNet class {ev.label!r}, not a custom class")
+    clean = clean_snapshot_path(ev.snapshot) if ev.snapshot else None
+    image = cv2.imread(str(clean)) if clean is not None and clean.is_file() else None
     if image is None:
-        raise ApiError(404, f"event {ev['id']} has no saved frame to learn from (alerts.snapshots must be set)")
-    cam = d.cameras.get(ev["camera"])
+        raise ApiError(404, f"event {ev.id} has no saved frame to learn from (alerts.snapshots must be set)")
+    cam = d.cameras.get(ev.camera)
     crop = cam.cfg.crop if cam is not None else "center"
     try:
-        d.custom.label_event(ev, right == "true", image, crop)
+        d.custom.label_event(ev.label, ev.camera, right == "true", image, crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
     except StorageError as e:
         raise storage_failed(e) from None
-    head = str(ev["label"]).partition(":")[0]
-    return JSONResponse({"event": ev["id"], "right": right == "true", "examples": d.custom.counts(head)},
+    head, _ = ev.custom
+    return JSONResponse({"event": ev.id, "right": right == "true", "examples": d.custom.counts(head)},
                         200, _NO_STORE)
 
 

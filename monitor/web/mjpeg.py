@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 
 from monitor.config.types import StreamConfig
+from monitor.render.jpeg import encode_jpeg
+from monitor.render.overlay import draw_overlay
 
 try:                                  # Linux/BSD: bytes still queued in a socket's send buffer
     import fcntl
@@ -40,8 +42,6 @@ BOUNDARY = "monitor-frame"
 
 def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndarray:
     """The frame as viewers see it: resized to `width` (0 = native) with the overlay drawn."""
-    from monitor.inference.overlay import draw_overlay
-
     h, w = image.shape[:2]
     scale = 1.0
     if width and width != w:
@@ -59,13 +59,6 @@ def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndar
     return draw_overlay(image, camera_name, predictions, fps, app.alerts.active(camera_name),
                         bool(app.classifier.untrained), custom=list(result.custom.values()) if result else (),
                         heatmap=heatmap)
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def mjpeg_part(jpeg: bytes) -> bytes:

@@ -1,14 +1,19 @@
 """Typed documents of the JSON API (pydantic v2): what /api/* answers, and the shape of every error.
 
 They are the response models of the FastAPI routes, so /openapi.json describes them. Documents built from
-dicts other components fill (camera status, events) allow extra keys: a field added there is passed through
-rather than silently dropped.
+dicts other components fill (camera status) allow extra keys: a field added there is passed through rather than
+silently dropped. An event's document is built from the fields of monitor.alerts.event.Event itself (a field
+added there appears here, documented).
 """
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+import typing
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from monitor.alerts import event as alert_event
 
 
 class Error(BaseModel):
@@ -68,18 +73,31 @@ class Status(BaseModel):
     versions: dict[str, str]
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# Event fields the API shows otherwise: the snapshot's server path stays on the server (the client gets
+# snapshot_url), and every event the API lists comes from the history, so it has an id.
+_EVENT_HIDDEN = frozenset({"snapshot"})
+_EVENT_TYPES: dict[str, Any] = {"id": int}
 
-    id: int
-    camera: str
-    rule: str
-    label: str
-    score: float
-    peak_score: Optional[float] = None
-    started_at: float
-    ended_at: Optional[float] = None
-    snapshot_url: Optional[str] = Field(description="URL of the event's snapshot JPEG, if one was saved")
+
+def _event_fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(alert_event.Event)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(alert_event.Event):
+        if f.name in _EVENT_HIDDEN:
+            continue
+        required = f.default is dataclasses.MISSING or f.name in _EVENT_TYPES
+        out[f.name] = (_EVENT_TYPES.get(f.name, hints[f.name]),
+                       Field(... if required else f.default, description=f.metadata.get("doc")))
+    return out
+
+
+Event = create_model(
+    "Event",
+    __doc__="An alert event (monitor.alerts.event.Event) as the API shows it.",
+    __config__=ConfigDict(extra="forbid"),
+    **_event_fields(),
+    snapshot_url=(Optional[str], Field(description="URL of the event's snapshot JPEG, if one was saved")),
+)
 
 
 class Events(BaseModel):

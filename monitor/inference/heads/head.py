@@ -46,10 +46,6 @@ class Head:
         if len(self.classes) != self.weight.shape[0]:
             raise ValueError(f"head {self.name!r}: {len(self.classes)} classes but {self.weight.shape[0]} rows")
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.weight.shape[1])
-
     def index(self, class_name: str) -> int:
         try:
             return self.classes.index(class_name)

@@ -24,12 +24,6 @@ if TYPE_CHECKING:
 NONE_CLASS = "none"
 
 
-def clean_snapshot_path(snapshot: str | Path) -> Path:
-    """Where the snapshot sink keeps the frame of a custom-class event without the overlay (for labelling)."""
-    p = Path(snapshot)
-    return p.with_name(p.stem + ".clean.jpg")
-
-
 @dataclass(frozen=True)
 class CustomState:
     """One consistent set: the heads the worker runs, their example stores, the rules that name their classes."""
@@ -96,14 +90,14 @@ class CustomClasses:
         store = self.state.stores.get(head)
         return store.counts() if store is not None else {}
 
-    def label_event(self, event: Mapping[str, Any], right: bool, frame: np.ndarray, camera_crop: Any) -> Path:
-        """An event of rule entry "head:class" was right (file its frame under the class) or wrong (under none)."""
-        head, sep, cls = str(event.get("label", "")).partition(":")
+    def label_event(self, label: str, camera: str, right: bool, frame: np.ndarray, camera_crop: Any) -> Path:
+        """An event of `camera` whose rule entry `label` is "head:class" was right (file its frame under the
+        class) or wrong (under none)."""
+        head, sep, cls = label.partition(":")
         if not sep:
-            raise LabelError(f"event {event.get('id')} is about ImageNet class {event.get('label')!r}, not a "
-                             f"custom class: nothing to learn from it")
-        return self.label_frame(head, cls if right else NONE_CLASS, str(event.get("camera", "")), frame,
-                                camera_crop)
+            raise LabelError(f"the event is about ImageNet class {label!r}, not a custom class: nothing to learn "
+                             f"from it")
+        return self.label_frame(head, cls if right else NONE_CLASS, camera, frame, camera_crop)
 
     def retrain(self, head: str) -> dict[str, Any]:
         """Queue a retrain (KeyError: no such head; RetrainRefused "too_soon": within its retrain_interval)."""

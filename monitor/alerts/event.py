@@ -1,0 +1,48 @@
+"""Event: one alert event, the one type every consumer reads (engine, store, sinks, MQTT, the HTTP API).
+
+Immutable: the engine makes a new instance as the event learns more (its id after the store insert, its end and
+peak when it ends) with dataclasses.replace, so an instance handed to a sink thread never changes under it.
+Each field's `doc` metadata is its documentation; the API's response model (monitor.web.models.Event) is built
+from these fields and carries it into /openapi.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# Fields only the event history has: crash recovery writes `note` on rows a dead process left open. A live event
+# never has one, so the webhook and MQTT payloads leave it out (as they always did).
+STORED_ONLY = frozenset({"note"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    # None until stored, and for good when the write failed (the alert still goes out)
+    id: int | None = field(default=None, metadata={"doc": "row id in the event history"})
+    camera: str = field(metadata={"doc": "camera name"})
+    rule: str = field(metadata={"doc": "watchlist rule name"})
+    label: str = field(metadata={"doc": "the rule entry that matched: an ImageNet class or group, or head:class"})
+    score: float = field(metadata={"doc": "the entry's score on the frame that started the event"})
+    peak_score: float = field(metadata={"doc": "highest score while the event lasted (so far, while open)"})
+    started_at: float = field(metadata={"doc": "Unix time the event started"})
+    ended_at: float | None = field(default=None, metadata={"doc": "Unix time it ended (null while open)"})
+    snapshot: str | None = field(default=None, metadata={
+        "doc": "server path of the snapshot JPEG (null: not written, or no alerts.snapshots)"})
+    note: str | None = field(default=None, metadata={
+        "doc": "set when the event was closed at startup after the process died while it was open"})
+
+    @property
+    def custom(self) -> tuple[str, str] | None:
+        """(head, class) of an event of a custom-class entry ("porch:package"), None for an ImageNet one."""
+        head, sep, cls = self.label.partition(":")
+        return (head, cls) if sep else None
+
+    def payload(self, kind: str) -> dict[str, Any]:
+        """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but the stored-only
+        ones, then `kind` ("start" | "end")."""
+        doc = {name: getattr(self, name) for name in LIVE_FIELDS}
+        doc["kind"] = kind
+        return doc
+
+
+LIVE_FIELDS = tuple(f.name for f in fields(Event) if f.name not in STORED_ONLY)
