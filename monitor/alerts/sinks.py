@@ -100,7 +100,7 @@ class _Picture:
                 try:
                     self._picture = render_event_picture(image, ev.camera, ev.label, ev.started_at, predictions,
                                                          untrained, clean=ev.custom is not None)
-                except (RuntimeError, ValueError) as exc:
+                except Exception as exc:      # cv2.error included: no picture, every delivery still goes out
                     log.warning("alerts: cannot render the picture of event %s: %s", ev.id, exc)
             return self._picture
 
