@@ -96,7 +96,7 @@ def _sniff(data: bytes) -> ImageHeader | None:
         return _jp2(data)
     if data[:4] == b"\xff\x4f\xff\x51":                   # raw JPEG 2000 codestream: SIZ right after SOC
         xsiz, ysiz, xo, yo = struct.unpack(">IIII", data[8:24])
-        return ImageHeader("JPEG 2000", xsiz - xo, ysiz - yo, 16)
+        return _j2k_tiles(ImageHeader("JPEG 2000", xsiz - xo, ysiz - yo, 16), data, 0)
     if data[4:8] == b"ftyp" and (b"avif" in data[8:40] or b"avis" in data[8:40]):
         return _avif(data)
     return None
@@ -376,6 +376,9 @@ _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 # bytes for each to catch loops) before it decodes the first: 117 MB and 0.2 s of CPU for a 9 MB file of empty
 # directories. A scanner's document has tens of pages.
 TIFF_MAX_PAGES = 1024
+# Strips or tiles of the first page: OpenCV reads them one by one, about 1 us each (a 1 x 1,000,000 image in
+# one-row strips: 0.9 s). A 40-megapixel image in one-row strips has 6,000 or so.
+TIFF_MAX_STRIPS = 65_536
 
 
 def _tiff(data: bytes) -> ImageHeader | None:
@@ -416,12 +419,17 @@ def _tiff_entries(data: bytes, e: str, start: int, count: int, size: int, count_
     bpp = max(3, samples * max(1, bits // 8) + 3)
     # OpenCV reads a tile (or a strip) at a time into an RGBA buffer of the tile's size, which the header sets
     # apart from the image's: a 16 x 16 image with 16384 x 16384 tiles fills 1 GB.
-    if 322 in tags and 323 in tags:
+    if 322 in tags and 323 in tags and tags[322] and tags[323]:
         tile = tags[322] * tags[323]
+        count = -(-w // tags[322]) * -(-h // tags[323])
     else:
         rows = tags.get(278, 0)
-        tile = w * (h if rows == 0 or rows >= h else rows)
-    return ImageHeader("TIFF", w, h, bpp, 4 * tile, "TIFF: the RGBA buffer of one tile or strip")
+        rows = h if rows == 0 or rows >= h else rows
+        tile, count = w * rows, -(-h // max(1, rows))
+    excess = None
+    if count > TIFF_MAX_STRIPS:
+        excess = f"TIFF in {count:,} strips or tiles, more than {TIFF_MAX_STRIPS:,}"
+    return ImageHeader("TIFF", w, h, bpp, 4 * tile, "TIFF: the RGBA buffer of one tile or strip", excess=excess)
 
 
 def _tiff_pages(header: ImageHeader | None, data: bytes, e: str, ifd: int, count_fmt: str, entry: int,
@@ -437,7 +445,7 @@ def _tiff_pages(header: ImageHeader | None, data: bytes, e: str, ifd: int, count
             (ifd,) = struct.unpack_from(e + next_fmt, data, ifd + step + count * entry)
     except struct.error:
         pass                                              # the chain ends in a bad offset: libtiff stops there
-    if len(seen) > TIFF_MAX_PAGES:
+    if len(seen) > TIFF_MAX_PAGES and header.excess is None:
         return header._replace(excess=f"TIFF with more than {TIFF_MAX_PAGES:,} pages (OpenCV counts them all "
                                       f"before decoding the first)")
     return header
@@ -498,13 +506,32 @@ def _boxes(data: bytes, start: int, end: int):
 
 
 def _jp2(data: bytes) -> ImageHeader | None:
+    header = None
     for kind, start, end in _boxes(data, 0, len(data)):
         if kind == b"jp2h":
             for sub, s, _ in _boxes(data, start, end):
                 if sub == b"ihdr":
                     h, w, comps = struct.unpack(">IIH", data[s:s + 10])
-                    return ImageHeader("JPEG 2000", w, h, max(16, 4 * comps + 4))
-    return None
+                    header = ImageHeader("JPEG 2000", w, h, max(16, 4 * comps + 4))
+        elif kind == b"jp2c" and header is not None:
+            return _j2k_tiles(header, data, start)        # the codestream: its SIZ sets the tiles
+    return header
+
+
+# OpenJPEG sets up every tile the SIZ marker declares before decoding any: about 6.5 KB + 1.1 KB per component
+# each (measured), so 65,535 tiles of 1 x 1 (its maximum) take 476 MB for a 67-byte file.
+_J2K_TILE_BYTES, _J2K_COMPONENT_BYTES = 8192, 1536
+
+
+def _j2k_tiles(header: ImageHeader, data: bytes, at: int) -> ImageHeader:
+    if data[at:at + 4] != b"\xff\x4f\xff\x51":
+        return header
+    xsiz, ysiz, _, _, xt, yt, xto, yto, comps = struct.unpack(">IIIIIIIIH", data[at + 8:at + 42])
+    if not xt or not yt:
+        return header
+    tiles = -(-max(0, xsiz - xto) // xt) * -(-max(0, ysiz - yto) // yt)
+    return header._replace(held_bytes=tiles * (_J2K_TILE_BYTES + _J2K_COMPONENT_BYTES * comps),
+                           held_for=f"JPEG 2000: the state of its {tiles:,} tile{'s' * (tiles != 1)}")
 
 
 def _avif(data: bytes) -> ImageHeader | None:
