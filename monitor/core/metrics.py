@@ -1,9 +1,12 @@
 """Prometheus metrics of one daemon instance, on a registry of its own (tests get a fresh one each)."""
 from __future__ import annotations
 
+import copy
 import platform
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics_core import Metric
 
 from monitor import __version__
 
@@ -13,11 +16,27 @@ _INFERENCE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class NoCreatedRegistry(CollectorRegistry):
+    """A registry that exports no `<name>_created` samples. prometheus-client adds one beside every counter,
+    histogram and summary series (the series' creation time): they double the series count and no dashboard
+    reads them. Dropped at collection rather than with prometheus_client.disable_created_metrics() or
+    PROMETHEUS_DISABLE_CREATED_SERIES, which are process-wide switches: this holds whatever another import
+    sets them to, and whenever it does."""
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():
+            created = metric.name + "_created"
+            if any(sample.name == created for sample in metric.samples):
+                metric = copy.copy(metric)      # a collector may hand out a Metric it keeps
+                metric.samples = [sample for sample in metric.samples if sample.name != created]
+            yield metric
+
+
 class Metrics:
     """Every collector the daemon exports. Components receive this object and touch only their part."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+    def __init__(self) -> None:
+        self.registry: CollectorRegistry = NoCreatedRegistry()
         r = self.registry
         # capture
         self.frames_captured = Counter("monitor_frames_captured", "Frames read from the camera", ["camera"], registry=r)
