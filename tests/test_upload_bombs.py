@@ -308,7 +308,8 @@ def post(served: Served, data: bytes, ctype: str = "application/octet-stream") -
 def _print(name: str, cost: Cost) -> None:
     FIGURES[name] = cost
     print(f"\n{name}: {cost.status} in {cost.seconds * 1000:.0f} ms; CPU {cost.daemon_cpu:.3f} s daemon + "
-          f"{cost.decoder_cpu:.3f} s decoder; peak +{cost.daemon_peak_mb:.1f} MB daemon, +{cost.decoder_peak_mb:.1f} MB "
+          f"{cost.decoder_cpu:.3f} s decoder; peak +{cost.daemon_peak_mb:.1f} MB daemon, "
+          f"+{cost.decoder_peak_mb:.1f} MB "
           f"decoder; {cost.error[:150]}")
 
 
@@ -529,12 +530,13 @@ def test_the_systemd_unit_allows_every_call_of_a_decoder_process(tmp_path: Path)
     files = []
     for name, data in (("a.png", cv2.imencode(".png", flat(640, 480))[1].tobytes()),
                        ("b.jpg", cv2.imencode(".jpg", flat(640, 480))[1].tobytes()),
-                       ("bomb.jpg", scan_bomb(repeats=2000)), ("c.png", cv2.imencode(".png", flat(64, 48))[1].tobytes())):
+                       ("bomb.jpg", scan_bomb(repeats=2000)),
+                       ("c.png", cv2.imencode(".png", flat(64, 48))[1].tobytes())):
         (tmp_path / name).write_bytes(data)
         files.append(str(tmp_path / name))
     out = tmp_path / "strace"
-    run = subprocess.run(["strace", "-f", "-qq", "-s", "200", "-o", str(out), sys.executable, "-c", _TRACED, *files], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(["strace", "-f", "-qq", "-s", "200", "-o", str(out), sys.executable, "-c", _TRACED, *files],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "bomb.jpg cpu" in run.stdout, run.stderr[-2000:]
     lines = out.read_text().splitlines()
     workers = {line.split()[0] for line in lines if "execve(" in line and "decode_worker" in line}

@@ -7,9 +7,10 @@ answers; stderr too, so that a hostile file cannot fill the journal with libjpeg
 
 Once cv2 is imported it writes READY. Request: REQUEST header (magic, data length, imread flag, classify side,
 CPU seconds, address-space bytes), then the data. Answer: ANSWER header (status, payload length), then the
-payload: for OK, IMAGE (height, width, channels) and the uint8 pixels; for FAILED, a UTF-8 message. Before each decode the process limits itself:
-RLIMIT_CPU a second past the parent's limit (the parent measures and kills first, to the tick; this is the
-floor if the parent cannot) and RLIMIT_AS to what the decode was charged plus a margin (a decode that
+payload: for OK, IMAGE (height, width, channels) and the uint8 pixels; for FAILED, a UTF-8 message. Before
+each decode the process limits itself: RLIMIT_CPU a second past the parent's limit (the parent measures and
+kills first, to the tick; this is the floor if the parent cannot) and RLIMIT_AS to what the decode was charged
+plus a margin (a decode that
 allocates more fails in the decoder instead of growing the machine's memory). Both limits are lifted between
 decodes.
 """

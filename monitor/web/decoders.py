@@ -1,18 +1,19 @@
 """Upload decoding in a few worker processes, each decode bounded in CPU time, memory and wall time.
 
 Why processes, not the request's thread: a decode inside libjpeg, libpng, libtiff or libwebp cannot be
-interrupted from Python, and some files cost far more CPU than their pixels suggest (a 714 KB progressive JPEG
-with 20,000 scans: 16 s of CPU, and it went on after the client had hung up). The header walk in
-monitor.web.imagesize refuses the shapes known to be costly; whatever it does not foresee (any format, any
-decoder bug) is bounded here: the parent reads the worker's CPU time every POLL seconds and kills it past
-`cpu_seconds` (it sets RLIMIT_CPU on itself as a floor), at the upload's deadline, or when the client hangs up.
-A killed worker is replaced at once, so the next upload does not wait for a start.
+interrupted from Python, a thread cannot be killed, RLIMIT_CPU would count the whole daemon, and some files
+cost far more CPU than their pixels suggest (a 714 KB progressive JPEG with 20,000 scans: 16 to 22 s of CPU,
+and it went on after the client had hung up). The header walk in monitor.web.imagesize refuses the shapes
+known to be costly; whatever it does not foresee (any format, any decoder bug) is bounded here: the parent
+reads the worker's CPU time every POLL seconds and kills it past `cpu_seconds` (it sets RLIMIT_CPU on itself as
+a floor), at the upload's deadline, or when the client hangs up. A killed worker is replaced at once, so the
+next upload does not wait for a start.
 
 What it costs (measured in tests/test_upload_bombs.py, both ways in the same run, printed with -s): a worker is
-about 40 MB resident, 18 MB of it its own, and 0.15 s of CPU to start; a decode in a warm worker adds about a
-millisecond to an upload (the data goes down a pipe, the scaled-down picture, at most CLASSIFY_SIDE on its
-short side, comes back). Workers start when the first upload needs one (a daemon nobody uploads to pays
-nothing) and stay; at most `size` of them: more decodes at once would only share the same cores.
+about 45 MB resident, 19 MB of it its own, and 0.15 s of CPU to start; a decode in a warm worker adds 2 to 3 ms
+to an upload (the data goes down a pipe, the scaled-down picture, at most CLASSIFY_SIDE on its short side,
+comes back). Workers start when the first upload needs one (a daemon nobody uploads to pays nothing) and stay;
+at most `size` of them: more decodes at once would only share the same cores.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 class DecodeError(Exception):
     """A decode that gave no picture; `kind` says why: "unreadable" (the decoder refused the data), "cpu" (killed
     past its CPU time), "deadline" (killed at the upload's deadline), "cancelled" (the client hung up), "busy"
-    (no worker free before the deadline), "crashed" (the worker died on its own), "closed" (the pool stopped)."""
+    (no worker free before the deadline), "crashed" (the worker died on its own), "unavailable" (no worker could
+    start), "closed" (the pool stopped)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -230,7 +232,7 @@ class DecoderPool:
             worker = _Worker()
         except OSError as e:
             log.error("web: cannot start an upload decoder process: %s", e)
-            raise DecodeError("crashed", f"cannot start a decoder process ({e.strerror or e})") from None
+            raise DecodeError("unavailable", f"cannot start a decoder process ({e.strerror or e})") from None
         with self._cond:
             closed = self._closed
             if not closed:
@@ -343,7 +345,9 @@ class DecoderPool:
                 worker.kill()
                 raise DecodeError("deadline", "no decoder process started in time")
         if os.read(worker.answers, 1) != protocol.READY:
-            raise self._died(worker)
+            death = worker.death()
+            log.error("web: an upload decoder process %s before it was ready (%s %s)", death, sys.executable, WORKER)
+            raise DecodeError("unavailable", f"the decoder process {death} as it started")
         worker.ready = True
 
     def _died(self, worker: _Worker) -> DecodeError:

@@ -276,6 +276,8 @@ def _refusal(e: DecodeError, name: str, header: ImageHeader) -> Exception:
         return ApiError(503, "too many uploads being decoded, try again", {"Retry-After": "2"})
     if e.kind == "closed":
         return ApiError(503, "the server is stopping", {"Retry-After": "5"})
+    if e.kind == "unavailable":
+        return ApiError(503, f"no image decoder available ({e}; see the daemon's log)", {"Retry-After": "5"})
     return ApiError(503, f"{what}: {e} (the server is busy), try again", {"Retry-After": "2"})
 
 
