@@ -295,30 +295,39 @@ class DecoderPool:
         except OSError:
             stats("crashed", 0)
             raise self._died(worker) from None
-        answer = bytearray()
-        want = protocol.ANSWER.size
-        status = None
-        check = 0.0
-        while status is None or len(answer) < want:
+        # The answer: its header, then its payload read into one buffer of the announced size. The worker is what
+        # parses hostile data, so the parent believes no size it sends beyond what the decode was charged.
+        head = bytearray(protocol.ANSWER.size)
+        payload: bytearray | None = None
+        got, check = 0, 0.0
+        while payload is None or got < len(payload):
             if time.monotonic() >= check:
                 self._check(worker, deadline, cancelled, cpu0, stats)
                 check = time.monotonic() + POLL
             if not worker.wait(min(POLL, max(0.0, deadline - time.monotonic()))):
                 continue
-            chunk = os.read(worker.answers, max(1 << 16, want - len(answer)))
-            if not chunk:
+            target = memoryview(head if payload is None else payload)[got:]
+            n = os.readv(worker.answers, [target])
+            if not n:
                 stats("crashed", 0)
                 raise self._died(worker)
-            answer += chunk
-            if status is None and len(answer) >= want:
-                status, length = protocol.ANSWER.unpack_from(answer)
-                want += length
-        payload = memoryview(answer)[protocol.ANSWER.size:want]
+            got += n
+            if payload is None and got == len(head):
+                status, length = protocol.ANSWER.unpack(head)
+                if length > memory + (1 << 20):
+                    stats("crashed", worker.memory(b"VmHWM:"))
+                    worker.kill()
+                    raise DecodeError("crashed", f"the decoder process announced a {length}-byte answer")
+                payload, got = bytearray(length), 0
         if status != protocol.OK:
             stats("unreadable", worker.memory(b"VmHWM:"))
-            raise DecodeError("unreadable", bytes(payload).decode("utf-8", "replace"))
+            raise DecodeError("unreadable", payload.decode("utf-8", "replace"))
         h, w, c = protocol.IMAGE.unpack_from(payload)
-        image = np.frombuffer(answer, np.uint8, h * w * c, protocol.ANSWER.size + protocol.IMAGE.size)
+        if h * w * c != len(payload) - protocol.IMAGE.size:
+            stats("crashed", worker.memory(b"VmHWM:"))
+            worker.kill()
+            raise DecodeError("crashed", "the decoder process sent a picture of the wrong size")
+        image = np.frombuffer(payload, np.uint8, h * w * c, protocol.IMAGE.size)
         stats("ok", worker.memory(b"VmHWM:"))
         return image.reshape(h, w, c), "ok"
 
