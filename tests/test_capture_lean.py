@@ -148,11 +148,15 @@ def test_crop_outside_the_frame_is_a_camera_error_not_a_one_pixel_crop(videos_di
 
 
 def test_crop_box_refuses_a_region_outside_the_frame() -> None:
-    with pytest.raises(ValueError, match="outside the 768x432 frame"):
+    """Preprocessing places a crop with the one bounds check (Region.clip_to, tests/test_region.py): a box
+    that is not wholly inside the frame is refused, never classified as a smaller box than the one written."""
+    with pytest.raises(ValueError, match="does not fit the 768x432 frame"):
         crop_box(432, 768, (800, 100, 200, 200))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="does not fit"):
         crop_box(432, 768, (0, 500, 10, 10))
-    assert crop_box(432, 768, (700, 400, 100, 100)) == (700, 400, 68, 32)     # partly inside: clipped
+    with pytest.raises(ValueError, match=r"crop \[700, 400, 100, 100\] does not fit"):
+        crop_box(432, 768, (700, 400, 100, 100))                                # partly inside
+    assert crop_box(432, 768, (668, 332, 100, 100)) == (668, 332, 100, 100)
 
 
 # ---------------------------------------------------------------- hardware decode

@@ -13,6 +13,7 @@ import cv2
 import pytest
 
 from monitor.config.loader import parse_config
+from monitor.core.region import CENTER
 from monitor.daemon import Daemon
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
@@ -75,6 +76,8 @@ def test_rule_on_a_custom_class_fires_on_the_right_stream_only(
     ev = wait_until(lambda: getattr(d.events.get(rows[0].id), "snapshot", None) and d.events.get(rows[0].id), 10)
     clean = clean_snapshot_path(ev.snapshot)
     assert clean.is_file()
-    path = d.custom.label_event(ev.label, ev.camera, True, cv2.imread(str(clean)), d.config.cameras[0].crop)
+    image = cv2.imread(str(clean))
+    assert ev.box == CENTER.clip_to(image.shape[1], image.shape[0])     # the region its frame was scored on
+    path = d.custom.label_event(ev.label, ev.camera, True, image, ev.box)
     assert path.parent == tmp_path / "examples" / "scene" / "cars"
     assert d.events.query(camera="shelf") == []

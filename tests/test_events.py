@@ -245,3 +245,26 @@ def test_a_second_opener_leaves_the_owners_open_events_alone(tmp_path: Path) -> 
     owner.end_event(eid, 5.0, 0.7)
     assert owner.get(eid).ended_at == 5.0 and owner.get(eid).note is None
     owner.close()
+
+
+def test_the_region_an_event_was_scored_on_is_kept_and_an_older_database_gains_its_column(tmp_path: Path) -> None:
+    """Event.box (what labelling the event files) goes through the store; a database made before events kept
+    it gets the column on open, and its rows come back without a box."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(str(path))
+    old.executescript("""CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, camera TEXT NOT NULL,
+        rule TEXT NOT NULL, label TEXT NOT NULL, score REAL NOT NULL, peak_score REAL NOT NULL,
+        started_at REAL NOT NULL, ended_at REAL, snapshot TEXT, last_seen REAL NOT NULL, note TEXT);
+        INSERT INTO events (camera, rule, label, score, peak_score, started_at, ended_at, last_seen)
+        VALUES ('porch', 'parcels', 'porch:package', 0.8, 0.8, 100.0, 130.0, 130.0);""")
+    old.close()
+    store = EventStore(path, Metrics())
+    try:
+        (before,) = store.query()
+        assert before.box is None and before.label == "porch:package"
+        ev = store.insert(Event(camera="porch", rule="parcels", label="porch:package", score=0.9, peak_score=0.9,
+                                started_at=200.0, box=(10, 20, 300, 200)))
+        assert store.get(ev.id) == ev and store.get(ev.id).box == (10, 20, 300, 200)
+        assert "box" not in ev.payload("start")          # the webhook and MQTT carry what they always did
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ Footage: Intel IoT DevKit sample videos (CC BY 4.0) in ../shared/data/videos.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from monitor.config.loader import parse_config
 from monitor.inference.classifier import Classifier
-from monitor.inference.heads import save_head
+from monitor.inference.heads import Head, save_head
 from monitor.inference.heads.training import train_head
 from monitor.weights import synthetic_batches
 from testkit.footage import read_video_frames
@@ -128,3 +129,56 @@ def test_label_retrain_explain_and_heatmap_over_http(tmp_path: Path, demo_weight
         assert request(port, "GET", "/snapshot/street.jpg").status == 200
         assert post(port, "/api/cameras/street/heatmap?on=false").status == 200
         assert post(port, "/api/cameras/street/heatmap?on=maybe").status == 400
+
+
+def test_an_event_from_before_a_reload_is_labelled_on_the_region_it_was_classified_on(
+        tmp_path: Path, demo_weights: Path, videos_dir: Path) -> None:
+    """The crop travels with the frame: a reload moves the camera's crop, and marking an event from before it
+    files the region that event's frame was classified on (the old crop), not the camera's crop of now; a live
+    frame labelled after the reload is cut with the new one."""
+    rng = np.random.default_rng(7)
+    head = Head("scene", ("none", "cars"), rng.normal(size=(2, 512)).astype(np.float32),
+                np.zeros(2, np.float32), {"sha256": Classifier(demo_weights).backbone_id, "name": "demo"})
+    head_path = save_head(head, tmp_path / "scene.head")
+    old_crop, new_crop = [0, 0, 320, 240], [400, 150, 300, 200]         # of the 768x432 frames
+
+    def config(crop: list[int]):
+        return parse_config({
+            "server": {"host": "127.0.0.1", "port": 0},
+            "model": {"weights": str(demo_weights), "threads": 2},
+            "cameras": [file_camera(videos_dir, "street", "car-detection", crop=crop)],
+            "custom_classes": [{"name": "scene", "head": str(head_path)}],
+            # min_score 0: every classified frame hits, so the first one starts an event
+            "watchlist": [{"name": "any", "classes": ["scene:cars"], "min_score": 0.0, "min_frames": 1}],
+            "alerts": {"snapshots": str(tmp_path / "snapshots")},
+            "events": {"database": str(tmp_path / "state" / "events.db")},
+        }, tmp_path)
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with Served(config(old_crop)) as s:
+            port = s.port
+            ev = wait_until(lambda: next((e for e in request(port, "GET", "/api/events").json()["events"]
+                                          if e["snapshot_url"]), None), 30)
+            assert ev and ev["label"] == "scene:cars" and ev["box"] == old_crop, ev
+            old_camera = s.app.cameras["street"]
+            s.app.reload(config(new_crop))
+            assert s.app.cameras["street"] is not old_camera
+            assert wait_until(lambda: getattr(s.app.results.get("street"), "box", None) == tuple(new_crop), 20)
+
+            answer = post(port, f"/api/events/{ev['id']}/label?right=true")
+            assert answer.status == 200, answer.json()
+            (filed,) = (tmp_path / "state" / "examples" / "scene" / "cars").glob("*.jpg")
+            clean = cv2.imread(str(s.app.events.get(ev["id"]).snapshot).replace(".jpg", ".clean.jpg"))
+            x, y, w, h = old_crop
+            example = cv2.imread(str(filed))
+            assert example.shape == (h, w, 3), example.shape
+            assert np.abs(example.astype(int) - clean[y:y + h, x:x + w]).mean() < 4, "not the old region's pixels"
+
+            assert post(port, "/api/cameras/street/label?head=scene&class=none").status == 200
+            (live,) = (tmp_path / "state" / "examples" / "scene" / "none").glob("*.jpg")
+            assert cv2.imread(str(live)).shape == (new_crop[3], new_crop[2], 3)
+    finally:
+        root.handlers[:] = handlers     # Daemon.reload() sets up the CLI's logging: undo it
+        root.setLevel(level)

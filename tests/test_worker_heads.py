@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from monitor.core.region import Box, Region
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import Head
 from monitor.inference.heads.cam import activation_map, pooled_features
@@ -23,13 +24,16 @@ class _Frame:
     seq: int
     captured_at: float
     captured_mono: float
+    box: Box | None
 
 
 class _Camera:                       # the part of capture.Camera the worker uses
     def __init__(self, name: str, crop, image: np.ndarray) -> None:
         self.name = name
         self.cfg = SimpleNamespace(crop=crop)
-        self._frame: _Frame | None = _Frame(image, 1, 0.0, 0.0)
+        # a camera places its crop in each frame when it captures it; the worker classifies that region
+        box = Region.of(crop).clip_to(image.shape[1], image.shape[0])
+        self._frame: _Frame | None = _Frame(image, 1, 0.0, 0.0, box)
 
     def take_due(self):
         frame, self._frame = self._frame, None
@@ -73,7 +77,9 @@ def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, r
     worker = InferenceWorker(clf, ResultBoard(), recorder, metrics, heads=heads)
     worker.set_cameras([_Camera("front", "center", front), _Camera("back", "full", back)])
     assert worker.run_once() == 2
-    assert calls == [["center", "full", region]]          # one inference call, the porch region appended
+    front_box = Region.of("center").clip_to(front.shape[1], front.shape[0])
+    back_box = (0, 0, back.shape[1], back.shape[0])
+    assert calls == [[front_box, back_box, region]]       # one inference call, the porch region appended
     by_cam = {r.camera: r for r in recorder.results}
     assert set(by_cam["front"].custom) == {"porch", "door"} and set(by_cam["back"].custom) == {"door"}
     ref = clf.infer([front, back, front], ["center", "full", region])
@@ -88,7 +94,9 @@ def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, r
     r = by_cam["back"]
     np.testing.assert_allclose(r.heatmap, activation_map(ref.feature_maps[1], clf.fc_weight[r.predictions[0].index]),
                                rtol=1e-4, atol=1e-4)
-    assert r.box == (0, 0, back.shape[1], back.shape[0])
+    assert r.box == back_box
+    assert by_cam["front"].custom["porch"].box == region and by_cam["front"].custom["door"].box == front_box
+    assert by_cam["front"].box_for("porch:package") == region and by_cam["front"].box_for("dog") == front_box
     assert metrics.registry.get_sample_value("monitor_custom_class_probability",
                                              {"camera": "front", "head": "porch", "class": "package"}) == \
         pytest.approx(float(by_cam["front"].custom["porch"].probabilities[1]))

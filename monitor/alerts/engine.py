@@ -282,7 +282,7 @@ class AlertEngine:
         # Hits during the cooldown keep counting, so a class still present when it expires alerts at once.
         if hit and st.streak >= max(1, cfg.min_frames) and now >= st.cooldown_until:
             event = Event(camera=st.camera, rule=cfg.name, label=label, score=float(score),
-                          peak_score=float(st.streak_peak), started_at=now)
+                          peak_score=float(st.streak_peak), started_at=now, box=result.box_for(label))
             st.active = _Active(event=event, peak=st.streak_peak, last_hit=now, persisted_at=now)
             st.streak = 0
             st.streak_peak = 0.0

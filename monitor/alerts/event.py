@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Fields only the event history has: crash recovery writes `note` on rows a dead process left open. A live event
-# never has one, so the webhook and MQTT payloads leave it out (as they always did).
-STORED_ONLY = frozenset({"note"})
+from monitor.core.region import Box
+
+# Fields the webhook and MQTT payloads leave out, so they carry what they always did: `note`, which only the history
+# has (crash recovery writes it on rows a dead process left open), and `box`, which labelling reads.
+NOT_SENT = frozenset({"note", "box"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -28,6 +30,9 @@ class Event:
     ended_at: float | None = field(default=None, metadata={"doc": "Unix time it ended (null while open)"})
     snapshot: str | None = field(default=None, metadata={
         "doc": "server path of the snapshot JPEG (null: not written, or no alerts.snapshots)"})
+    box: Box | None = field(default=None, metadata={
+        "doc": "the frame region [x, y, width, height] in pixels the label was scored on (the camera's crop, or the "
+               "custom class's own crop, when the frame was captured); labelling the event files this region"})
     note: str | None = field(default=None, metadata={
         "doc": "set when the event was closed at startup after the process died while it was open"})
 
@@ -38,11 +43,11 @@ class Event:
         return (head, cls) if sep else None
 
     def payload(self, kind: str) -> dict[str, Any]:
-        """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but the stored-only
-        ones, then `kind` ("start" | "end")."""
-        doc = {name: getattr(self, name) for name in LIVE_FIELDS}
+        """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but NOT_SENT, then
+        `kind` ("start" | "end")."""
+        doc = {name: getattr(self, name) for name in SENT_FIELDS}
         doc["kind"] = kind
         return doc
 
 
-LIVE_FIELDS = tuple(f.name for f in fields(Event) if f.name not in STORED_ONLY)
+SENT_FIELDS = tuple(f.name for f in fields(Event) if f.name not in NOT_SENT)

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
     ended_at    REAL,
     snapshot    TEXT,
     last_seen   REAL NOT NULL,   -- newest time the event was known to be going on (crash recovery)
-    note        TEXT
+    note        TEXT,
+    box         TEXT             -- "x,y,w,h": the frame region the label was scored on
 );
 CREATE INDEX IF NOT EXISTS events_started_at ON events (started_at);
 CREATE INDEX IF NOT EXISTS events_camera_started_at ON events (camera, started_at);
@@ -44,6 +45,9 @@ CREATE INDEX IF NOT EXISTS events_camera_started_at ON events (camera, started_a
 
 # A row is an Event: one column per field (the table has one more, last_seen, which only the store reads).
 _COLUMNS = tuple(f.name for f in fields(Event))
+# Columns added after the first release, with their type: a database made before gets them on open (old rows
+# hold NULL: an event from then has no box).
+_ADDED = {"box": "TEXT"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
 
 CRASH_NOTE = "closed at startup: the process ended while the event was open; ended_at is the last time it was seen"
@@ -83,6 +87,7 @@ class EventStore:
                 log.warning("events database %s: journal_mode is %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+            _add_columns(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise EventStoreError(f"events database {self.path}: cannot initialise: {exc}") from exc
@@ -99,10 +104,10 @@ class EventStore:
         (id None) when the write failed (counted and logged)."""
         cur = self._write(
             "start event",
-            "INSERT INTO events (camera, rule, label, score, peak_score, started_at, ended_at, snapshot, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (camera, rule, label, score, peak_score, started_at, ended_at, snapshot, box,"
+            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (event.camera, event.rule, event.label, float(event.score), float(event.peak_score),
-             float(event.started_at), event.ended_at, event.snapshot, float(event.started_at)))
+             float(event.started_at), event.ended_at, event.snapshot, _box_text(event.box), float(event.started_at)))
         if cur is None or cur.lastrowid is None:
             return event
         return replace(event, id=int(cur.lastrowid))
@@ -313,7 +318,31 @@ class EventStore:
 
 
 def _event(row: tuple) -> Event:
-    return Event(**dict(zip(_COLUMNS, row)))
+    values = dict(zip(_COLUMNS, row))
+    values["box"] = _box_value(values["box"])
+    return Event(**values)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    for name, kind in _ADDED.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+
+
+def _box_text(box: tuple[int, int, int, int] | None) -> str | None:
+    return None if box is None else ",".join(str(int(v)) for v in box)
+
+
+def _box_value(text: str | None) -> tuple[int, int, int, int] | None:
+    """A stored box back as a tuple; None for none or for a value this version cannot read."""
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in str(text).split(","))
+    except ValueError:
+        return None
+    return x, y, w, h
 
 
 # -- the snapshot folder ------------------------------------------------------------------------------------

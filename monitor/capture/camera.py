@@ -23,6 +23,7 @@ from monitor.capture.buffers import FramePool
 from monitor.capture.motion import MotionGate
 from monitor.capture.pyav_capture import PyAVCapture
 from monitor.core.redact import redact_url
+from monitor.core.region import Box, Region, RegionError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ for _key, _value in FFMPEG_ENV.items():
     os.environ.setdefault(_key, _value)
 
 CONNECTING, UP, DOWN, ERROR = "connecting", "up", "down", "error"
-HWACCEL = ("none", "auto")      # camera option: "auto" asks OpenCV for any hardware decoder, else software
 SOFTWARE, HARDWARE = "software", "hardware"
 WATCH_HOLD = 2.0            # seconds a latest()/wait_newer()/watch() call keeps every frame retrieved
 POOL_ARRAYS = 2             # frame arrays per camera: the newest (= due) frame and the last classified one
@@ -70,6 +70,10 @@ class Frame:
     seq: int                 # 1, 2, 3 ... per camera (monotonic, never reused across reconnects)
     captured_at: float       # time.time() when read
     captured_mono: float     # time.monotonic() when read (latency uses this)
+    # The region (x, y, w, h) of `image` that is classified: the camera's crop placed in this frame when it was
+    # captured, so a reload that changes the crop never changes what an earlier frame (its result, its event,
+    # a label of it) refers to. None: the crop does not fit (never classified), or a frame made outside a Camera.
+    box: Box | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,23 @@ class _Failure(Exception):
     def __init__(self, reason: str, stable: bool = False) -> None:
         super().__init__(reason)
         self.stable = stable                # the connection had delivered frames for STABLE_AFTER seconds
+
+
+@dataclass
+class _Run:
+    """The reading state of one open capture (capture thread only)."""
+    is_file: bool
+    file_fps: float                 # files: the pace and the timeline of due sampling
+    read_limit: float               # seconds one grab may take before the source counts as stale
+    last_frame: float               # time.monotonic() of the last frame grabbed (or of the open)
+    clock_start: float              # pacing: when frame number `paced` of this open is due
+    up_since: float | None = None   # time.monotonic() of the first frame of this open
+    paced: int = 0
+    since_rewind: int = 0
+
+    def stable(self, now: float) -> bool:
+        """The connection had delivered frames for STABLE_AFTER seconds (a failure then resets the backoff)."""
+        return self.up_since is not None and now - self.up_since >= STABLE_AFTER
 
 
 class Camera:
@@ -158,7 +179,8 @@ class Camera:
         self._last_at: float | None = None     # time.time() of the newest frame grabbed
         self._decoder = ""                      # "software" | "hardware" once opened
         self._watched_until = 0.0               # time.monotonic() until which every frame is retrieved
-        self._crop_error = ""                   # capture-thread only: why the crop does not fit the frame
+        self._region = Region.of(cfg.crop)
+        self._box: Box | None = None            # capture-thread only: the crop placed in the current frame size
         self._pool = FramePool(POOL_ARRAYS)     # capture-thread only
         self._hw_logged = False                 # capture-thread only: the software fallback is logged once
         self._logged_reason = ""                # capture-thread only: the last reason logged at warning level
@@ -379,74 +401,92 @@ class Camera:
 
     def _read(self, cap: cv2.VideoCapture) -> None:
         """Read until stop (returns) or failure (raises _Failure)."""
-        is_file = self.source.kind == "file"
-        file_fps = _usable_fps(cap.get(cv2.CAP_PROP_FPS)) if is_file else 0.0
-        read_limit = min(self.cfg.read_timeout, self.cfg.stale_after)
-        opened = time.monotonic()
-        up_since: float | None = None
-        last_frame = opened
-        clock_start = opened                    # pacing: when frame number `paced` of this open is due
-        paced = 0
-        since_rewind = 0
+        run = self._new_run(cap)
         while not self._stop.is_set():
             self._beat()
-            if is_file and self.pace:
-                behind = time.monotonic() - (clock_start + paced / file_fps)
-                if behind > _FALL_BEHIND:
-                    clock_start, paced = time.monotonic(), 0
-                elif behind < 0:
-                    self._sleep(-behind)
-                    continue                    # re-check stop and the clock after sleeping
+            if self._wait_for_pace(run):
+                continue                        # slept: re-check stop and the clock
             if self._no_drop and not self._wait_slot_free():
-                break
-            started = time.monotonic()
-            ok = cap.grab()
+                return
+            ok, now = self._grab(cap, run)
             if self._stop.is_set():
-                break
-            now = time.monotonic()
-            stable = up_since is not None and now - up_since >= STABLE_AFTER
-            if not is_file and now - started >= read_limit:
-                # OpenCV's read timeout fired. It then drains the decoder, so this read may still return one of
-                # the few frames held there (old ones), but the capture cannot deliver new frames any more.
-                raise _Failure(f"no frame for {now - last_frame:.0f} s", stable)
-            if not ok:
-                if is_file:
-                    # Seeking is cheaper than reopening. A file that yields nothing after a rewind ends up in
-                    # the backoff path (reopen later), never in a busy loop.
-                    if self.cfg.loop and since_rewind > 0 and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                        since_rewind = 0
-                        continue
-                    raise _Failure(END_OF_FILE, stable)
-                raise _Failure("stream ended (read failed)", stable)
-            last_frame = now
-            paced += 1
-            since_rewind += 1
-            if is_file:
-                self._file_frames += 1
-            # Due sampling runs on the wall clock, except for unpaced files, whose own timeline is the clock.
-            clock = self._file_frames / file_fps if self._no_drop else now
-            due = self._is_due(clock)
-            first = up_since is None
-            if not (due or first or self.watched):
-                self._count(None, False)        # decoded, never converted: nobody would look at it
-                continue
-            image = self._retrieve(cap)
-            if image is None:
-                raise _Failure("frame grabbed but cannot be converted (retrieve failed)", stable)
-            if first:
-                up_since = now
-                self._check_crop(image)
-                if self._crop_error:
-                    self._set_state(ERROR, self._crop_error)
-                else:
-                    self._set_state(UP, "")
-                self._m_connected.set(1)
-                log.info("camera %s: up (%dx%d, %s, %s decoding)", self.name, image.shape[1], image.shape[0],
-                         self.source.shown, self._decoder)
-            elif (image.shape[1], image.shape[0]) != (self._width, self._height):
-                self._check_crop(image)         # the stream changed resolution without a reconnect
-                self._set_state(ERROR if self._crop_error else UP, self._crop_error)
-            self._publish(image, clock, due)
+                return
+            if ok:
+                self._grabbed(cap, run, now)
+            else:
+                self._rewind_or_fail(cap, run, now)
+
+    def _new_run(self, cap: cv2.VideoCapture) -> _Run:
+        is_file = self.source.kind == "file"
+        opened = time.monotonic()
+        return _Run(is_file=is_file, file_fps=_usable_fps(cap.get(cv2.CAP_PROP_FPS)) if is_file else 0.0,
+                    read_limit=min(self.cfg.read_timeout, self.cfg.stale_after), last_frame=opened,
+                    clock_start=opened)
+
+    def _wait_for_pace(self, run: _Run) -> bool:
+        """A paced file: sleep until its next frame is due (True: slept); a clock fallen far behind restarts."""
+        if not (run.is_file and self.pace):
+            return False
+        behind = time.monotonic() - (run.clock_start + run.paced / run.file_fps)
+        if behind > _FALL_BEHIND:
+            run.clock_start, run.paced = time.monotonic(), 0
+        elif behind < 0:
+            self._sleep(-behind)
+            return True
+        return False
+
+    def _grab(self, cap: cv2.VideoCapture, run: _Run) -> tuple[bool, float]:
+        """Grab (decode) the next frame: (ok, when). _Failure when a live source's read timed out."""
+        started = time.monotonic()
+        ok = cap.grab()
+        now = time.monotonic()
+        if not run.is_file and now - started >= run.read_limit and not self._stop.is_set():
+            # OpenCV's read timeout fired. It then drains the decoder, so this read may still return one of the
+            # few frames held there (old ones), but the capture cannot deliver new frames any more.
+            raise _Failure(f"no frame for {now - run.last_frame:.0f} s", run.stable(now))
+        return ok, now
+
+    def _rewind_or_fail(self, cap: cv2.VideoCapture, run: _Run, now: float) -> None:
+        """grab() failed: a looping file starts again (returns); anything else is a _Failure."""
+        if not run.is_file:
+            raise _Failure("stream ended (read failed)", run.stable(now))
+        # Seeking is cheaper than reopening. A file that yields nothing after a rewind ends up in the backoff
+        # path (reopen later), never in a busy loop.
+        if self.cfg.loop and run.since_rewind > 0 and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            run.since_rewind = 0
+            return
+        raise _Failure(END_OF_FILE, run.stable(now))
+
+    def _grabbed(self, cap: cv2.VideoCapture, run: _Run, now: float) -> None:
+        """Count a grabbed frame; retrieve it only when it is due, the first of this open, or watched."""
+        run.last_frame = now
+        run.paced += 1
+        run.since_rewind += 1
+        if run.is_file:
+            self._file_frames += 1
+        # Due sampling runs on the wall clock, except for unpaced files, whose own timeline is the clock.
+        clock = self._file_frames / run.file_fps if self._no_drop else now
+        due = self._is_due(clock)
+        first = run.up_since is None
+        if not (due or first or self.watched):
+            self._count(None, False)            # decoded, never converted: nobody would look at it
+            return
+        image = self._retrieve(cap)
+        if image is None:
+            raise _Failure("frame grabbed but cannot be converted (retrieve failed)", run.stable(now))
+        if first:
+            run.up_since = now
+            self._came_up(image)
+        elif (image.shape[1], image.shape[0]) != (self._width, self._height):
+            self._place_crop(image)             # the stream changed resolution without a reconnect
+        self._publish(image, clock, due)
+
+    def _came_up(self, image: np.ndarray) -> None:
+        """The first frame of this open: state up (or error when the crop does not fit it)."""
+        self._place_crop(image)
+        self._m_connected.set(1)
+        log.info("camera %s: up (%dx%d, %s, %s decoding)", self.name, image.shape[1], image.shape[0],
+                 self.source.shown, self._decoder)
 
     def _retrieve(self, cap: cv2.VideoCapture) -> np.ndarray | None:
         """Convert the grabbed frame into a pooled array (OpenCV writes in place when the size matches)."""
@@ -460,19 +500,20 @@ class Camera:
             self._retrieved += 1
         return image
 
-    def _check_crop(self, image: np.ndarray) -> None:
-        """A crop [x, y, w, h] must lie inside the frame; the frame size is known only once it arrives."""
-        crop = self.cfg.crop
-        self._crop_error = ""
-        if isinstance(crop, (tuple, list)) and len(crop) == 4:
-            x, y, w, h = (int(v) for v in crop)
-            height, width = image.shape[:2]
-            if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
-                self._crop_error = (f"crop [{x}, {y}, {w}, {h}] does not fit the {width}x{height} frame "
-                                    f"(needs x+w <= {width}, y+h <= {height}): not classified")
+    def _place_crop(self, image: np.ndarray) -> None:
+        """Place the crop in frames of this size, once per size: the box every frame then carries, state "up";
+        or state "error" with the reason when it does not fit (the frame size is known only once it arrives)."""
+        height, width = image.shape[:2]
+        try:
+            self._box = self._region.clip_to(width, height)
+        except RegionError as e:
+            self._box = None
+            self._set_state(ERROR, f"{e}: not classified")
+        else:
+            self._set_state(UP, "")
 
     def _publish(self, image: np.ndarray, clock: float, due: bool) -> None:
-        if due and self._crop_error:
+        if due and self._box is None:
             due = False                         # state "error" says why; the live view still gets the frame
         if due and self._gate is not None and not self._gate.should_classify(image, clock):
             due = False
@@ -489,7 +530,7 @@ class Camera:
             self._stamps.append(mono)
             dropped = False
             if image is not None:
-                frame = Frame(image=image, seq=self._seq, captured_at=wall, captured_mono=mono)
+                frame = Frame(image=image, seq=self._seq, captured_at=wall, captured_mono=mono, box=self._box)
                 self._latest = frame
                 self._height, self._width = image.shape[:2]
                 dropped = due and self._due is not None

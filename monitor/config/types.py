@@ -33,6 +33,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from pydantic.json_schema import SkipJsonSchema
 
 from monitor.core import groups
+from monitor.core.region import Region, RegionError
 from monitor.core.sample import SAMPLE_SOURCE, sample_clip
 from monitor.config.tls import check_ca_file, check_client_certificate
 from monitor.config.fields import (
@@ -328,11 +329,11 @@ class CameraConfig(Section):
         if info.data.get("backend", "opencv") != "pyav":
             raise problem("needs backend: pyav (OpenCV always converts the full picture)", show_value=False)
         crop = info.data.get("crop")
-        if isinstance(crop, tuple):
-            x, y, w, h = crop
-            if x + w > size[0] or y + h > size[1]:
-                raise problem(f"crop {list(crop)} does not fit the {size[0]}x{size[1]} frame_size "
-                              f"(needs x+w <= {size[0]}, y+h <= {size[1]})", show_value=False)
+        if crop is not None:
+            try:
+                Region.of(crop).clip_to(size[0], size[1], what="frame_size")
+            except RegionError as e:
+                raise problem(str(e), show_value=False) from None
         return size
 
     @field_validator("loop")

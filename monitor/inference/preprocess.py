@@ -6,28 +6,17 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from monitor.core.region import Box, Region
+
 # "center" (ImageNet convention: shorter side to `resize`, centre crop `size`), "full" (whole frame squashed
-# to size x size) or (x, y, w, h): that region of interest, squashed to size x size.
-Crop = Union[str, tuple[int, int, int, int]]
+# to size x size), (x, y, w, h): that region of interest, squashed to size x size, or a Region.
+Crop = Union[str, Sequence[int], Region]
 
 
-def crop_box(height: int, width: int, crop: Crop, resize: int = 256, size: int = 224) -> tuple[int, int, int, int]:
-    """The source-pixel box (x, y, w, h) whose resize gives the model input."""
-    if crop == "center":
-        # Resize(shorter=256) then CenterCrop(224) reads a square of side 224/256 of the shorter side.
-        side = max(1, round(min(height, width) * size / resize))
-        return (width - side) // 2, (height - side) // 2, side, side
-    if crop == "full":
-        return 0, 0, width, height
-    if isinstance(crop, (tuple, list)) and len(crop) == 4:
-        x, y, w, h = (int(v) for v in crop)
-        # No clamping of the origin into the frame: that turned a crop beyond the frame into a 1-pixel strip.
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + w, width), min(y + h, height)
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"crop {tuple(crop)} lies outside the {width}x{height} frame")
-        return x0, y0, x1 - x0, y1 - y0
-    raise ValueError(f"crop must be 'center', 'full' or [x, y, w, h], got {crop!r}")
+def crop_box(height: int, width: int, crop: Crop, resize: int = 256, size: int = 224) -> Box:
+    """The source-pixel box (x, y, w, h) whose resize gives the model input (Region.clip_to: RegionError, a
+    ValueError, for a box that does not lie inside the frame)."""
+    return Region.of(crop).clip_to(width, height, center_share=size / resize)
 
 
 def prepare_into(frame: np.ndarray, out: np.ndarray, crop: Crop = "center", resize: int = 256) -> None:

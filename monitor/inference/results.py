@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from monitor.core.region import Box
+
 if TYPE_CHECKING:  # runtime imports would create cycles (capture/classifier import heavier modules)
     from monitor.capture.camera import Frame
     from monitor.inference.classifier import Prediction
@@ -20,6 +22,7 @@ class CustomResult:
     head: str                         # the custom_classes entry's name, e.g. "porch"
     classes: tuple[str, ...]          # e.g. ("none", "package")
     probabilities: np.ndarray         # (C,) float32, softmax
+    box: Box | None = None            # the frame region (x, y, w, h) the head saw: its own crop, or the frame's
 
     @property
     def label(self) -> str:
@@ -46,7 +49,13 @@ class Result:
     latency: float                    # seconds, capture to result
     custom: Mapping[str, CustomResult] = field(default_factory=dict)   # head name -> its answer
     heatmap: np.ndarray | None = None  # (7, 7) float32 class activation map of the top ImageNet class
-    box: tuple[int, int, int, int] | None = None   # the frame region (x, y, w, h) the network saw
+    box: Box | None = None            # the frame region (x, y, w, h) the network saw: frame.box, placed at capture
+
+    def box_for(self, entry: str) -> Box | None:
+        """The region a rule entry was scored on: a custom head's region for "head:class", else the frame's."""
+        head, sep, _ = entry.partition(":")
+        custom = self.custom.get(head) if sep else None
+        return custom.box if custom is not None and custom.box is not None else self.box
 
 
 class _CameraTrack:

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from monitor.core.region import CENTER, Box, Region, RegionError
 from monitor.inference.classifier import top_k_predictions
 from monitor.inference.heads.cam import activation_maps, pooled_features
-from monitor.inference.heads.headset import crop_key
-from monitor.inference.preprocess import crop_box
 from monitor.inference.results import CustomResult, Result, ResultBoard
 
 if TYPE_CHECKING:
@@ -61,6 +60,7 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure_logged: dict[str, tuple[float, int]] = {}   # camera -> (last log time, failures since)
+        self._misplaced_logged: dict[tuple[str, str], float] = {}  # (camera, head) -> last log time
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
         """Replace the cameras; once this returns, no result of a camera left out is published any more (a
@@ -123,9 +123,10 @@ class InferenceWorker:
         clf = self.classifier
         started = time.monotonic()
         frames = [f.image for _, f in batch]
-        crops = [cam.cfg.crop for cam, _ in batch]
-        jobs = self._head_jobs(batch, frames, crops)   # may append extra crops of the same frames
         try:
+            boxes = [frame_box(f) for _, f in batch]
+            crops: list[Box] = list(boxes)
+            jobs = self._head_jobs(batch, boxes, frames, crops)   # may append extra crops of the same frames
             inference = clf.infer(frames, crops)
         except Exception as e:
             if len(batch) > 1:
@@ -141,51 +142,69 @@ class InferenceWorker:
         tops = top_k_predictions(probs, clf.labels, self.top_k)
         # Why the top class: exact class activation maps, one (512,) x (512, 7, 7) product per frame.
         heatmaps = activation_maps(inference.feature_maps[:n], clf.fc_weight[[p[0].index for p in tops]])
-        customs = self._run_heads(n, jobs, inference)
+        customs = self._run_heads(n, jobs, inference, crops)
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(frames))
         with self._publish_lock:
-            self._publish(batch, probs, tops, done, customs, heatmaps)
+            self._publish(batch, boxes, probs, tops, done, customs, heatmaps)
         self.classified += len(batch)
 
-    def _head_jobs(self, batch: list[tuple[Camera, Frame]], frames: list[np.ndarray],
-                   crops: list) -> list[tuple[int, HeadEntry, int]]:
+    def _head_jobs(self, batch: list[tuple[Camera, Frame]], boxes: list[Box], frames: list[np.ndarray],
+                   crops: list[Box]) -> list[tuple[int, HeadEntry, int]]:
         """(frame k, head entry, feature row) for every head of every camera in the batch. A head on the
-        camera's own crop reuses that frame's features; a head with a region of its own adds that region of the
-        same frame to the batch, so one inference call still serves everything."""
+        frame's own region reuses that frame's features; a head with a region of its own adds that region of the
+        same frame to the batch, so one inference call still serves everything. A head whose region does not
+        fit a frame gives no answer for it (logged), and the frame is classified as usual."""
         heads = self.heads
         if heads is None or not len(heads):
             return []
         jobs = []
-        extra_rows: dict[tuple[int, object], int] = {}
+        extra_rows: dict[tuple[int, Box], int] = {}
         for k, (cam, frame) in enumerate(batch):
-            own = crop_key(cam.cfg.crop)
+            height, width = frame.image.shape[:2]
             for entry in heads.for_camera(cam.name):
-                if entry.crop is None or entry.crop == own:
+                try:
+                    box = boxes[k] if entry.crop is None else Region.of(entry.crop).clip_to(width, height)
+                except RegionError as e:
+                    self._head_misplaced(cam.name, entry, e)
+                    continue
+                if box == boxes[k]:
                     jobs.append((k, entry, k))
                     continue
-                row = extra_rows.get((k, entry.crop))
+                row = extra_rows.get((k, box))
                 if row is None:
-                    row = extra_rows[(k, entry.crop)] = len(frames)
+                    row = extra_rows[(k, box)] = len(frames)
                     frames.append(frame.image)
-                    crops.append(entry.crop)
+                    crops.append(box)
                 jobs.append((k, entry, row))
         return jobs
 
+    def _head_misplaced(self, camera: str, entry: HeadEntry, error: RegionError) -> None:
+        """A head's own crop does not fit a camera's frames: at most one log line per FAILURE_LOG_EVERY."""
+        now = time.monotonic()
+        key = (camera, entry.name)
+        if now - self._misplaced_logged.get(key, -FAILURE_LOG_EVERY) < FAILURE_LOG_EVERY:
+            return
+        self._misplaced_logged[key] = now
+        log.error("camera %s: custom class %r (%s.crop): %s: no answer from this head on this camera",
+                  camera, entry.name, entry.key, error)
+
     @staticmethod
-    def _run_heads(n: int, jobs: list[tuple[int, HeadEntry, int]], inference: Inference) -> list[dict]:
+    def _run_heads(n: int, jobs: list[tuple[int, HeadEntry, int]], inference: Inference,
+                   crops: list[Box]) -> list[dict]:
         customs: list[dict[str, CustomResult]] = [{} for _ in range(n)]
         if not jobs:
             return customs
         pooled = pooled_features(inference.feature_maps)
         for k, entry, row in jobs:
             p = entry.head.probabilities(pooled[row:row + 1])[0]
-            customs[k][entry.name] = CustomResult(entry.name, entry.head.classes, p)
+            customs[k][entry.name] = CustomResult(entry.name, entry.head.classes, p, box=crops[row])
         return customs
 
-    def _publish(self, batch: list[tuple[Camera, Frame]], probs: np.ndarray, tops: list[list[Prediction]],
-                 done: float, customs: list[dict[str, CustomResult]], heatmaps: np.ndarray) -> None:
+    def _publish(self, batch: list[tuple[Camera, Frame]], boxes: list[Box], probs: np.ndarray,
+                 tops: list[list[Prediction]], done: float, customs: list[dict[str, CustomResult]],
+                 heatmaps: np.ndarray) -> None:
         alerts = self.alerts  # read once: a reload may swap it mid-batch
         now = time.time()
         current = self._cameras
@@ -193,10 +212,9 @@ class InferenceWorker:
             if cam not in current:
                 continue         # removed or replaced by a reload while its frame was being classified
             latency = done - frame.captured_mono
-            h, w = frame.image.shape[:2]
             result = Result(camera=cam.name, frame=frame, predictions=preds, probabilities=row,
                             classified_at=now, latency=latency, custom=customs[k], heatmap=heatmaps[k],
-                            box=crop_box(h, w, cam.cfg.crop))
+                            box=boxes[k])
             self.board.publish(result)
             self.metrics.frames_classified.labels(camera=cam.name).inc()
             self.metrics.capture_to_result_seconds.observe(latency)
@@ -228,3 +246,12 @@ class InferenceWorker:
         more = f" ({since} more since the last report)" if since else ""
         log.warning("camera %s: frame %d cannot be classified: %s: %s (frame shape %s)%s; counted in "
                     "monitor_frames_failed_total", camera, frame.seq, type(error).__name__, error, shape, more)
+
+
+def frame_box(frame: Frame) -> Box:
+    """The region a frame is classified on: the box its camera placed when it captured it (Frame.box); the
+    centre square for a frame made elsewhere. RegionError for an empty picture."""
+    if frame.box is not None:
+        return frame.box
+    height, width = frame.image.shape[:2]
+    return CENTER.clip_to(width, height)

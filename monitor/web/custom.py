@@ -107,7 +107,8 @@ def label_frame(camera: str, request: Request) -> JSONResponse:
         raise ApiError(503, f"camera {camera!r} has not delivered a frame yet", {"Retry-After": "2"})
     custom = _daemon(request).custom
     try:
-        custom.label_frame(head, cls, camera, frame.image, cam.cfg.crop)
+        # the region this frame was classified on (placed at capture; None: the crop does not fit it)
+        custom.label_frame(head, cls, camera, frame.image, frame.box if frame.box is not None else cam.cfg.crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
     except StorageError as e:
@@ -135,9 +136,9 @@ def label_event(event_id: str, request: Request) -> JSONResponse:
     if image is None:
         raise ApiError(404, f"event {ev.id} has no saved frame to learn from (alerts.snapshots must be set)")
     cam = d.cameras.get(ev.camera)
-    crop = cam.cfg.crop if cam is not None else "center"
+    crop = cam.cfg.crop if cam is not None else "center"     # only for an event stored without its box
     try:
-        d.custom.label_event(ev.label, ev.camera, right == "true", image, crop)
+        d.custom.label_event(ev.label, ev.camera, right == "true", image, ev.box, crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
     except StorageError as e:

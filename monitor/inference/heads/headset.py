@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from monitor.core.region import Region
 from monitor.inference.heads.head import Head, HeadError, load_head
 
 if TYPE_CHECKING:
@@ -18,18 +19,13 @@ class HeadEntry:
     head: Head
     path: Path
     cameras: tuple[str, ...]           # empty = every camera
-    crop: Crop | None                  # own region (an extra crop in the same inference call) or None: the
-                                       # camera's crop, whose features the worker already has
+    crop: Crop | None                  # own region (a Region from the config; an extra crop in the same inference
+                                       # call) or None: the frame's own region, whose features the worker has
     key: str = ""                      # "custom_classes[i]": what messages shown to clients name (never a path)
     retrain_interval: float = 0.0      # custom_classes[].retrain_interval (seconds)
 
     def applies_to(self, camera: str) -> bool:
         return not self.cameras or camera in self.cameras
-
-
-def crop_key(crop: Any) -> Any:
-    """Comparable form of a crop ("center", "full" or [x, y, w, h] as list or tuple)."""
-    return tuple(int(v) for v in crop) if isinstance(crop, (list, tuple)) else crop
 
 
 class HeadSet:
@@ -54,7 +50,7 @@ class HeadSet:
                 errors.append(f"custom_classes[{i}] ({c.name}): {e}")
                 continue
             entries.append(HeadEntry(c.name, head, Path(c.head), tuple(c.cameras or ()),
-                                     crop_key(c.crop) if c.crop is not None else None, key=f"custom_classes[{i}]",
+                                     Region.of(c.crop) if c.crop is not None else None, key=f"custom_classes[{i}]",
                                      retrain_interval=float(getattr(c, "retrain_interval", 0.0))))
         if errors:
             raise HeadError("\n".join(errors))

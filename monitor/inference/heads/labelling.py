@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from monitor.core.region import RegionError
 from monitor.inference.heads.storage import storage_error, write_files
 from monitor.inference.preprocess import crop_box
 
@@ -36,13 +37,17 @@ class ExampleStore:
         self._seq = 0
 
     def save(self, class_name: str, frame: np.ndarray, crop: Any, camera: str = "") -> Path:
-        """Write the `crop` region of the BGR frame as an example of `class_name`; returns its path.
+        """Write the `crop` region of the BGR frame as an example of `class_name`; returns its path. LabelError
+        when the region does not fit the frame.
 
         StorageError when the disk refuses (full, read-only, ...): no file, not even a partial one, is left."""
         if not class_name or _SAFE.sub("", class_name) != class_name or class_name.startswith("."):
             raise LabelError(f"invalid class name {class_name!r}")
         h, w = frame.shape[:2]
-        x, y, bw, bh = crop_box(h, w, crop)
+        try:
+            x, y, bw, bh = crop_box(h, w, crop)
+        except RegionError as e:
+            raise LabelError(f"cannot file the frame: {e}") from None
         ok, buf = cv2.imencode(".jpg", frame[y:y + bh, x:x + bw], [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not ok:
             raise LabelError("cannot encode the frame as JPEG")
