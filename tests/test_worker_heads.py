@@ -2,6 +2,7 @@
 same inference call) and attaches the top class's activation map to every result."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,8 +33,8 @@ class _Camera:                       # the part of capture.Camera the worker use
         self.name = name
         self.cfg = SimpleNamespace(crop=crop)
         # a camera places its crop in each frame when it captures it; the worker classifies that region
-        box = Region.of(crop).clip_to(image.shape[1], image.shape[0])
-        self._frame: _Frame | None = _Frame(image, 1, 0.0, 0.0, box)
+        self.box = Region.of(crop).clip_to(image.shape[1], image.shape[0])
+        self._frame: _Frame | None = _Frame(image, 1, 0.0, 0.0, self.box)
 
     def take_due(self):
         frame, self._frame = self._frame, None
@@ -108,3 +109,31 @@ def test_heads_share_the_pass_and_own_crops_join_the_batch(demo_weights: Path, r
     from monitor.inference.heads import HeadError
     with pytest.raises(HeadError, match="trained on backbone"):
         heads.swap("door", random_head("door", ("a", "b"), "f" * 64, 4))
+
+
+def test_a_head_whose_own_crop_does_not_fit_gives_no_answer_and_the_frame_is_still_classified(
+        demo_weights: Path, real_frames, metrics, caplog: pytest.LogCaptureFixture) -> None:
+    """The one bounds check (Region.clip_to) refuses a head's crop that crosses the frame's edge: before, it was
+    cut down to what lay inside (or, wholly outside, failed the camera's whole frame). The camera's own result
+    and its other heads go on; the misfit is logged once, naming the head's config key."""
+    caplog.set_level(logging.ERROR, logger="monitor")
+    clf = Classifier(demo_weights)
+    image = real_frames[0]
+    height, width = image.shape[:2]
+    porch = random_head("porch", ("none", "package"), clf.backbone_id, 1)
+    door = random_head("door", ("closed", "open"), clf.backbone_id, 2)
+    heads = HeadSet([HeadEntry("porch", porch, Path("porch.head"), (), (width - 100, 0, 200, 100)),
+                     HeadEntry("door", door, Path("door.head"), (), None)], clf.backbone_id)
+    recorder = _Recorder()
+    worker = InferenceWorker(clf, ResultBoard(), recorder, metrics, heads=heads)
+    cameras = [_Camera("front", "center", image)]
+    worker.set_cameras(cameras)
+    assert worker.run_once() == 1
+    cameras[0]._frame = _Frame(image, 2, 0.0, 0.0, cameras[0].box)
+    assert worker.run_once() == 1
+    assert [set(r.custom) for r in recorder.results] == [{"door"}, {"door"}]
+    assert metrics.registry.get_sample_value("monitor_frames_failed_total", {"camera": "front"}) is None
+    lines = [r.getMessage() for r in caplog.records if "porch" in r.getMessage()]
+    assert lines == [f"camera front: custom class 'porch' (custom_classes[0].crop): crop [{width - 100}, 0, 200, 100] "
+                     f"does not fit the {width}x{height} frame (needs x+w <= {width}, y+h <= {height}): no answer "
+                     f"from this head on this camera"], lines
