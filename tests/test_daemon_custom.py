@@ -78,6 +78,6 @@ def test_rule_on_a_custom_class_fires_on_the_right_stream_only(
     assert clean.is_file()
     image = cv2.imread(str(clean))
     assert ev.box == CENTER.clip_to(image.shape[1], image.shape[0])     # the region its frame was scored on
-    path = d.custom.label_event(ev.label, ev.camera, True, image, ev.box)
+    path = d.custom.label_event(ev.label, ev.camera, True, image, box=ev.box)
     assert path.parent == tmp_path / "examples" / "scene" / "cars"
     assert d.events.query(camera="shelf") == []

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from monitor.core.region import CENTER
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import Head, load_head, save_head
 from monitor.inference.heads.headset import HeadEntry, HeadSet
@@ -57,10 +58,11 @@ def test_label_then_retrain_swaps_the_head(tmp_path: Path, classifier: Classifie
         for f in bottles[:5]:
             custom.label_frame("scene", "bottles", "front", f, "center")
         for f in bottles[5:]:
-            custom.label_event("scene:bottles", "front", True, f, "center")        # right: filed under the class
-        custom.label_event("scene:cars", "front", False, cars[0], "center")
+            # right: filed under the class; the region the event was scored on (Event.box)
+            custom.label_event("scene:bottles", "front", True, f, box=CENTER.clip_to(f.shape[1], f.shape[0]))
+        custom.label_event("scene:cars", "front", False, cars[0], box=None, camera_crop="center")   # an older event
         with pytest.raises(LabelError, match="not a custom class"):
-            custom.label_event("dog", "front", True, cars[0], "center")
+            custom.label_event("dog", "front", True, cars[0], box=(0, 0, 10, 10))
         assert custom.examples["scene"].counts() == {"bottles": 10, "cars": 10, "none": 1}
         state = custom.retrain("scene")
         assert state["state"] in ("queued", "training")

@@ -138,7 +138,7 @@ def label_event(event_id: str, request: Request) -> JSONResponse:
     cam = d.cameras.get(ev.camera)
     crop = cam.cfg.crop if cam is not None else "center"     # only for an event stored without its box
     try:
-        d.custom.label_event(ev.label, ev.camera, right == "true", image, ev.box, crop)
+        d.custom.label_event(ev.label, ev.camera, right == "true", image, box=ev.box, camera_crop=crop)
     except LabelError as e:
         raise ApiError(400, str(e)) from None
     except StorageError as e:

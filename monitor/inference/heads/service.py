@@ -90,7 +90,7 @@ class CustomClasses:
         store = self.state.stores.get(head)
         return store.counts() if store is not None else {}
 
-    def label_event(self, label: str, camera: str, right: bool, frame: np.ndarray, box: Box | None,
+    def label_event(self, label: str, camera: str, right: bool, frame: np.ndarray, *, box: Box | None,
                     camera_crop: Crop = "center") -> Path:
         """An event of `camera` whose rule entry `label` is "head:class" was right (file its frame under the
         class) or wrong (under none). `box` is the region that entry was scored on (Event.box): it is filed as it
