@@ -93,14 +93,14 @@ def sample(d: Daemon, name: str) -> float:
 
 
 def check_discovery(topic: str, payload: dict, prefix: str, discovery: str) -> str:
-    """The keys HA requires, the rules of the issue (default_entity_id, no object_id, availability); returns
-    the component."""
+    """The keys HA requires, the rules of the issues (the same entity id through object_id, read before HA
+    2025.10, and default_entity_id, read from 2025.10; availability); returns the component."""
     assert topic.startswith(f"{discovery}/") and topic.endswith("/config"), topic
     component, uid = topic.split("/")[1:3]
     assert payload["unique_id"] == uid
-    assert payload["default_entity_id"].startswith(f"{component}.")
-    assert payload["default_entity_id"] == payload["default_entity_id"].lower()
-    assert "object_id" not in payload
+    assert payload["default_entity_id"] == f"{component}.{payload['object_id']}"
+    assert re.fullmatch(r"[a-z0-9_]+", payload["object_id"]), payload["object_id"]
+    assert payload["object_id"].startswith(f"{uid.lower().split('_')[0]}_")     # the node id: no `_2` ids
     assert payload["availability"] == [{"topic": f"{prefix}/status", "payload_available": "online",
                                         "payload_not_available": "offline"}]
     device = payload["device"]
@@ -166,7 +166,7 @@ def test_every_topic_and_discovery_payload(tmp_path, demo_weights, footage, brok
     # camera states: up / down with the reason as an attribute (credentials redacted), retained
     assert sub.on(f"{prefix}/cars/state")[-1].text == "up"
     yard = sub.on(f"{prefix}/yard/state/attributes")[-1].json()
-    assert yard["state"] == "down" and yard["reason"] and "pw" not in json.dumps(yard)
+    assert yard["camera_state"] == "down" and yard["reason"] and "pw" not in json.dumps(yard)
     assert all(m.retain for m in sub.on(f"{prefix}/yard/state"))
 
     # discovery: retained, the keys HA requires, one device per camera, every entity's topic really fed

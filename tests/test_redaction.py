@@ -379,7 +379,7 @@ def test_no_secret_from_camera_or_webhook_urls_anywhere(tmp_path: Path, demo_wei
         assert shown[f"garbage-{backend}"]["source"].startswith("rtsp://***@127.0.0.1:")
         assert shown[f"close-{backend}"]["source"].endswith("mjpg.cgi?Auth=***&p%61ssword=***")
         attrs = retained[f"{prefix}/hang-{backend}/state/attributes"].json()
-        assert attrs["state"] in ("down", "connecting") and "token=***" in json.dumps(attrs), attrs
+        assert attrs["camera_state"] in ("down", "connecting") and "token=***" in json.dumps(attrs), attrs
     assert f"POST {url_origin(hook)} for event" in err
     # FFmpeg's own lines ("[tcp @ 0x...]", "[h264 @ 0x...]") are not there; in JSON every line is JSON
     assert not re.search(r"^\[\w+ @ 0x[0-9a-f]+\]", err, re.M) and "[OPENCV:FFMPEG" not in err + out

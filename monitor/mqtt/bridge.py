@@ -14,8 +14,9 @@ foreign device's config there).
 
 Trust: `mqtt.control` (default off) decides whether `<prefix>/<camera>/enabled/set` is subscribed, the HA switch
 announced and a paused set kept from earlier applied. Home Assistant's `online` is answered by at most one
-re-publish per resync.RESYNC_INTERVAL, without the snapshots. Retained messages on the topics we subscribe to
-(a command or an `online` left on the broker) are ignored: only live ones act.
+re-publish per resync.RESYNC_INTERVAL, without the snapshots, with the current label and custom class states
+(not retained: Home Assistant would read `unknown` until the next keepalive). Retained messages on the topics we
+subscribe to (a command or an `online` left on the broker) are ignored: only live ones act.
 
 Custom class sets (custom_classes): one enum sensor per camera and set, whose options are the head's classes. The
 bridge holds the daemon's HeadSet and compares what it runs with what discovery announced at the start of every
@@ -84,7 +85,7 @@ class MqttBridge:
         self._pause = pause
         self.store = PausedStore(state_path)
         self.control = EnabledControl(self.store, lambda: list(cameras()), self._set_paused, self._echo_enabled)
-        self.resyncs = ResyncLimiter(self.client.resync, metrics.mqtt_resyncs_suppressed)
+        self.resyncs = ResyncLimiter(self._resync, metrics.mqtt_resyncs_suppressed)
         self.record = DiscoveryRecord(discovery_record_path(state_path), self._owned)
         self._previous: frozenset[str] | None = None  # the previous run's record (None: there was none)
         self._announced = False                       # the first announcement (which clears the previous run's)
@@ -238,6 +239,12 @@ class MqttBridge:
 
     def _on_enabled_set(self, topic: str, payload: bytes) -> None:
         self.control.handle(self.topics.camera_of_enabled_set(topic), payload, topic)
+
+    def _resync(self) -> None:
+        """Home Assistant is online (ResyncLimiter: at most once per interval): the retained values (discovery
+        included) again, and the current label and custom class states, which the broker does not keep."""
+        self.client.resync()
+        self.publisher.resend_states()
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":

@@ -1,9 +1,21 @@
 """Home Assistant MQTT discovery payloads: one HA device per camera, its entities fed by our topics.
 
 Follows https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery (and the shape of Viseron's
-components/mqtt/homeassistant): config topic `<discovery_prefix>/<component>/<unique_id>/config`, `unique_id`
-and `default_entity_id` (`<domain>.<slug>`; `object_id` is deprecated since HA 2025.10), a `device` block with
-`identifiers`, `origin`, and `availability` on `<prefix>/status` (online/offline, the last will).
+components/mqtt/homeassistant): config topic `<discovery_prefix>/<component>/<unique_id>/config`, `unique_id`,
+a `device` block with `identifiers`, `origin`, and `availability` on `<prefix>/status` (online/offline, the
+last will).
+
+Entity ids: the same `<domain>.<node id>_<camera>_<key>` on every supported Home Assistant (2024.3 and later),
+so that two daemons (two node ids) never get `_2` ids. Home Assistant reads a suggested entity id from one of two
+keys and ignores the other, without a word in its log, so we send both:
+- `object_id` (`<slug>`): read up to 2026.3; from 2025.10 deprecated, `default_entity_id` wins when both are
+  there; from 2026.4 (HA PR #164460) it is ignored, and discovery does not fail on it;
+- `default_entity_id` (`<domain>.<slug>`): read from 2025.10 (HA PR #151775); older versions drop it.
+Home Assistant uses either only when it first creates an entity: an entity already in its registry keeps its id.
+
+Enum `options` (custom class sensors) reach Home Assistant from 2024.9 (HA PR #123248): older versions drop the
+key and show the enum sensor with its states but no option list. No other key an older version reads carries
+them, so this is documented, not worked around.
 
 Every unique id starts with the node id (object_id(topic_prefix)) and `_`: `owned_config_topic` tells whether a
 topic is one of that shape, the only ones the daemon ever clears.
@@ -60,7 +72,8 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
         uid = object_id(node, camera, key)
         out[f"{discovery_prefix}/{component}/{uid}/config"] = {
             "unique_id": uid,
-            "default_entity_id": f"{component}.{_entity_slug(uid)}",
+            "object_id": _entity_slug(uid),                              # Home Assistant < 2025.10
+            "default_entity_id": f"{component}.{_entity_slug(uid)}",      # Home Assistant >= 2025.10
             **payload,
             "availability": availability,
             "availability_mode": "all",
@@ -95,6 +108,7 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
         for name, classes in (custom_by_camera or {}).get(cam, {}).items():
             # An enum sensor: HA offers the classes in automations and history shows them as states. The
             # options are the head's classes, so a retrained head with other classes needs this payload again.
+            # Home Assistant reads `options` from 2024.9; older ones drop it (the sensor still shows its states).
             add("sensor", cam, f"custom_{name}", {
                 "name": name, "icon": "mdi:shape-outline", "device_class": "enum", "options": list(classes),
                 "state_topic": topics.custom_label(cam, name),

@@ -5,7 +5,10 @@ events (handed over by the alert sinks). Nothing here runs on the capture or inf
   seconds while results keep coming; not retained (a stale label must not look current).
 - `<prefix>/<camera>/<custom set>/label` (+ `/attributes` JSON with every class's score): the same, per custom
   class set running on the camera; only results whose classes are the ones discovery announced (set_custom).
-- `<prefix>/<camera>/state` up/down (+ `/attributes` with the reason): retained, on change.
+- Home Assistant's `online` (resend_states(), at most once per resync interval): the current label and custom
+  class states again, since they are not retained and HA would read `unknown` until the next keepalive.
+- `<prefix>/<camera>/state` up/down (+ `/attributes` with `camera_state` and the reason): retained, on change.
+  Not `state`: Home Assistant drops an attribute of that name (MQTT_ATTRIBUTES_BLOCKED) without a word.
 - `<prefix>/<camera>/<rule>` ON/OFF: retained; `<prefix>/events`: one JSON per start and end;
   `<prefix>/<camera>/snapshot`: JPEG of the frame that started the latest event, retained (the snapshot file's
   very bytes: the alert sinks render and encode an event's picture once).
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TICK = 0.25              # seconds between looks at the result board and the camera states
+# After Home Assistant's `online`, the states wait this long: HA sends `online` once its discovery has cooled
+# down, and the entities it just created from the retained configs subscribe to their state topics shortly
+# after; a label sent before that subscription would be lost (it is not retained).
+RESEND_DELAY = 1.0
 
 
 class Publisher:
@@ -54,6 +61,7 @@ class Publisher:
         self._pairs: frozenset[tuple[str, str]] = frozenset()   # (camera, rule) watched now
         self._custom: dict[str, dict[str, tuple[str, ...]]] = {}  # camera -> {custom set: classes announced}
         self._custom_label: dict[tuple[str, str], tuple[str, float]] = {}   # (camera, set) -> as _label
+        self._resend_at: float | None = None      # monotonic time to re-send the current states (HA came back)
 
     def start(self) -> None:
         self._stop.clear()
@@ -75,22 +83,44 @@ class Publisher:
 
     # -- polled: labels and camera states --------------------------------------------------------------------
 
+    def resend_states(self, delay: float = RESEND_DELAY) -> None:
+        """Home Assistant is online (again): the next round `delay` s from now publishes every camera's current
+        label and custom class states, whether they changed or not. Quick (paho's thread calls it); the caller
+        limits how often (resync.ResyncLimiter)."""
+        with self._lock:
+            self._resend_at = time.monotonic() + delay
+
     def poll(self) -> None:
         if self.before_poll is not None:
             self.before_poll()
         now = time.monotonic()
+        with self._lock:
+            resend = self._resend_at is not None and now >= self._resend_at
+            if resend:
+                self._resend_at = None
+        wall = time.time()
         for name, cam in list(self.cameras().items()):
-            self._poll_result(name, now)
+            self._poll_result(name, now, resend and self._current(name, wall))
             self._poll_state(name, cam)
 
-    def _poll_result(self, name: str, now: float) -> None:
+    def _current(self, name: str, wall: float) -> bool:
+        """A state worth re-sending: the camera's last result is at most `keepalive` old (results still come, so
+        the keepalive would be re-sending it anyway); an older one (a camera down or paused) is not current."""
+        result = self.results.get(name)
+        return result is not None and wall - result.classified_at <= self.keepalive
+
+    def _poll_result(self, name: str, now: float, resend: bool = False) -> None:
         result = self.results.get(name)
         if result is None:
             return
         key = (result.frame.seq, result.classified_at)   # not the Result itself: it holds a whole frame
-        if self._seen.get(name) == key:
+        if self._seen.get(name) == key and not resend:
             return
         self._seen[name] = key
+        if resend:        # forget what went out last: the label and every custom state go out now
+            self._label.pop(name, None)
+            for k in [k for k in self._custom_label if k[0] == name]:
+                self._custom_label.pop(k, None)
         if result.predictions:
             self._publish_label(name, result, now)
         for custom_set, classes in self._custom.get(name, {}).items():
@@ -145,7 +175,7 @@ class Publisher:
             return
         self._state[name] = (state, reason)
         self.client.retain(self.topics.state_attributes(name), json.dumps({
-            "state": raw, "reason": reason, "source": st.get("source"), "reconnects": st.get("reconnects"),
+            "camera_state": raw, "reason": reason, "source": st.get("source"), "reconnects": st.get("reconnects"),
             "width": st.get("width"), "height": st.get("height")}))
         self.client.retain(self.topics.state(name), state)
 

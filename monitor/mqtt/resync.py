@@ -9,7 +9,8 @@ counted in monitor_mqtt_resyncs_suppressed_total.
 
 10 s: Home Assistant takes far longer than that to restart, so two genuine `online` never fall in one interval,
 and its retained states are on the broker meanwhile; a flood costs at most one re-publish (about 5 messages per
-camera, no snapshot) per 10 s instead of one per message.
+camera, no snapshot, plus the current label and custom class states: 2 messages each) per 10 s instead of one
+per message.
 """
 from __future__ import annotations
 
