@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 
@@ -28,8 +28,13 @@ from monitor.core.memory import tune_malloc
 from monitor.core.metrics import Metrics
 from monitor.inference.results import ResultBoard
 from monitor.core.sdnotify import SystemdNotifier, watchdog_interval
+from monitor.core.versions import package_version
 from monitor.alerts.sinks import SinkSet
 from monitor.inference.worker import InferenceWorker
+
+if TYPE_CHECKING:
+    from monitor.web.server import WebServer
+    from monitor.web.services import WebServices
 
 log = logging.getLogger("monitor")
 
@@ -42,7 +47,7 @@ RELOAD_JOIN = 3.0           # seconds a stop waits for a reload still running
 
 
 class Daemon:
-    """Every component of one running monitor. Web handlers read the attributes below."""
+    """Every component of one running monitor; the HTTP port gets the part it uses as web_services()."""
 
     def __init__(self, config: Config, weights: Path | None = None, pace: bool = True,
                  metrics: Metrics | None = None) -> None:
@@ -71,7 +76,7 @@ class Daemon:
                                       heads=self.heads)
         self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
         self.worker.set_cameras(list(self.cameras.values()))
-        self.web: Any = None
+        self.web: WebServer | None = None
         self.started_at = time.time()
         self._started = False
         self._stopping = False
@@ -112,7 +117,7 @@ class Daemon:
             cam.start()
         if web:
             from monitor.web.server import WebServer
-            self.web = WebServer(self, self.config.server.host, self.config.server.port)
+            self.web = WebServer(self.web_services(), self.config.server.host, self.config.server.port)
             self.web.start()
         self.started_at = time.time()
         self._started = True
@@ -141,6 +146,15 @@ class Daemon:
         self.events.close()
         self._started = False
         log.info("monitor stopped")
+
+    def web_services(self) -> WebServices:
+        """What the HTTP port reads and drives (monitor.web.services). The config, the cameras, the paused set and
+        the start time are read through functions: a reload or start() replaces them."""
+        from monitor.web.services import WebServices
+        return WebServices(results=self.results, alerts=self.alerts, events=self.events, classifier=self.classifier,
+                           custom=self.custom, metrics=self.metrics, heatmaps=self.heatmaps, ready=self.ready,
+                           current_config=lambda: self.config, current_cameras=lambda: self.cameras,
+                           current_paused=lambda: self.paused, current_started_at=lambda: self.started_at)
 
     def ready(self) -> bool:
         return self._started and time.monotonic() - self.worker.heartbeat < HEARTBEAT_FRESH
@@ -286,15 +300,6 @@ class _Signals:
         self.wake.set()
 
 
-def _package_version(name: str) -> str:
-    # From the package metadata: importing torch only to print its version would map libtorch (~200 MB).
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "?"
-
-
 def run_main(config_path: str, weights: str | None = None) -> int:
     try:
         config = load_config(config_path)
@@ -316,7 +321,7 @@ def run_main(config_path: str, weights: str | None = None) -> int:
         daemon.stop()
         return 1
     log.info("versions: monitor %s, python %s, %s runtime %s, opencv %s", __version__, sys.version.split()[0],
-             daemon.classifier.runtime, _package_version(daemon.classifier.runtime), cv2.__version__)
+             daemon.classifier.runtime, package_version(daemon.classifier.runtime) or "?", cv2.__version__)
     notifier = SystemdNotifier()
     notifier.notify("READY=1", f"STATUS={daemon.status_line()}")
     _supervise(daemon, signals, notifier, config_path)

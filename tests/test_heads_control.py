@@ -376,8 +376,8 @@ def test_no_answer_shows_a_path_of_the_state_folder(
         return r
 
     def walk() -> None:
-        names = [{"camera": "street", "event_id": "1", "head": "scene", "name": "app.js"},
-                 {"camera": "nope", "event_id": "999999", "head": "nohead", "name": "app.js"}]
+        names = [{"camera": "street", "event_id": "1", "head": "scene", "name": "app.js", "path": "swagger-ui.css"},
+                 {"camera": "nope", "event_id": "999999", "head": "nohead", "name": "app.js", "path": "nope.js"}]
         queries = ["", "?x=1", "?head=scene&class=boats", "?head=nohead&class=cars", "?head=scene&class=cars",
                    "?right=maybe", "?right=true", "?on=maybe", "?camera=nope", "?since=x", "?limit=0"]
         for route in ROUTES:

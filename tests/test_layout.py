@@ -103,3 +103,70 @@ def test_every_module_is_named_in_architecture_md():
     assert not missing, f"modules missing from ARCHITECTURE.md's layout: {', '.join(missing)}"
     stale = sorted(n for n in named - modules if not n.startswith(("tests/", "testkit/", "scripts/")))
     assert not stale, f"ARCHITECTURE.md names modules that do not exist: {', '.join(stale)}"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _import_graph(folder: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports, anywhere in the file: deferred imports inside functions and
+    `if TYPE_CHECKING:` imports count as much as the ones at the top."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        named: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                named += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from monitor.web import api` imports the module monitor.web.api
+                named += [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                          for alias in node.names]
+        edges = {known(name) for name in named if name.split(".")[0] == "monitor"}
+        graph[_module_name(path)] = {e for e in edges if e} - {_module_name(path), "monitor"}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle among the modules of `graph` (depth-first search), [] when there is none."""
+    state: dict[str, int] = {}          # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_the_web_layer_has_no_import_cycle() -> None:
+    """monitor.web: the server imports the application, which imports the routers, which import what they need
+    (deps, params, models, api, the stage's components), never back."""
+    cycle = _cycle(_import_graph(PACKAGE / "web"))
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []

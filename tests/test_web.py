@@ -125,10 +125,13 @@ def test_status_reports_cameras_model_uptime_versions(served: Served) -> None:
     assert len(model["sha256"]) == 64
     assert 0 <= doc["uptime"] < 600 and doc["started_at"] == served.app.started_at
     import platform
+    from importlib.metadata import version
 
     import torch
+    # every runtime installed, from its package metadata (monitor.core.versions)
     assert doc["versions"] == {"monitor": "0.1.0", "python": platform.python_version(),
-                               "torch": torch.__version__, "opencv": cv2.__version__}
+                               "torch": torch.__version__, "openvino": version("openvino"), "av": version("av"),
+                               "opencv": cv2.__version__}
     assert doc["ready"] is True and doc["top_k"] == 3
 
 

@@ -388,7 +388,7 @@ def test_port_clash_names_host_and_port(tmp_path: Path, videos_dir: Path, tmp_pa
     port = blocker.getsockname()[1]
     try:
         cfg = make_config(tmp_path, demo_weights(tmp_path_factory.getbasetemp()), [file_camera(videos_dir, "cam1")])
-        web = WebServer(Daemon(cfg), "127.0.0.1", port)
+        web = WebServer(Daemon(cfg).web_services(), "127.0.0.1", port)
         with caplog.at_level(logging.ERROR, logger="monitor.web"):
             with pytest.raises(OSError) as info:
                 web.start()

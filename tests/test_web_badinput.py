@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.web.api import ApiError
+from monitor.web.errors import ApiError
 from monitor.web.imagesize import image_size
 from monitor.web.upload import parse_multipart
 from testkit.waiting import wait_until as _wait
@@ -265,6 +265,28 @@ def test_unknown_method_is_501(served: Served) -> None:
 ])
 def test_bad_event_query_is_400(served: Served, query: str, words: list[str]) -> None:
     assert_json_error(request(served.port, "GET", f"/api/events?{query}"), 400, *words)
+
+
+@pytest.mark.parametrize("target, status, message", [
+    ("/api/cameras/cam1/label", 400, "missing query parameter 'head'"),
+    ("/api/cameras/cam1/label?head=scene", 400, "missing query parameter 'class'"),
+    ("/api/cameras/cam1/label?head=&class=cars", 400, "missing query parameter 'head'"),     # empty is none
+    ("/api/cameras/cam1/label?head=a&head=b&class=cars", 400, "query parameter 'head' given 2 times"),
+    ("/api/cameras/cam1/label?head=a&class=b&heads=c", 400, "unknown query parameter 'heads' (allowed: head, class)"),
+    ("/api/cameras/nope/label", 404, "no camera named 'nope'"),                # the path first
+    ("/api/cameras/cam1/heatmap?on=maybe", 400, "on must be true or false (got 'maybe')"),
+    ("/api/cameras/cam1/heatmap?on=%7Bx%7D", 400, "on must be true or false (got '{x}')"),  # not a template
+    ("/api/events/1/label?right=", 400, "missing query parameter 'right'"),
+    ("/api/events/1/label?right=1", 400, "right must be true or false (got '1')"),
+    ("/api/classify?explain=maybe", 400, "explain must be true or false (got 'maybe')"),
+    ("/api/events?camera=nope", 404, "camera: no camera named 'nope'"),
+    ("/api/events?limit=5&limit=6", 400, "query parameter 'limit' given 2 times"),
+])
+def test_bad_query_names_the_parameter(served: Served, target: str, status: int, message: str) -> None:
+    method = "GET" if target.startswith("/api/events?") else "POST"
+    r = request(served.port, method, target, b"" if method == "POST" else None)
+    assert_json_error(r, status)
+    assert r.json()["error"] == message, r
 
 
 @pytest.mark.parametrize("data, status", [

@@ -224,7 +224,7 @@ class Served:
         start_daemon=False serves a daemon that was built but not started (not ready)."""
         from monitor.web import WebServer
         self.app = Daemon(config)
-        self.web = WebServer(self.app, config.server.host, config.server.port, **server_kwargs)
+        self.web = WebServer(self.app.web_services(), config.server.host, config.server.port, **server_kwargs)
         self._start_daemon = start_daemon
         self._wait = wait
 

@@ -87,7 +87,7 @@ stop.set()
 # web layer (FastAPI, uvicorn, pydantic models, python-multipart), then serves requests on a daemon-less app.
 # The stdlib HTTP server the old hand-built layer stood on is imported last, for reference.
 _FRAMEWORK_RSS = r'''
-import http.client, json, sys, types
+import http.client, json, sys
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -100,8 +100,13 @@ from monitor.config.loader import parse_config
 from monitor.core.metrics import Metrics
 cfg = parse_config({"model": {"weights": "/nonexistent.pt"}, "cameras": [{"name": "c", "source": "0"}],
                     "server": {"port": 0}}, __import__("pathlib").Path("/tmp"))
-app = types.SimpleNamespace(config=cfg, cameras={}, metrics=Metrics(), ready=lambda: True)
-web = monitor.web.server.WebServer(app, "127.0.0.1", 0)
+from monitor.inference.results import ResultBoard
+from monitor.web.services import WebServices
+# no pipeline: the requests below read the config and the metrics only
+services = WebServices(results=ResultBoard(), alerts=None, events=None, classifier=None, custom=None,
+                       metrics=Metrics(), heatmaps=set(), ready=lambda: True, current_config=lambda: cfg,
+                       current_cameras=dict, current_paused=frozenset, current_started_at=lambda: 0.0)
+web = monitor.web.server.WebServer(services, "127.0.0.1", 0)
 web.start()
 started = rss()
 conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)

@@ -27,12 +27,12 @@ import json
 import logging
 import re
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from monitor.web.app import HEAD_KEY, Route
-
-if TYPE_CHECKING:
-    from monitor.web.server import WebServer
+from monitor.web.app import Route
+from monitor.web.auth import Authenticator
+from monitor.web.deps import HEAD_KEY
+from monitor.web.errors import ApiError
 
 log = logging.getLogger("monitor.web")
 
@@ -49,16 +49,8 @@ _AUTHORITY_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]{2,45})\]|(?P<name>[A-Za-z
 _ORIGIN_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)")
 
 
-class Refusal(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
 def clean_path(raw: bytes) -> str:
-    """The decoded path of a request target (origin-form or absolute-form); Refusal 404 for anything that could
+    """The decoded path of a request target (origin-form or absolute-form); ApiError 404 for anything that could
     be a path trick."""
     text = raw.decode("latin-1")
     low = text.lower()
@@ -68,17 +60,17 @@ def clean_path(raw: bytes) -> str:
         text = rest[slash:] if slash >= 0 else "/"
         low = text.lower()
     if not text.startswith("/"):
-        raise Refusal(404, "not found")
+        raise ApiError(404, "not found")
     if "\\" in text or "\x00" in text or "%2f" in low or "%5c" in low or "%00" in low:
-        raise Refusal(404, "not found")
+        raise ApiError(404, "not found")
     try:
         path = urllib.parse.unquote(text, errors="strict")
     except UnicodeDecodeError:
-        raise Refusal(404, "not found") from None
+        raise ApiError(404, "not found") from None
     if "\\" in path or "\x00" in path or "//" in path or any(c < " " or c == "\x7f" for c in path):
-        raise Refusal(404, "not found")
+        raise ApiError(404, "not found")
     if any(seg in (".", "..") for seg in path.split("/")):
-        raise Refusal(404, "not found")
+        raise ApiError(404, "not found")
     return path
 
 
@@ -134,14 +126,14 @@ def _snippet(text: str) -> str:
 def request_authority(scope: dict[str, Any]) -> tuple[str, str | None]:
     """(scheme, authority) the request is addressed to: the target's in absolute-form (RFC 9112 section
     3.2.2: Host is then ignored), else the Host header's; authority None when there is no Host (HTTP/1.0).
-    Refusal 400 for several Host headers (h11 refuses them first; kept in case that changes)."""
+    ApiError 400 for several Host headers (h11 refuses them first; kept in case that changes)."""
     target = (scope.get("raw_path") or b"").decode("latin-1")
     m = _ORIGIN_RE.match(target)
     if m is not None and m.group("scheme").lower() in DEFAULT_PORTS:
         return m.group("scheme").lower(), m.group("authority")
     hosts = _headers(scope, b"host")
     if len(hosts) > 1:
-        raise Refusal(400, "more than one Host header")
+        raise ApiError(400, "more than one Host header")
     return scope.get("scheme", "http"), (hosts[0].strip() if hosts else None)
 
 
@@ -169,14 +161,18 @@ def cross_site_reason(scope: dict[str, Any], scheme: str, authority: str | None)
 
 
 class Guard:
-    """ASGI middleware: refusals before the application, counting and logging of every answer."""
+    """ASGI middleware: refusals before the application, counting and logging of every answer.
 
-    def __init__(self, web: WebServer, app: Callable[..., Any], routes: tuple[Route, ...]) -> None:
-        self.web = web
+    `app` is the FastAPI application and `routes` its route table; `host_names` the names answered besides IP
+    literals (allowed_host_names()); `count(status)` is called once for every answer."""
+
+    def __init__(self, app: Callable[..., Any], routes: tuple[Route, ...], auth: Authenticator,
+                 host_names: frozenset[str], count: Callable[[int], None]) -> None:
         self.app = app
         self.routes = routes
-        server_cfg = getattr(getattr(web.app, "config", None), "server", None)
-        self.host_names = allowed_host_names(web.host, tuple(getattr(server_cfg, "allowed_hosts", ()) or ()))
+        self.auth = auth
+        self.host_names = host_names
+        self.count = count
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -190,12 +186,12 @@ class Guard:
         async def counted(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 started[0] = message["status"]
-                self.web.count(message["status"])
+                self.count(message["status"])
             await send(message)
 
         try:
             inner = self._check(scope)
-        except Refusal as r:
+        except ApiError as r:
             log.debug("http: %s %s %s HTTP/%s -> %d", _peer(scope), method, target, scope.get("http_version"),
                       r.status)
             await _answer(counted, r.status, r.message, r.headers)
@@ -213,13 +209,13 @@ class Guard:
         method = scope["method"]
         version = scope.get("http_version", "1.1")
         if version not in ("1.0", "1.1"):
-            raise Refusal(505, f"HTTP version {version!r} is not supported (use HTTP/1.x)")
+            raise ApiError(505, f"HTTP version {version!r} is not supported (use HTTP/1.x)")
         if len(scope["headers"]) > MAX_HEADERS:
-            raise Refusal(431, f"more than {MAX_HEADERS} header lines")
+            raise ApiError(431, f"more than {MAX_HEADERS} header lines")
         size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + sum(
             len(k) + len(v) + 4 for k, v in scope["headers"])
         if size > HEAD_MAX_BYTES:
-            raise Refusal(431, f"request head larger than {HEAD_MAX_BYTES} bytes")
+            raise ApiError(431, f"request head larger than {HEAD_MAX_BYTES} bytes")
         # Before anything that depends on the method, the path or the credentials: a rebinding page or another
         # site learns nothing, whatever it asks.
         scheme, authority = request_authority(scope)
@@ -227,30 +223,30 @@ class Guard:
         if method not in SAFE_METHODS:
             reason = cross_site_reason(scope, scheme, authority)
             if reason is not None:
-                raise Refusal(403, f"cross-site request refused: {reason} (state-changing requests must come "
+                raise ApiError(403, f"cross-site request refused: {reason} (state-changing requests must come "
                                    f"from the daemon's own page, or from a client that sends no Origin)")
         if method not in STANDARD_METHODS:
-            raise Refusal(501, f"method {method[:40]!r} is not supported")
+            raise ApiError(501, f"method {method[:40]!r} is not supported")
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
-        auth = self.web.auth
+        auth = self.auth
         if auth.protects(path):
             client = (scope.get("client") or (None,))[0]
             if wait := auth.blocked(client):      # too many failed logins from this client (auth.py)
-                raise Refusal(429, "too many failed logins from your address",
+                raise ApiError(429, "too many failed logins from your address",
                               {"Retry-After": auth.retry_after(wait)})
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             if not auth.check(header.decode("latin-1") if header is not None else None, client):
-                raise Refusal(401, "authentication required", {"WWW-Authenticate": auth.challenge()})
+                raise ApiError(401, "authentication required", {"WWW-Authenticate": auth.challenge()})
         route = next((r for r in self.routes if r.pattern.match(path)), None)
         if route is None:
-            raise Refusal(404, "not found")
+            raise ApiError(404, "not found")
         if method not in route.methods:
-            raise Refusal(405, f"method {method} not allowed on {path}", {"Allow": ", ".join(route.methods)})
+            raise ApiError(405, f"method {method} not allowed on {path}", {"Allow": ", ".join(route.methods)})
         try:
             urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
                                   max_num_fields=MAX_QUERY_FIELDS, errors="strict")
         except (ValueError, UnicodeDecodeError):
-            raise Refusal(400, "malformed query string") from None
+            raise ApiError(400, "malformed query string") from None
         inner = dict(scope, path=path, raw_path=path.encode("utf-8"))
         if method == "HEAD":
             # FastAPI routes are declared for GET; uvicorn still drops the body (its own scope says HEAD).
@@ -259,17 +255,17 @@ class Guard:
         return inner
 
     def _check_host(self, authority: str | None) -> None:
-        """Refusal 421 unless the request is for an IP literal or an allowed name (or names no host)."""
+        """ApiError 421 unless the request is for an IP literal or an allowed name (or names no host)."""
         if authority is None:
             return
         parsed = parse_authority(authority)
         if parsed is None:
-            raise Refusal(421, f"malformed host {_snippet(authority)} (expected a name or IP address, "
+            raise ApiError(421, f"malformed host {_snippet(authority)} (expected a name or IP address, "
                                f"optionally with :port)")
         host = parsed[0]
         if is_ip_literal(host) or host in self.host_names:
             return
-        raise Refusal(421, f"host {_snippet(host)} is not served here (IP addresses, localhost, server.host "
+        raise ApiError(421, f"host {_snippet(host)} is not served here (IP addresses, localhost, server.host "
                            f"and server.allowed_hosts are; add the name to server.allowed_hosts)")
 
 

@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 
 from monitor.config.types import StreamConfig
+from monitor.core.metrics import Metrics
 from monitor.render.jpeg import encode_jpeg
 from monitor.render.overlay import draw_overlay
+from monitor.web.services import WebServices
 
 try:                                  # Linux/BSD: bytes still queued in a socket's send buffer
     import fcntl
@@ -40,7 +42,7 @@ STALL_TIMEOUT = 10.0      # seconds a viewer may take nothing before it is dropp
 BOUNDARY = "monitor-frame"
 
 
-def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndarray:
+def render(services: WebServices, camera_name: str, image: np.ndarray, width: int) -> np.ndarray:
     """The frame as viewers see it: resized to `width` (0 = native) with the overlay drawn."""
     h, w = image.shape[:2]
     scale = 1.0
@@ -48,16 +50,16 @@ def render(app: Any, camera_name: str, image: np.ndarray, width: int) -> np.ndar
         height = max(1, int(round(h * width / w)))
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if width < w else cv2.INTER_LINEAR)
         scale = width / w
-    result = app.results.get(camera_name)
+    result = services.results.get(camera_name)
     predictions = list(result.predictions) if result is not None else []
-    camera = app.cameras.get(camera_name)
+    camera = services.cameras.get(camera_name)
     fps = camera.status().get("fps_in") if camera is not None else None
     heatmap = None
     if (result is not None and result.heatmap is not None and result.box is not None
-            and camera_name in getattr(app, "heatmaps", ())):
+            and camera_name in services.heatmaps):
         heatmap = (result.heatmap, [int(round(v * scale)) for v in result.box])
-    return draw_overlay(image, camera_name, predictions, fps, app.alerts.active(camera_name),
-                        bool(app.classifier.untrained), custom=list(result.custom.values()) if result else (),
+    return draw_overlay(image, camera_name, predictions, fps, services.alerts.active(camera_name),
+                        bool(services.classifier.untrained), custom=list(result.custom.values()) if result else (),
                         heatmap=heatmap)
 
 
@@ -99,9 +101,9 @@ def _unsent(transport: Any) -> int:
 class StreamEncoder:
     """Encodes one camera's frames at up to cfg.fps into a single shared slot; wakes its viewers per frame."""
 
-    def __init__(self, app: Any, camera: str, cfg: StreamConfig, metrics: Any = None,
+    def __init__(self, services: WebServices, camera: str, cfg: StreamConfig, metrics: Metrics | None = None,
                  stall_timeout: float = STALL_TIMEOUT, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.app = app
+        self.services = services
         self.camera = camera
         self.cfg = cfg
         self.stall_timeout = stall_timeout
@@ -186,7 +188,7 @@ class StreamEncoder:
             if delay > 0 and self._stop.wait(delay):
                 break
             # Looked up every round: a config reload replaces Camera objects (new seq numbers) or removes them.
-            camera = self.app.cameras.get(self.camera)
+            camera = self.services.cameras.get(self.camera)
             if camera is None:
                 log.info("mjpeg %s: camera removed; ending its live view", self.camera)
                 self.stop()
@@ -199,7 +201,7 @@ class StreamEncoder:
             seq = frame.seq
             started = time.monotonic()
             try:
-                jpeg = encode_jpeg(render(self.app, self.camera, frame.image, self.cfg.width), self.cfg.quality)
+                jpeg = encode_jpeg(render(self.services, self.camera, frame.image, self.cfg.width), self.cfg.quality)
             except Exception:                 # a bad frame must not end the live view for everyone
                 self.errors += 1
                 log.exception("mjpeg %s: cannot render frame %d", self.camera, frame.seq)
@@ -304,9 +306,9 @@ class ViewerLimit(Exception):
 class StreamHub:
     """Owns the encoders: started by the first viewer of a camera, stopped when its last viewer leaves."""
 
-    def __init__(self, app: Any, cfg: StreamConfig, metrics: Any, stall_timeout: float = STALL_TIMEOUT,
+    def __init__(self, services: WebServices, cfg: StreamConfig, metrics: Metrics, stall_timeout: float = STALL_TIMEOUT,
                  encoder_factory: Callable[..., StreamEncoder] = StreamEncoder) -> None:
-        self.app = app
+        self.services = services
         self.cfg = cfg
         self.metrics = metrics
         self.stall_timeout = stall_timeout
@@ -339,7 +341,7 @@ class StreamHub:
                 raise ViewerLimit(f"{self._total} viewers already (server.stream.max_viewers: {self.cfg.max_viewers})")
             enc = self._encoders.get(camera)
             if enc is None or enc.stopped:
-                enc = self._encoders[camera] = self._factory(self.app, camera, self.cfg, self.metrics,
+                enc = self._encoders[camera] = self._factory(self.services, camera, self.cfg, self.metrics,
                                                              self.stall_timeout, loop)
                 enc.start()
             self._viewers[camera] = self._viewers.get(camera, 0) + 1
@@ -354,7 +356,7 @@ class StreamHub:
                 return
             self._total -= 1
             self._viewers[camera] = count
-            if count == 0 and camera not in self.app.cameras:
+            if count == 0 and camera not in self.services.cameras:
                 # The last viewer of a camera removed by a reload: its series goes, it does not come back as 0.
                 self._viewers.pop(camera, None)
                 try:

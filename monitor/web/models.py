@@ -111,3 +111,8 @@ class Classification(BaseModel):
     height: int
     explanation: Optional[dict] = Field(None, description="with ?explain=true: the top class's activation map "
                                         "(grid 7x7, 0..1) over box (x, y, w, h as fractions of the image)")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses` for OpenAPI: each status code answers an Error."""
+    return {code: {"model": Error} for code in codes}

@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -135,10 +135,22 @@ def plain_answer(status: int, message: str, headers: dict[str, str] | None = Non
             f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n").encode() + body
 
 
-class MonitorProtocol(H11Protocol):
-    """Subclassed per WebServer with `web` set (see WebServer._protocol_class)."""
+class ServerLimits(Protocol):
+    """What the protocol uses of its server (monitor.web.server.WebServer, which imports this module)."""
+    slots: ConnectionSlots
+    first_byte_timeout: float
+    head_timeout: float
+    stall_timeout: float
 
-    web: Any = None
+    def count(self, status: int) -> None: ...
+
+    def refused_connection(self, client: str, why: str) -> None: ...
+
+
+class MonitorProtocol(H11Protocol):
+    """Subclassed per WebServer with `web` set (see WebServer.start())."""
+
+    web: ServerLimits
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -350,10 +362,10 @@ class MonitorProtocol(H11Protocol):
     # -- refusals ----------------------------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
-        error = getattr(self.conn, "last_error", None)
+        error = self.conn.last_error if isinstance(self.conn, _Connection) else None
         # h11's hint is 431 for a head too large; its 501 (a transfer coding other than chunked) is answered 400
         # like every other request it cannot read: 5xx stays for what the server itself fails at.
-        status = 431 if getattr(error, "error_status_hint", 400) == 431 else 400
+        status = 431 if error is not None and error.error_status_hint == 431 else 400
         text = str(error) if error is not None else msg
         if status == 431:
             message = f"request head larger than {self.config.h11_max_incomplete_event_size} bytes"

@@ -1,6 +1,6 @@
 """The daemon's HTTP port: uvicorn (h11) serving the FastAPI application on its own thread.
 
-`WebServer(app, host, port)` binds the port in start() (a clash raises at once, naming host and port), runs
+`WebServer(services, host, port)` binds the port in start() (a clash raises at once, naming host and port), runs
 uvicorn's event loop on the thread "http" without signal handlers (the daemon's own stay in charge), and stops
 within its timeout: live streams end first, then uvicorn closes its connections; what is left is aborted.
 Bounds: open connections (server.max_connections, kept below the fd limit; per client, with a reserve for health
@@ -22,14 +22,15 @@ from typing import Any, Iterator
 import uvicorn
 
 from monitor import __version__
-from monitor.web import api
-from monitor.web.app import build_app, load_static, route_table
+from monitor.core.versions import versions
+from monitor.web.app import create_app, load_static, route_table
 from monitor.web.auth import Authenticator
-from monitor.web.guard import HEAD_MAX_BYTES, Guard
+from monitor.web.guard import HEAD_MAX_BYTES, Guard, allowed_host_names
 from monitor.web.mjpeg import STALL_TIMEOUT, StreamHub
 from monitor.web.clients import ClientWarnings
 from monitor.web.protocol import FIRST_BYTE_TIMEOUT, HEALTH_RESERVE, ConnectionSlots, MonitorProtocol
 from monitor.web.decoders import DecoderPool
+from monitor.web.services import WebServices
 from monitor.web.upload import DECODE_CPU_SECONDS, DECODERS, BodyBudget, PixelBudget
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,16 @@ class _Uvicorn(uvicorn.Server):
 
 
 class WebServer:
-    """The HTTP server of the daemon. `app` provides config, cameras, results, alerts, events, classifier,
-    metrics, started_at and ready() (see ARCHITECTURE.md). Keyword arguments override the config (tests)."""
+    """The HTTP server of the daemon: `services` is what it reads and drives of the daemon (monitor.web.services),
+    `app` the FastAPI application it serves (routes reach this server through monitor.web.deps). Keyword arguments
+    override the config (tests)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, request_timeout: float | None = None,
+    def __init__(self, services: WebServices, host: str, port: int, *, request_timeout: float | None = None,
                  head_timeout: float | None = None, upload_timeout: float | None = None,
                  keepalive_timeout: float | None = None, max_connections: int | None = None,
                  max_connections_per_client: int | None = None, first_byte_timeout: float | None = None) -> None:
-        cfg = app.config.server
-        self.app = app
+        cfg = services.config.server
+        self.services = services
         self.host = host
         self._port = int(port)
         # request_timeout (tests): how long a viewer may take nothing, and the upload body deadline
@@ -92,7 +94,7 @@ class WebServer:
         self._refusals = ClientWarnings(log)
         self.auth = Authenticator(cfg.auth)
         self.upload_max_bytes = int(cfg.upload_max_bytes)
-        self.streams = StreamHub(app, cfg.stream, app.metrics, stall_timeout=self.stall_timeout)
+        self.streams = StreamHub(services, cfg.stream, services.metrics, stall_timeout=self.stall_timeout)
         self.pixels = PixelBudget(cfg.upload_max_pixels)
         self.decoders = DecoderPool(DECODERS, DECODE_CPU_SECONDS)    # processes start with the first upload
         self.body_budget = BodyBudget(UPLOAD_BODIES * self.upload_max_bytes)
@@ -103,9 +105,10 @@ class WebServer:
         self._thread: threading.Thread | None = None
         self._counters: dict[int, Any] = {}
         self.static = load_static()
-        self.versions = api.versions()
-        self.fastapi = build_app(self)
-        self.routes = route_table(self.fastapi)
+        self.versions = versions()
+        self.app = create_app(self)
+        self.routes = route_table(self.app)
+        self._host_names = allowed_host_names(host, cfg.allowed_hosts)
 
     @property
     def port(self) -> int:
@@ -133,7 +136,7 @@ class WebServer:
         """Count one response in metrics.http_requests by status code."""
         counter = self._counters.get(status)
         if counter is None:
-            counter = self._counters[status] = self.app.metrics.http_requests.labels(code=str(int(status)))
+            counter = self._counters[status] = self.services.metrics.http_requests.labels(code=str(int(status)))
         counter.inc()
 
     def _slots(self) -> ConnectionSlots:
@@ -168,9 +171,10 @@ class WebServer:
             raise OSError(e.errno, f"cannot listen on {where} (server.host, server.port): {e.strerror or e}") from e
         sock.setblocking(False)
         protocol = type("Protocol", (MonitorProtocol,), {"web": self})
+        guard = Guard(self.app, self.routes, self.auth, self._host_names, self.count)
         config = uvicorn.Config(
-            Guard(self, self.fastapi, self.routes), lifespan="off", log_config=None, access_log=False,
-            http=protocol, loop="asyncio", ws="none", server_header=False,
+            guard, lifespan="off", log_config=None, access_log=False, http=protocol, loop="asyncio", ws="none",
+            server_header=False,
             headers=[("server", f"monitor/{__version__}")], timeout_keep_alive=self.keepalive_timeout,
             h11_max_incomplete_event_size=HEAD_MAX_BYTES, timeout_graceful_shutdown=SHUTDOWN_GRACE)
         # uvicorn logs a warning per malformed request and info lines of its own: ours are in monitor.web.
@@ -221,7 +225,8 @@ class WebServer:
             self._socket.close()
         self._server, self._thread, self._socket = None, None, None
         # A new hub so the server can be started again after stop().
-        self.streams = StreamHub(self.app, self.streams.cfg, self.app.metrics, stall_timeout=self.stall_timeout)
+        self.streams = StreamHub(self.services, self.streams.cfg, self.services.metrics,
+                                 stall_timeout=self.stall_timeout)
         self.decoders = DecoderPool(DECODERS, DECODE_CPU_SECONDS)
         self.slots = self._slots()
 

@@ -17,7 +17,7 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from monitor.web.api import ApiError
+from monitor.web.errors import ApiError
 from monitor.web.decoders import DecodeError, DecoderPool
 from monitor.web.imagesize import FORMATS, ImageHeader, image_header
 

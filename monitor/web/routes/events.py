@@ -1,0 +1,57 @@
+"""The event history and the snapshots of its events."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from monitor.alerts.events import EventStoreError
+from monitor.web import api, models
+from monitor.web.deps import ServicesDep
+from monitor.web.errors import NO_STORE, ApiError
+from monitor.web.params import EventsParams
+from monitor.web.paths import EVENT, EventId
+
+log = logging.getLogger("monitor.web")
+
+SNAPSHOT_MAX_BYTES = 20 * 1024 * 1024
+
+router = APIRouter()
+
+
+@router.get("/api/events", response_model=models.Events, responses=models.error_responses(400, 401, 404, 503),
+            summary="Alert events, newest first")
+def events(query: EventsParams, services: ServicesDep) -> JSONResponse:
+    try:
+        rows = services.events.query(camera=query.camera, since=query.since, limit=query.limit, strict=True)
+    except EventStoreError as e:
+        log.error("http: /api/events: %s", e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    doc = models.Events(events=[models.Event.model_validate(api.event_json(e)) for e in rows])
+    return JSONResponse(doc.model_dump(mode="json"), 200, NO_STORE)
+
+
+@router.get(f"/api/events/{EVENT}/snapshot.jpg", response_class=Response,
+            responses=models.error_responses(400, 401, 404, 503),
+            summary="The snapshot JPEG saved when the event started")
+def event_snapshot(event_id: EventId, services: ServicesDep) -> Response:
+    try:
+        ev = services.events.get(event_id, strict=True)
+    except EventStoreError as e:
+        log.error("http: event snapshot: %s", e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    if ev is None:
+        raise ApiError(404, f"no event {event_id}")
+    if not ev.snapshot:
+        raise ApiError(404, f"event {event_id} has no snapshot")
+    path = Path(ev.snapshot)
+    try:
+        if not path.is_file() or path.stat().st_size > SNAPSHOT_MAX_BYTES:
+            raise ApiError(404, f"snapshot of event {event_id} is missing")
+        data = path.read_bytes()
+    except OSError:
+        raise ApiError(404, f"snapshot of event {event_id} cannot be read") from None
+    return Response(data, 200, {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+                    "image/jpeg")
