@@ -31,7 +31,7 @@ from monitor.inference.heads.training import train_head
 if TYPE_CHECKING:
     from monitor.inference.classifier import Classifier
     from monitor.inference.heads.headset import HeadEntry
-    from monitor.inference.heads.service import CustomState
+    from monitor.inference.heads.state import CustomState
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,7 @@ call reads it once, so a request running during a reload sees the old set or the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +14,7 @@ import numpy as np
 from monitor.core.region import Box, Region
 from monitor.inference.heads.labelling import ExampleStore, LabelError
 from monitor.inference.heads.retrain import HeadTrainer
+from monitor.inference.heads.state import CustomState, build_state
 from monitor.inference.heads.storage import prev_path
 
 if TYPE_CHECKING:
@@ -24,23 +23,6 @@ if TYPE_CHECKING:
     from monitor.inference.preprocess import Crop
 
 NONE_CLASS = "none"
-
-
-@dataclass(frozen=True)
-class CustomState:
-    """One consistent set: the heads the worker runs, their example stores, the rules that name their classes."""
-    heads: HeadSet
-    stores: Mapping[str, ExampleStore]
-    rules: tuple[Any, ...]
-
-
-def build_state(heads: HeadSet, examples: Mapping[str, Path], rules: Sequence[Any] = ()) -> CustomState:
-    stores = {}
-    for name, path in examples.items():
-        entry = heads.get(name)
-        stores[name] = ExampleStore(path, key=f"{entry.key}.examples" if entry is not None and entry.key
-                                    else f"examples of {name!r}")
-    return CustomState(heads, MappingProxyType(stores), tuple(rules))
 
 
 class CustomClasses:
