@@ -5,6 +5,7 @@ Snapshots are written by the real snapshot sink into a real folder next to a rea
 real file mtimes (os.utime), the retention pass is the one the daemon runs hourly (EventStore.prune)."""
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -205,3 +206,12 @@ def test_config_key_default_null_and_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({**base, "alerts": {"snapshots_max_bytes": bad}}, tmp_path)
         assert any(e.startswith("alerts.snapshots_max_bytes:") for e in info.value.errors), info.value.errors
+
+
+def test_a_snapshot_folder_not_made_yet_is_swept_without_a_warning(tmp_path: Path, caplog) -> None:
+    """A fresh install has no snapshot folder until the first event: the hourly sweep has nothing to say."""
+    from monitor.alerts.events import sweep_snapshots
+
+    with caplog.at_level(logging.WARNING):
+        sweep = sweep_snapshots(tmp_path / "var" / "snapshots", older_than=0.0, max_bytes=1000)
+    assert sweep.deleted == 0 and not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -437,7 +437,11 @@ def _scan_snapshots(root: Path, wall: float) -> tuple[dict[str, _Group], list[st
     """The snapshot files under `root` grouped by their main file's path, and stale .tmp files."""
     groups: dict[str, _Group] = {}
     stale: list[str] = []
-    for folder, dirs, names in os.walk(root, onerror=lambda exc: log.warning("snapshots: %s", exc)):
+    def unreadable(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):     # no folder yet (no snapshot written): nothing to sweep
+            log.warning("snapshots: %s", exc)
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable):
         for name in names:
             is_tmp = name.endswith(".tmp") and TMP_NAME.fullmatch(name) is not None
             if not is_tmp and not SNAPSHOT_NAME.fullmatch(name):
