@@ -24,7 +24,7 @@ from monitor.config.loader import ConfigError, format_errors, load_config
 from monitor.config.types import Config
 from monitor.alerts.events import EventStore, EventStoreError
 from monitor.core.logsetup import setup_logging
-from monitor.core.memory import tune_malloc
+from monitor.core.memory import TRIM_EVERY, trim, tune_malloc
 from monitor.core.metrics import Metrics
 from monitor.inference.results import ResultBoard
 from monitor.core.sdnotify import SystemdNotifier, watchdog_interval
@@ -343,6 +343,7 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
     interval = watchdog_interval()
     tick = min(1.0, interval) if interval else 1.0
     next_prune = 0.0
+    next_trim = time.monotonic() + TRIM_EVERY
     last_status = ""
     reloading: threading.Thread | None = None
     while not signals.stop.is_set():
@@ -365,6 +366,9 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
             if pruned:
                 log.info("retention: removed %d events older than %.0f days", pruned,
                          daemon.config.events.retention / 86400)
+        if now >= next_trim:
+            next_trim = now + TRIM_EVERY
+            trim()      # free heap pages back to the system: see monitor/core/memory.py (issue 24)
         status = daemon.status_line()
         if daemon.healthy():
             notifier.notify("WATCHDOG=1", *([f"STATUS={status}"] if status != last_status else []))

@@ -59,3 +59,23 @@ def tune_malloc(arenas: int | None = None, mmap_threshold: int | None = None) ->
         done["mmap_threshold"] = mmap_threshold
     return done
 
+
+
+# How often the daemon hands free heap pages back (daemon._supervise). Measured (issue 24, in-process daemon, 4
+# sample cameras, mallinfo2): MJPEG viewer connect/disconnect cycles grew the arenas with the memory in use flat
+# (900 connections: RSS +8.6 MB, arena 275 -> 283 MB, in use 221 -> 222 MB, free 53 -> 61 MB), while 1,200 uploads
+# left them flat. The growth is free memory glibc keeps resident: blocks under the mmap threshold (JPEGs, stream
+# parts, socket buffers) freed between longer-lived small objects leave holes, and free() only ever gives back
+# the top of a heap. malloc_trim(0) madvises every free page of every arena away: RSS 610 -> 566 MB, free in
+# the arenas 51 -> 21 MB, in about a millisecond.
+TRIM_EVERY = 60.0
+
+
+def trim() -> bool:
+    """Return the free pages inside glibc's arenas to the system (malloc_trim(0)); False when not glibc or
+    nothing was released."""
+    libc = _libc()
+    trim_fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim_fn is None:
+        return False
+    return bool(trim_fn(0))
