@@ -115,7 +115,9 @@ def decode(cv2, np, data: bytes, flag: int, side: int):  # noqa: ANN001 (modules
 
 
 def _first_video_frame(cv2, data: bytes):  # noqa: ANN001
-    # Some OpenCV builds lack a GIF decoder in imdecode; FFmpeg reads GIFs as one-frame videos.
+    # Some OpenCV builds lack a GIF decoder in imdecode; FFmpeg reads GIFs as one-frame videos. The same as
+    # capture/frames.py's helper, kept here because this process is started by path with `python -I` and imports
+    # nothing but cv2 and numpy (not the package, which may not be importable from an isolated interpreter).
     import tempfile
     with tempfile.NamedTemporaryFile(suffix=".gif") as f:
         f.write(data)
