@@ -8,7 +8,7 @@ import pytest
 
 from monitor.capture.camera import Camera
 from monitor.core.metrics import Metrics
-from testkit.mqtt import Subscriber
+from testkit.mqtt import Mosquitto, Subscriber
 from testkit.rtsp import SHARED, RtspServer, VideoArg, free_port
 
 
@@ -29,6 +29,15 @@ def videos_dir(shared_dir: Path) -> Path:
     if missing:
         pytest.fail(f"sample videos missing in {videos}: {', '.join(missing)}", pytrace=False)
     return videos
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A real mosquitto on 127.0.0.1 for the tests of one module (anonymous, no ACL: every client may write every
+    topic); killed after the module."""
+    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
+    yield b
+    b.kill()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -26,18 +25,10 @@ from monitor.mqtt.client import MqttClient
 from monitor.mqtt.publisher import Publisher
 from monitor.mqtt.topics import Topics
 from testkit.mqtt import Mosquitto, Subscriber
-from testkit.rtsp import free_port
 from testkit.webhook import Receiver
 
 # What the webhook POSTs and the MQTT events topic carries, unchanged by the typed Event.
 WIRE_KEYS = ["id", "camera", "rule", "label", "score", "peak_score", "started_at", "ended_at", "snapshot", "kind"]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
-    yield b
-    b.kill()
 
 
 def frame() -> np.ndarray:

@@ -43,13 +43,6 @@ REQUIRED = {                  # keys Home Assistant's MQTT platforms need (besid
 HA_BINARY_SENSOR_CLASSES = {"connectivity", "motion", "occupancy", "presence", "problem", "running", "safety"}
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
-    yield b
-    b.kill()
-
-
 @pytest.fixture
 def brokers(tmp_path: Path) -> Iterator[list[Mosquitto]]:
     """Brokers a test starts itself (faults); every one is killed at teardown."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -24,19 +23,11 @@ from monitor.inference.heads.head import Head
 from monitor.mqtt.discovery import discovery_configs
 from monitor.mqtt.topics import Topics
 from testkit.faults import clip
-from testkit.mqtt import Mosquitto, Received, Subscriber, retained_now
-from testkit.rtsp import free_port
+from testkit.mqtt import Received, Subscriber, retained_now
 from tests.test_mqtt import check_discovery
 
 PORCH = ("none", "package")
 DOOR = ("closed", "open", "ajar")
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
-    yield b
-    b.kill()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import pytest
@@ -41,13 +40,6 @@ HA_ATTRIBUTES_BLOCKED = {
     "state", "supported_features", "unique_id", "unit_of_measurement",
 }
 KEEPALIVE = "60s"      # the default: without the re-send, HA would wait up to this long for a label
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
-    yield b
-    b.kill()
 
 
 @pytest.fixture(scope="module")

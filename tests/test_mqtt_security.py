@@ -37,14 +37,6 @@ FOREIGN_LIGHT = {"unique_id": "kitchen_ceiling", "name": "Kitchen", "command_top
                  "schema": "json", "device": {"identifiers": ["0x00158d0001"], "name": "Kitchen light"}}
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    """Anonymous, no ACL: every client may write every topic (the setting of the findings)."""
-    b = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto")).start()
-    yield b
-    b.kill()
-
-
 @pytest.fixture
 def brokers() -> Iterator[list[Mosquitto]]:
     made: list[Mosquitto] = []
