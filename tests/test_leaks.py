@@ -148,13 +148,15 @@ def test_trim_returns_free_heap_pages() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4800)
 def test_soak_load_script_runs_flat() -> None:
-    """scripts/soak_load.py for 10 minutes: RSS slope over the second half under the issue's 2 MB/h target,
-    fds and threads back to baseline (its exit status)."""
+    """The README's one-hour figure: scripts/soak_load.py with the issue-24 load on 4 real RTSP cameras for 60
+    minutes; RSS slope over the second half under the issue's 2 MB/h target, fds and threads back to baseline (its
+    exit status)."""
     import subprocess
     import sys
     script = Path(__file__).resolve().parents[1] / "scripts" / "soak_load.py"
-    done = subprocess.run([sys.executable, str(script), "--minutes", "10", "--warmup", "120", "--every", "30"],
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run([sys.executable, str(script), "--rtsp", "--minutes", "60", "--warmup", "120",
+                           "--every", "60"], capture_output=True, text=True, timeout=4500)
     print(done.stdout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
