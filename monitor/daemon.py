@@ -66,6 +66,9 @@ class Daemon:
         self.custom = CustomClasses(self.classifier, self.heads, examples_dirs(config), config.watchlist)
         self.heatmaps: set[str] = set()     # cameras whose live view shows the class activation map (web toggle)
         self.events = EventStore(config.events.database, self.metrics)
+        # read at each scrape through self.config: a reload that moves the snapshot folder is followed
+        self.metrics.watch_disk(lambda: {"events": Path(self.config.events.database).parent,
+                                         "snapshots": self.config.alerts.snapshots})
         self.results = ResultBoard()
         self.mqtt: Any = self._mqtt(config)
         self.sinks = self._sinks(config)

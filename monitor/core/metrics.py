@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import platform
-from typing import Iterator
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from monitor import __version__
 
@@ -30,6 +33,44 @@ class NoCreatedRegistry(CollectorRegistry):
                 metric = copy.copy(metric)      # a collector may hand out a Metric it keeps
                 metric.samples = [sample for sample in metric.samples if sample.name != created]
             yield metric
+
+
+DiskFolders = Callable[[], Mapping[str, Optional[Path]]]
+
+
+def _existing(path: Path) -> Path:
+    """The folder itself or, not made yet (no snapshot so far), its nearest existing parent: the file system it will
+    be made on is the one that fills up."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+class DiskCollector:
+    """monitor_disk_free_bytes / monitor_disk_size_bytes of the folders the daemon writes (label `folder`), read
+    with statvfs at each scrape: always current, no thread, and a reload that moves a folder is followed because
+    the folders are asked for each time. Free = what an unprivileged process may still use (f_bavail)."""
+
+    def __init__(self, folders: DiskFolders) -> None:
+        self.folders = folders
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily("monitor_disk_free_bytes", "Bytes still writable on the file system of a folder "
+                                 "the daemon writes", labels=["folder"])
+        size = GaugeMetricFamily("monitor_disk_size_bytes", "Size of the file system of a folder the daemon writes",
+                                 labels=["folder"])
+        for name, path in self.folders().items():
+            if path is None:
+                continue                    # not configured (e.g. no snapshot folder)
+            try:
+                usage = shutil.disk_usage(_existing(path))
+            except OSError:
+                continue                    # unreadable now: no sample rather than a wrong one
+            free.add_metric([name], float(usage.free))
+            size.add_metric([name], float(usage.total))
+        yield free
+        yield size
 
 
 class Metrics:
@@ -91,6 +132,11 @@ class Metrics:
         self.build_info = Info("monitor_build", "Version of the daemon and its runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.model_info = Info("monitor_model", "The loaded model artifact", registry=r)
+
+    def watch_disk(self, folders: DiskFolders) -> None:
+        """Export free and total bytes of the file systems of `folders()` ({label: folder or None}); once per
+        registry (the "disk nearly full" alert of monitoring/prometheus/rules.yml reads them)."""
+        self.registry.register(DiskCollector(folders))
 
     def remove_camera(self, camera: str) -> None:
         """Drop every series labelled with `camera` (it was removed by a reload): a zeroed series would be exported
