@@ -671,11 +671,83 @@ class MqttConfig(Section):
         return read_secret(file, "password_file") if file is not None else ""
 
 
+# --- node and fleet ------------------------------------------------------------------------------------------
+
+def _default_node_name() -> str:
+    import socket
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip(".") or "node"
+    return name
+
+
+def _database_url(value: Any) -> str:
+    text = check_url(value, ("postgresql", "postgres"))
+    from urllib.parse import parse_qs, urlsplit
+    parts = urlsplit(text)
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        # the config is read by many (backups, support requests); the password lives in a file of its own
+        raise problem("must not hold the password (put it in a file named by fleet.password_file)",
+                      show_value=False)
+    if not parts.path.strip("/"):
+        raise problem("names no database (postgresql://user@host:5432/DATABASE)")
+    return text
+
+
+class NodeConfig(Section):
+    name: Name = Field(default_factory=_default_node_name, description=(
+        "This daemon's name in a fleet: in its events (locally and in PostgreSQL), its MQTT availability topic, "
+        "/api/status and monitor_node_info. Default: the host name. Unique per daemon."))
+    public_url: Optional[Url("http", "https")] = Field(None, description=(
+        "How other nodes and people reach this daemon's page (http://box1:8080): the fleet section's links to "
+        "its live views and the snapshot URLs of its events in PostgreSQL. Absent: http://<host name>:<port>."))
+
+
+class FleetConfig(Section):
+    database: Annotated[str, BeforeValidator(_database_url), WithJsonSchema(
+        {"type": "string", "pattern": "^postgres(ql)?://"})] = Field(description=(
+            "The shared PostgreSQL, postgresql://user@host:5432/database, without the password (see "
+            "password_file). Its schema is created or upgraded at start."))
+    password_file: Optional[FilePath] = Field(None, description=(
+        "A file holding only the database password, never inline in the config."))
+    heartbeat: Duration(allow_zero=False) = Field(5.0, description=(
+        "How often the node renews its leases, claims free cameras and sends its outbox to PostgreSQL."))
+    lease_time: Duration(allow_zero=False) = Field(30.0, description=(
+        "How long a camera lease lasts without renewal: a dead node's cameras move within it. At least 3 "
+        "heartbeats; a node that cannot renew stops its fleet cameras before its leases run out."))
+    max_cameras: Int(0, 10000) = Field(16, description=(
+        "Most fleet cameras this node runs at once (its local cameras not counted). 0: it only shares events."))
+    cameras_file: Optional[FilePath] = Field(None, description=(
+        "The fleet cameras, one YAML file ({cameras: [...]}, entries like the config's cameras) that every node "
+        "loads; names must not clash with local cameras. Absent: no fleet cameras, only the shared events."))
+    password: SkipJsonSchema[str] = _hidden()  # read from password_file at validation time, never logged
+
+    @field_validator("lease_time", mode="after")
+    @classmethod
+    def _three_heartbeats(cls, value: float, info: ValidationInfo) -> float:
+        beat = info.data.get("heartbeat")
+        if beat is not None and value < 3 * beat:
+            raise problem(f"must be at least 3 heartbeats ({3 * beat:g}s): the node renews on a heartbeat and "
+                          "stops its cameras before the lease can run out")
+        return value
+
+    @field_validator("password", mode="wrap")
+    @classmethod
+    def _read_password(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
+        _not_from_yaml(cls, value, info)
+        if value is not NOT_GIVEN:
+            return handler(value)
+        file = info.data.get("password_file")
+        return read_secret(file, "password_file") if file is not None else ""
+
+
 class Config(Section):
+    # cameras may be empty only on a fleet node (it claims fleet cameras): said in the schema too
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, json_schema_extra={
+        "if": {"not": {"properties": {"fleet": {"type": "object"}}, "required": ["fleet"]}},
+        "then": {"properties": {"cameras": {"type": "array", "minItems": 1}}}})
     server: ServerConfig = _section("The HTTP server: web page, REST API, MJPEG live views and /metrics.")
     model: ModelConfig = _section("The classification network and how it runs.")
-    cameras: List(CameraConfig, empty="must list at least one camera") = Field(description=(
-        "The cameras to classify, at least one. A camera that cannot be opened (a missing file, a host that "
+    cameras: List(CameraConfig, empty=None) = Field(description=(
+        "The cameras to classify, at least one (none: only with fleet, whose cameras the node claims). A camera that cannot be opened (a missing file, a host that "
         "is down) is not a config error: it shows as down and is retried with backoff while the others run."))
     watchlist: List(RuleConfig, empty=None) = Field((), description=(
         "Alert rules: each turns classification results into events, which are stored and sent to the alert "
@@ -691,7 +763,18 @@ class Config(Section):
     logging: LoggingConfig = _section("Log level and format.")
     mqtt: Optional[MqttConfig] = Field(None, description=(
         "MQTT publishing and Home Assistant discovery of every camera and rule. Absent or null: no MQTT."))
+    node: NodeConfig = _section("This daemon's identity among several (a fleet).")
+    fleet: Optional[FleetConfig] = Field(None, description=(
+        "Several daemons sharing one PostgreSQL: events replicated there, fleet cameras moved between nodes by "
+        "leases. Absent or null: a daemon on its own."))
     _path: Optional[Path] = PrivateAttr(None)
+
+    @field_validator("fleet", mode="after")
+    @classmethod
+    def _some_camera(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.data.get("cameras", None) == ():
+            raise problem("must list at least one camera (got [])", show_value=False, sibling="cameras")
+        return value
 
     @property
     def path(self) -> Optional[Path]:
