@@ -20,4 +20,7 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "capacity":
         from monitor.bench.capacity import bench_capacity
         return bench_capacity(args)
+    if args.bench_command == "overlay":
+        from monitor.bench.overlay import bench_overlay
+        return bench_overlay(args)
     raise AssertionError(args.bench_command)

@@ -739,6 +739,17 @@ class FleetConfig(Section):
         return read_secret(file, "password_file") if file is not None else ""
 
 
+class LabelsConfig(Section):
+    language: Choice("en", "zh") = Field("en", description=(
+        "Language of the class names people read: the overlay, the status page's default, the API's and MQTT's "
+        "display names. en = English, zh = Simplified Chinese. Machine outputs keep the class index and the "
+        "English name either way."))
+    font: Optional[FilePath] = Field(None, description=(
+        "Font file (TTF, OTF or TTC) the overlay draws Chinese labels with. Absent: a CJK font found on the "
+        "system (fc-match, then Noto CJK / WenQuanYi paths); none found: the overlay draws English and logs "
+        "one warning."))
+
+
 class Config(Section):
     # cameras may be empty only on a fleet node (it claims fleet cameras): said in the schema too
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, json_schema_extra={
@@ -761,6 +772,7 @@ class Config(Section):
         "of its own and never blocks classification.")
     events: EventsConfig = _section("The event history (SQLite) and how long it is kept.")
     logging: LoggingConfig = _section("Log level and format.")
+    labels: LabelsConfig = _section("The language class names are shown in (overlay, page, display names).")
     mqtt: Optional[MqttConfig] = Field(None, description=(
         "MQTT publishing and Home Assistant discovery of every camera and rule. Absent or null: no MQTT."))
     node: NodeConfig = _section("This daemon's identity among several (a fleet).")

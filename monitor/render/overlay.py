@@ -1,13 +1,21 @@
-"""Draw predictions, camera name, local time, fps and the event banner on a copy of a frame (cv2 only)."""
+"""Draw predictions, camera name, local time, fps and the event banner on a copy of a frame.
+
+cv2 draws the ASCII text; Chinese class names (language "zh") go through monitor.render.text (FreeType, cached
+strips), and without a CJK font the overlay falls back to English.
+"""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
+from monitor.core import groups
+from monitor.core.labels import display_name
 from monitor.inference.heads.cam import overlay as heat_overlay
+from monitor.render.text import FreeTypeText, cjk_text
 
 if TYPE_CHECKING:
     from monitor.inference.classifier import Prediction
@@ -22,6 +30,8 @@ _UNTRAINED = (0, 215, 255)      # BGR amber
 _PANEL_DIM = 0.35               # panel keeps this fraction of the underlying brightness
 _BASE_WIDTH = 1536.0            # font scale 0.5 at 768 px wide, 1.0 at 1536 px
 _LABEL_CHARS = 24
+_LABEL_CHARS_ZH = 12            # Chinese names are 1-9 characters, each about two Latin letters wide
+_EVENT_ZH = "事件: "
 _METRIC_TEXT = "Agjpqy"         # getTextSize's baseline depends on the text: measure with descenders, always
 
 BANNER_COLOR = _BANNER
@@ -34,14 +44,16 @@ def _font_scale(width: int) -> float:
 def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Prediction], fps: float | None,
                  active: Sequence[str], untrained: bool, when: float | None = None,
                  custom: Sequence[CustomResult] = (),
-                 heatmap: tuple[np.ndarray, Sequence[int]] | None = None) -> np.ndarray:
+                 heatmap: tuple[np.ndarray, Sequence[int]] | None = None, language: str = "en",
+                 font: Path | None = None) -> np.ndarray:
     """Return a new BGR image with the overlay drawn; `image` (shared by other readers) is never modified.
 
     Layout: a translucent panel top-left (camera, local time, fps, then one line per prediction with its score
     and a bar), an amber "UNTRAINED DEMO MODEL" marker top-right, and a solid red "EVENT: ..." banner along the
     bottom edge while `active` is non-empty. Sizes follow the image width so the text stays legible.
     `custom` adds one "head: class" line per custom head; `heatmap` (map, box) blends the class activation map
-    over the region the network saw.
+    over the region the network saw. `language` "zh" draws the class names and the banner in Chinese with
+    the CJK font `font` (None: found on the system; none there: English).
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"draw_overlay: expected a BGR uint8 image of shape (H, W, 3), got "
@@ -57,9 +69,14 @@ def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Predictio
     # --- panel: header + predictions
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if when is None else when))
     header = f"{camera}  {stamp}" + (f"  {fps:.1f} fps" if fps is not None else "")
-    rows = [(p.label[:_LABEL_CHARS], float(p.probability)) for p in predictions]
-    rows += [(f"{c.head}: {c.label}"[:_LABEL_CHARS], c.probability) for c in custom]
-    label_w = max([cv2.getTextSize(lbl, _FONT, scale, thick)[0][0] for lbl, _ in rows] or [0])
+    cjk: FreeTypeText | None = cjk_text(font) if language == "zh" else None
+    size = text_h + baseline        # the em of the CJK font matches the Latin text's line
+    # (text, probability, drawn by FreeType)
+    rows = [(display_name(p.index, "zh")[:_LABEL_CHARS_ZH], float(p.probability), True) if cjk is not None
+            else (p.label[:_LABEL_CHARS], float(p.probability), False) for p in predictions]
+    rows += [(f"{c.head}: {c.label}"[:_LABEL_CHARS], c.probability, False) for c in custom]
+    label_w = max([cjk.measure(lbl, size)[0] if zh and cjk is not None
+                   else cv2.getTextSize(lbl, _FONT, scale, thick)[0][0] for lbl, _, zh in rows] or [0])
     score_w = cv2.getTextSize("0.00", _FONT, scale, thick)[0][0]
     bar_max = max(20, int(120 * scale))
     header_w = cv2.getTextSize(header, _FONT, scale, thick)[0][0]
@@ -71,9 +88,12 @@ def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Predictio
 
     y = pad + text_h
     cv2.putText(out, header, (pad, y), _FONT, scale, _WHITE, thick, cv2.LINE_AA)
-    for label, prob in rows:
+    for label, prob, zh in rows:
         y += line_h
-        cv2.putText(out, label, (pad, y), _FONT, scale, _WHITE, thick, cv2.LINE_AA)
+        if zh and cjk is not None:
+            cjk.draw(out, label, pad, y, size, _WHITE)
+        else:
+            cv2.putText(out, label, (pad, y), _FONT, scale, _WHITE, thick, cv2.LINE_AA)
         sx = pad + label_w + pad
         cv2.putText(out, f"{prob:.2f}", (sx, y), _FONT, scale, _GREY, thick, cv2.LINE_AA)
         bx = sx + score_w + pad
@@ -93,11 +113,15 @@ def draw_overlay(image: np.ndarray, camera: str, predictions: Sequence[Predictio
 
     # --- event banner, bottom edge, solid red
     if active:
-        text = "EVENT: " + ", ".join(dict.fromkeys(active))
         bh = banner_height(w)
         (_, th), tb = cv2.getTextSize(_METRIC_TEXT, _FONT, scale * 1.2, thick + 1)
         cv2.rectangle(out, (0, h - bh), (w, h), _BANNER, cv2.FILLED)
-        cv2.putText(out, text, (pad, h - pad - tb), _FONT, scale * 1.2, _WHITE, thick + 1, cv2.LINE_AA)
+        if cjk is not None:
+            text = _EVENT_ZH + ", ".join(dict.fromkeys(groups.display_name(a, "zh") for a in active))
+            cjk.draw(out, text, pad, h - pad - tb, th + tb, _WHITE)
+        else:
+            text = "EVENT: " + ", ".join(dict.fromkeys(active))
+            cv2.putText(out, text, (pad, h - pad - tb), _FONT, scale * 1.2, _WHITE, thick + 1, cv2.LINE_AA)
     return out
 
 
