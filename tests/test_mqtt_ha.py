@@ -6,7 +6,8 @@ Home Assistant (2024.3 and later) reads:
   `<domain>.<node id>_<camera>_<key>`, so a second daemon (another node id) never gets `_2` ids;
 - attributes: no key Home Assistant blocks (its MQTT_ATTRIBUTES_BLOCKED: a camera's `state` never arrived);
 - HA's `online` re-sends the label and custom class states (not retained) within the resync's rate limit, so
-  the sensors do not read `unknown` until the next keepalive.
+  the sensors do not read `unknown` until the next keepalive; HA coming back (its will `offline`, then `online`)
+  is answered at once even within the interval, bursts are coalesced.
 
 The camera watches a still picture (every frame the same JPEG), so its label never changes: any label message
 after the first one is a re-send (or a keepalive, here 60 s away).
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from monitor.config.loader import parse_config
 from monitor.config.types import Config
@@ -25,7 +27,7 @@ from monitor.daemon import Daemon
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads import save_head
 from monitor.mqtt.discovery import discovery_configs
-from monitor.mqtt.resync import RESYNC_INTERVAL
+from monitor.mqtt.resync import RESYNC_INTERVAL, ResyncLimiter
 from monitor.mqtt.topics import Topics
 from testkit.mqtt import Mosquitto, Subscriber, retained_now
 from testkit.rtsp import free_port
@@ -186,6 +188,52 @@ def test_home_assistant_online_gets_the_label_and_custom_states_within_the_rate_
     assert sub.wait_topic(f"{prefix}/front/porch/label", timeout=3, after=mark).text == custom.text
     time.sleep(1.0)
     assert len([m for m in sub.messages[mark:] if m.topic in topics]) == 4      # one re-send for three `online`
+
+    # Home Assistant comes back (its will `offline`, then `online`) well within the interval after that re-send:
+    # answered at once, not at the interval's end; a second comeback within the same interval is coalesced
+    mark = sub.mark()
+    sub.publish(f"{ha}/status", "offline")
+    sub.publish(f"{ha}/status", "online")
+    assert sub.wait_topic(f"{prefix}/front/label", timeout=3, after=mark).text == first.text
+    assert sub.wait_topic(f"{prefix}/front/porch/label", timeout=2, after=mark).text == custom.text
+    time.sleep(0.5)
+    mark = sub.mark()
+    sub.publish(f"{ha}/status", "offline")
+    sub.publish(f"{ha}/status", "online")
+    _quiet(sub, topics, mark, 2.5)
+
+
+def test_a_comeback_is_answered_at_once_and_a_flood_of_comebacks_twice_per_interval() -> None:
+    """ResyncLimiter on a clock of its own: `online` after `offline` (HA's will) fires at once even within the
+    interval, at most once per interval; bursts of `online` alone stay coalesced to one per interval."""
+    now = [1000.0]
+    fired: list[float] = []
+    suppressed = Counter("test_resyncs_suppressed", "", registry=CollectorRegistry())
+    limiter = ResyncLimiter(lambda: fired.append(now[0]), suppressed, interval=10.0, clock=lambda: now[0])
+    limiter.request("start")
+    assert fired == [1000.0]
+    now[0] = 1003.0                      # HA restarted in 3 s: its will, then its birth
+    limiter.offline()
+    limiter.request("restart")
+    assert fired == [1000.0, 1003.0]
+    now[0] = 1004.0                      # `online` alone, within the interval: waits for its end
+    limiter.request("burst")
+    limiter.poll()
+    assert fired == [1000.0, 1003.0]
+    now[0] = 1013.0
+    limiter.poll()
+    assert fired == [1000.0, 1003.0, 1013.0]
+    # a flood of `offline`/`online` pairs for 60 s: at most two re-publishes in any interval
+    fired.clear()
+    t = 1013.0
+    while t < 1073.0:
+        now[0] = t
+        limiter.offline()
+        limiter.request("flood")
+        limiter.poll()
+        t += 0.01
+    assert 6 <= len(fired) <= 13, fired
+    assert all(b - a >= 10.0 for a, b in zip(fired, fired[2:])), fired
 
 
 def _quiet(sub: Subscriber, topics: list[str], after: int, seconds: float) -> None:

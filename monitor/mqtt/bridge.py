@@ -247,5 +247,8 @@ class MqttBridge:
         self.publisher.resend_states()
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip().lower() == b"online":
+        word = payload.strip().lower()
+        if word == b"online":
             self.resyncs.request(f"via MQTT topic {topic}")
+        elif word == b"offline":
+            self.resyncs.offline()
