@@ -71,6 +71,7 @@ class Daemon:
                                          "snapshots": self.config.alerts.snapshots})
         self.results = ResultBoard()
         self.mqtt: Any = self._mqtt(config)
+        self.clips: Any = self._clips(config)
         self.sinks = self._sinks(config)
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
@@ -91,6 +92,13 @@ class Daemon:
         return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
                           paused_state_path(config.events.database))
 
+    def _clips(self, config: Config) -> Any:
+        """The clip recorders (monitor/clips), only when a camera records: clips.enabled and backend pyav."""
+        from monitor.clips.manager import ClipManager, recording
+        if not recording(config):
+            return None
+        return ClipManager(config, self.events, self.metrics, lambda: self.cameras)
+
     def worker_pause(self, names: frozenset[str]) -> None:
         self.worker.set_paused(names)
 
@@ -101,6 +109,8 @@ class Daemon:
 
     def _sinks(self, config: Config) -> SinkSet:
         listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
+        if self.clips is not None:
+            listeners.append(("clips", self.clips.on_event))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
                        listeners=listeners)
 
@@ -111,6 +121,8 @@ class Daemon:
 
     def start(self, web: bool = True) -> None:
         """Start consumers before producers: sinks, MQTT, worker, cameras, then the HTTP port."""
+        if self.clips is not None:
+            self.clips.start()
         self.sinks.start()
         if self.mqtt is not None:
             self.mqtt.start(list(self.cameras), self.config.watchlist, self.heads)
@@ -146,6 +158,8 @@ class Daemon:
         self.sinks.stop(timeout=min(1.5, left()))
         if self.mqtt is not None:      # after the sinks: the events' ends still go out
             self.mqtt.stop(timeout=min(1.0, left()))
+        if self.clips is not None:     # after the sinks: the events' ends reached the recorders
+            self.clips.stop(timeout=min(1.5, left()))
         self.events.close()
         self._started = False
         log.info("monitor stopped")
@@ -219,6 +233,8 @@ class Daemon:
                 self._replace_cameras(new_cams, changed, removed)
         if not self._stopping:
             self.config = new
+            if self.clips is not None:
+                self.clips.update(new)
             if self.mqtt is not None:
                 self.mqtt.update(list(self.cameras), new.watchlist, self.heads)
             log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),

@@ -206,7 +206,7 @@ def test_errors_name_key_path_and_line_in_document_order(tmp_path: Path) -> None
         "cameras[1].fps: must be >= 0 (got -3) (line 6)",
         "cameras[1].motion.keepalive: must be > 0 (got '0s') (line 8)",
         "servr: unknown key (allowed: server, model, cameras, watchlist, custom_classes, alerts, events, "
-        "logging, labels, mqtt, node, fleet); "
+        "logging, labels, mqtt, clips, node, fleet); "
         "did you mean 'server'? (line 9)",
         "logging.level: must be one of debug, info, warning, error (got 'loud') (line 10)",
         "watchlist[0].indices: unknown key (allowed: name, classes, cameras, min_score, min_frames, end_after, "

@@ -14,7 +14,9 @@ from monitor.core.region import Box
 
 # Fields the webhook and MQTT payloads leave out, so they carry what they always did: `note`, which only the history
 # has (crash recovery writes it on rows a dead process left open), and `box`, which labelling reads.
-NOT_SENT = frozenset({"note", "box"})
+# The clip fields too: a clip completes after the event message, so its URL goes out in a follow-up (monitor/clips).
+NOT_SENT = frozenset({"note", "box", "clip", "clip_seconds", "clip_state"})
+CLIP_STATES = ("none", "recording", "complete", "failed")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,6 +37,11 @@ class Event:
                "custom class's own crop, when the frame was captured); labelling the event files this region"})
     note: str | None = field(default=None, metadata={
         "doc": "set when the event was closed at startup after the process died while it was open"})
+    clip: str | None = field(default=None, metadata={
+        "doc": "the event's video clip: file name relative to the clips folder (null: none)"})
+    clip_seconds: float | None = field(default=None, metadata={"doc": "duration of the clip in seconds"})
+    clip_state: str = field(default="none", metadata={
+        "doc": "none (no clip) | recording | complete (playable) | failed (nothing kept)"})
 
     @property
     def custom(self) -> tuple[str, str] | None:

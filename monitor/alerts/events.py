@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from monitor.alerts.event import Event
+from monitor.alerts.event import CLIP_STATES, Event
 from monitor.alerts.snapshot_files import SNAPSHOT_NAME, TMP_NAME, clean_snapshot_path
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS events_camera_started_at ON events (camera, started_a
 _COLUMNS = tuple(f.name for f in fields(Event))
 # Columns added after the first release, with their type: a database made before gets them on open (old rows
 # hold NULL: an event from then has no box).
-_ADDED = {"box": "TEXT"}
+_ADDED = {"box": "TEXT", "clip": "TEXT", "clip_seconds": "REAL", "clip_state": "TEXT NOT NULL DEFAULT 'none'"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
 
 CRASH_NOTE = "closed at startup: the process ended while the event was open; ended_at is the last time it was seen"
@@ -134,6 +134,31 @@ class EventStore:
 
     def set_snapshot(self, event_id: int, path: str | Path) -> None:
         self._write("set snapshot", "UPDATE events SET snapshot = ? WHERE id = ?", (str(path), int(event_id)))
+
+    def set_clip(self, event_id: int, *, file: str | None, seconds: float | None, state: str) -> bool:
+        """The event's clip (file relative to the clips folder) and its state; False when the write failed."""
+        if state not in CLIP_STATES:
+            raise ValueError(f"clip state {state!r} is not one of {CLIP_STATES}")
+        return self._write("set clip", "UPDATE events SET clip = ?, clip_seconds = ?, clip_state = ? WHERE id = ?",
+                           (file, None if seconds is None else float(seconds), state, int(event_id))) is not None
+
+    def clips_in_state(self, state: str) -> list[Event]:
+        """Events whose clip is in `state` (start-up: "recording" rows a killed process left)."""
+        return [_event(row) for row in self._read("clips in state", _SELECT + " WHERE clip_state = ?", (state,))]
+
+    def clip_files(self) -> set[str] | None:
+        """Every clip file a row names (retention: a file no row names is an orphan); None when unreadable."""
+        try:
+            rows = self._read("clip files", "SELECT DISTINCT clip FROM events WHERE clip IS NOT NULL", (),
+                              strict=True)
+        except EventStoreError:
+            return None
+        return {r[0] for r in rows}
+
+    def forget_clip(self, file: str, state: str = "none") -> bool:
+        """Rows naming `file` lose it (retention deletes it next): never a row pointing at a missing file."""
+        return self._write("forget clip", "UPDATE events SET clip = NULL, clip_seconds = NULL, clip_state = ? "
+                           "WHERE clip = ?", (state, file)) is not None
 
     def prune(self, older_than: float, now: float | None = None, snapshots: Path | str | None = None,
               max_bytes: int | None = None) -> int:

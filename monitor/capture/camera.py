@@ -22,6 +22,7 @@ from monitor.core.priority import lower_this_thread
 from monitor.capture.buffers import FramePool
 from monitor.capture.motion import MotionGate
 from monitor.capture.pyav_capture import PyAVCapture
+from monitor.capture.packet_ring import PacketRing
 from monitor.core.redact import redact_url
 from monitor.core.region import Box, Region, RegionError
 
@@ -196,6 +197,15 @@ class Camera:
         self._m_reconnects = metrics.camera_reconnects.labels(camera=self.name)
         self._m_last_frame = metrics.camera_last_frame.labels(camera=self.name)
         self._m_connected.set(0)
+        # The clip pre-roll (backend pyav only: OpenCV gives no packets); kept across reconnects, read by the
+        # camera's clip recorder (monitor/clips).
+        clips = cfg.clips
+        self.packets: PacketRing | None = None
+        if clips.enabled and cfg.backend == "pyav" and self.source.kind != "device":
+            gauge = metrics.clip_preroll_bytes.labels(camera=self.name)
+            dropped = metrics.clip_preroll_dropped.labels(camera=self.name)
+            self.packets = PacketRing(self.name, clips.pre or 0.0, clips.max_preroll_bytes or 16 * 1024 * 1024,
+                                      on_bytes=gauge.set, on_dropped=dropped.inc)
 
     # ---------------------------------------------------------------- public API
 
@@ -378,7 +388,8 @@ class Camera:
         if src.kind == "file" and not Path(src.target).is_file():
             raise _Failure(f"file not found: {src.shown}")
         size = tuple(self.cfg.frame_size) if self.cfg.frame_size else None
-        cap = PyAVCapture(str(src.target), self.cfg.open_timeout, read_timeout, self.cfg.decode_threads, size)
+        cap = PyAVCapture(str(src.target), self.cfg.open_timeout, read_timeout, self.cfg.decode_threads, size,
+                          ring=self.packets)
         if not cap.isOpened():
             # FFmpeg's message may quote the URL: show it without credentials
             why = redact_url(cap.error.replace(str(src.target), src.shown))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from monitor.core.redact import redact_url
+
+if TYPE_CHECKING:
+    from monitor.capture.packet_ring import PacketRing
 
 log = logging.getLogger(__name__)
 _quiet_lock = threading.Lock()
@@ -42,7 +45,7 @@ class PyAVCapture:
     """One input (file or URL) decoded on the calling thread. Not thread-safe: the camera thread owns it."""
 
     def __init__(self, target: str, open_timeout: float, read_timeout: float, threads: int = 1,
-                 size: tuple[int, int] | None = None, rtsp_tcp: bool = True) -> None:
+                 size: tuple[int, int] | None = None, rtsp_tcp: bool = True, ring: PacketRing | None = None) -> None:
         import av  # imported here: only cameras with `backend: pyav` load it
 
         _quiet_ffmpeg_log(av)
@@ -56,6 +59,7 @@ class PyAVCapture:
         self._frame: Any = None
         self._container: Any = None
         self._decoded: Any = None
+        self._ring = ring
         self.error = ""
         options = {"rtsp_transport": "tcp"} if rtsp_tcp and target.lower().startswith(("rtsp://", "rtsps://")) else {}
         try:
@@ -69,7 +73,28 @@ class PyAVCapture:
         # Frame threads each hold pictures of their own (see CameraConfig.decode_threads).
         self._stream.thread_count = max(0, int(threads))
         self._stream.thread_type = "FRAME" if threads != 1 else "SLICE"
-        self._decoded = self._container.decode(self._stream)
+        self._decoded = self._frames()
+
+    def _frames(self) -> Any:
+        """Decoded pictures. Without a ring it is PyAV's own decode loop; with one, the same demux + decode with
+        every packet (video, and the first audio stream) also pushed into the camera's clip pre-roll."""
+        if self._ring is None:
+            return self._container.decode(self._stream)
+        from monitor.capture.packet_ring import StreamSpec
+        audio = self._container.streams.audio[0] if self._container.streams.audio else None
+        self._ring.connect(StreamSpec.of(self._av, self._stream, audio))
+        return self._demux_and_decode(audio)
+
+    def _demux_and_decode(self, audio: Any) -> Any:
+        ring = self._ring
+        video = self._stream
+        index = video.index
+        streams = (video, audio) if audio is not None else (video,)
+        for packet in self._container.demux(streams):
+            is_video = packet.stream_index == index
+            ring.push(packet, is_video)
+            if is_video:
+                yield from video.decode(packet)
 
     def _redact(self, text: str) -> str:
         # FFmpeg's exceptions quote the URL as given ("Connection refused: 'rtsp://user:pw@cam/?token=...'")
@@ -120,7 +145,10 @@ class PyAVCapture:
             self._container.seek(0)
         except (self._av.error.FFmpegError, OSError):
             return False
-        self._decoded = self._container.decode(self._stream)
+        if self._ring is not None:
+            self._ring.discontinuity()
+        self._decoded = self._frames() if self._ring is None else self._demux_and_decode(
+            self._container.streams.audio[0] if self._container.streams.audio else None)
         return True
 
     def release(self) -> None:

@@ -234,6 +234,53 @@ class MotionConfig(Section):
         "While the scene is still, classify anyway this often, so a result never gets older than this."))
 
 
+class ClipsRetainConfig(Section):
+    days: Number(above=0) = Field(7.0, description=(
+        "Clips older than this many days are deleted (oldest first); their events stay, without a clip."))
+    max_bytes: Optional[Size] = Field(10 * 1024 ** 3, description=(
+        "Most bytes all clips together may take (e.g. 10GB); above it the oldest clips go first. null = no cap."))
+    per_camera_max_bytes: Optional[Size] = Field(None, description=(
+        "Most bytes one camera's clips may take; above it that camera's oldest clips go first. null = no cap."))
+
+
+CLIPS_DEFAULTS = {"enabled": False, "pre": 5.0, "post": 10.0, "max_length": 120.0,
+                  "max_preroll_bytes": 16 * 1024 * 1024}
+
+
+class CameraClipsConfig(Section):
+    """Per camera: each key left out (null) takes the global `clips:` value; after loading every key is set."""
+    enabled: Optional[Bool] = Field(None, description=(
+        "Record a clip of each event of this camera (needs backend: pyav). null: clips.enabled."))
+    pre: Optional[Duration()] = Field(None, description="Seconds before the event start kept. null: clips.pre.")
+    post: Optional[Duration()] = Field(None, description="Seconds after the event end recorded. null: clips.post.")
+    max_length: Optional[Duration(allow_zero=False)] = Field(None, description=(
+        "Longest clip; a longer event's clip is cut there. null: clips.max_length."))
+    max_preroll_bytes: Optional[Size] = Field(None, description=(
+        "Most bytes of packets held for the pre-roll. null: clips.max_preroll_bytes."))
+
+
+class ClipsConfig(Section):
+    enabled: Bool = Field(CLIPS_DEFAULTS["enabled"], description=(
+        "true: every event of a camera with backend: pyav gets a video clip (its packets copied into MP4, no "
+        "re-encoding), from `pre` seconds before it started to `post` after it ended. Cameras with backend: "
+        "opencv never record (OpenCV gives no packets)."))
+    path: Optional[FilePath] = Field(None, description=(
+        "Folder of the clips (<camera>/<time>-<event id>.mp4). null: `clips` next to events.database."))
+    pre: Duration() = Field(CLIPS_DEFAULTS["pre"], description=(
+        "Seconds of video before the event start kept in the clip: each camera holds its packets back to the "
+        "keyframe before this (so a clip starts up to one GOP earlier)."))
+    post: Duration() = Field(CLIPS_DEFAULTS["post"], description="Seconds recorded after the event ended.")
+    max_length: Duration(allow_zero=False) = Field(CLIPS_DEFAULTS["max_length"], description=(
+        "Longest clip (e.g. 2m); the clip of a longer event is cut there."))
+    max_preroll_bytes: Size = Field(CLIPS_DEFAULTS["max_preroll_bytes"], description=(
+        "Most bytes of packets a camera holds for the pre-roll (e.g. 16MB); past it the oldest GOPs go first "
+        "(counted in monitor_clip_preroll_dropped_bytes_total) and the pre-roll gets shorter."))
+    min_free_bytes: Size = Field(256 * 1024 ** 2, description=(
+        "Recording stops (WARNING, monitor_clips_disk_full 1) while the clips folder's disk has less free than "
+        "this; classification and events go on, and recording resumes once space frees."))
+    retain: ClipsRetainConfig = _section("How long and how many bytes of clips are kept.")
+
+
 def _source(value: Any, info: ValidationInfo) -> str:
     """A webcam index, /dev/videoN, an rtsp/rtsps/http/https URL or a file path (made absolute).
     A file that does not exist is not an error: the camera shows as down and retries."""
@@ -313,6 +360,8 @@ class CameraConfig(Section):
         "are busy, classification runs first and decoding catches up from the socket buffer."))
     motion: MotionConfig = _section(
         "Motion gate: classify only when the picture changes. Default: off, every due frame is classified.")
+    clips: CameraClipsConfig = _section(
+        "This camera's clip settings; keys left out take the global clips: ones.")
 
     @field_validator("backend")
     @classmethod
@@ -335,6 +384,14 @@ class CameraConfig(Section):
             except RegionError as e:
                 raise problem(str(e), show_value=False) from None
         return size
+
+    @field_validator("clips")
+    @classmethod
+    def _clips_need_pyav(cls, clips: CameraClipsConfig, info: ValidationInfo) -> CameraClipsConfig:
+        if clips.enabled and info.data.get("backend", "opencv") != "pyav":
+            raise problem("needs backend: pyav (a clip copies the packets, which OpenCV does not give)",
+                          at=("enabled",), show_value=False)
+        return clips
 
     @field_validator("loop")
     @classmethod
@@ -775,6 +832,7 @@ class Config(Section):
     labels: LabelsConfig = _section("The language class names are shown in (overlay, page, display names).")
     mqtt: Optional[MqttConfig] = Field(None, description=(
         "MQTT publishing and Home Assistant discovery of every camera and rule. Absent or null: no MQTT."))
+    clips: ClipsConfig = _section("Video clips of events: pre-roll, length, folder and retention.")
     node: NodeConfig = _section("This daemon's identity among several (a fleet).")
     fleet: Optional[FleetConfig] = Field(None, description=(
         "Several daemons sharing one PostgreSQL: events replicated there, fleet cameras moved between nodes by "
@@ -787,6 +845,19 @@ class Config(Section):
         if value is None and info.data.get("cameras", None) == ():
             raise problem("must list at least one camera (got [])", show_value=False, sibling="cameras")
         return value
+
+    @model_validator(mode="after")
+    def _resolve_camera_clips(self) -> Config:
+        """Each camera's clips keys left out take the global values, so a camera's config alone says what it
+        records (a reload that changes the global clips restarts the cameras it changes). Set on the fresh
+        validated camera models, before anything reads them."""
+        for cam in self.cameras:
+            own = cam.clips
+            merged = {k: getattr(own, k) if getattr(own, k) is not None else getattr(self.clips, k)
+                      for k in CLIPS_DEFAULTS}
+            if merged != own.model_dump():
+                object.__setattr__(cam, "clips", CameraClipsConfig.model_construct(**merged))
+        return self
 
     @property
     def path(self) -> Optional[Path]:

@@ -112,6 +112,19 @@ class Metrics:
         self.sink_dropped = Counter("monitor_sink_dropped", "Alert deliveries dropped because the sink queue was full",
                                     ["sink"], registry=r)
         self.events_db_errors = Counter("monitor_events_db_errors", "Event history writes that failed", registry=r)
+        # clips
+        self.clips_written = Counter("monitor_clips_written", "Event clips completed", ["camera"], registry=r)
+        self.clips_failed = Counter("monitor_clips_failed", "Event clips that failed (nothing kept)", ["camera"],
+                                    registry=r)
+        self.clips_bytes = Gauge("monitor_clips_bytes", "Bytes of clip files on disk (at the last retention pass)",
+                                 registry=r)
+        self.clips_disk_full = Gauge("monitor_clips_disk_full", "1 while recording is stopped for lack of disk space",
+                                     registry=r)
+        self.clip_preroll_bytes = Gauge("monitor_clip_preroll_bytes", "Bytes of packets held for the pre-roll",
+                                        ["camera"], registry=r)
+        self.clip_preroll_dropped = Counter(
+            "monitor_clip_preroll_dropped_bytes", "Pre-roll packets dropped over max_preroll_bytes", ["camera"],
+            registry=r)
         # web
         self.stream_viewers = Gauge("monitor_stream_viewers", "Clients watching the MJPEG stream", ["camera"],
                                     registry=r)
@@ -144,7 +157,8 @@ class Metrics:
         for collector in (self.frames_captured, self.frames_classified, self.frames_dropped,
                           self.frames_skipped_still, self.camera_connected, self.camera_reconnects,
                           self.camera_last_frame, self.stream_viewers, self.stream_frames_skipped,
-                          self.camera_paused):
+                          self.camera_paused, self.clips_written, self.clips_failed, self.clip_preroll_bytes,
+                          self.clip_preroll_dropped):
             try:
                 collector.remove(camera)
             except KeyError:
