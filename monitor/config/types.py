@@ -177,6 +177,13 @@ class ServerConfig(Section):
         "refused before it is decoded."))
     upload_timeout: Duration(allow_zero=False) = Field(30.0, description=(
         "Time a whole upload body has to arrive (e.g. 30s); a slower one is answered 408."))
+    batch_max_files: Int(1, 100_000) = Field(500, description=(
+        "Most images one POST /api/classify/batch may carry (multipart files, or files in its zip archive); "
+        "a request with more is refused with 413."))
+    # The body is held in memory (beside the single uploads' budget) while its files are classified.
+    batch_max_bytes: Size = Field(64 * 1024 * 1024, description=(
+        "Largest POST /api/classify/batch body, and most bytes its zip archive may unpack to: bytes, or 512KB "
+        "/ 64MB (binary units). Each file is also held to upload_max_bytes and upload_max_pixels."))
     # Kept below the process's file descriptor limit.
     max_connections: Int(8, 65536) = Field(256, description=(
         "Open HTTP connections at once; more are answered 503 and closed. The last 4 (an eighth when that is "

@@ -30,11 +30,12 @@ from monitor.web.deps import Server, server_of
 from monitor.web.errors import ApiError, error_response
 from monitor.web.params import QUERY_ERROR
 from monitor.web.paths import STATIC_FILES
-from monitor.web.routes import cameras, classify, custom, events, pages, status
+from monitor.web.routes import batch, cameras, classify, custom, events, pages, status
 
 log = logging.getLogger("monitor.web")
 
-ROUTERS = (pages.router, status.router, events.router, classify.router, cameras.router, custom.router)
+ROUTERS = (pages.router, status.router, events.router, classify.router, batch.router, cameras.router,
+           custom.router)
 DOCS_ASSETS = "/docs/assets"
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8"}

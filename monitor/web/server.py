@@ -97,7 +97,8 @@ class WebServer:
         self.streams = StreamHub(services, cfg.stream, services.metrics, stall_timeout=self.stall_timeout)
         self.pixels = PixelBudget(cfg.upload_max_pixels)
         self.decoders = DecoderPool(DECODERS, DECODE_CPU_SECONDS)    # processes start with the first upload
-        self.body_budget = BodyBudget(UPLOAD_BODIES * self.upload_max_bytes)
+        # single uploads, and one batch (POST /api/classify/batch) beside them
+        self.body_budget = BodyBudget(UPLOAD_BODIES * self.upload_max_bytes + int(cfg.batch_max_bytes))
         self.uploads: asyncio.Semaphore | None = None       # made on the server's loop
         self.stopping = threading.Event()
         self._server: _Uvicorn | None = None

@@ -93,16 +93,16 @@ class Part:
         return b"".join(self.chunks)
 
 
-def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
+def parse_multipart(body: bytes, boundary: bytes, max_parts: int = MAX_PARTS) -> list[Part]:
     """The parts of a multipart/form-data body (python-multipart does the parsing); ApiError 400 when the body
-    is malformed."""
+    is malformed or has more than `max_parts` parts."""
     parts: list[Part] = []
     header: dict[str, bytes] = {"field": b"", "value": b""}
     ended = False
 
     def begin() -> None:
-        if len(parts) >= MAX_PARTS:
-            raise ApiError(400, f"malformed multipart body: more than {MAX_PARTS} parts")
+        if len(parts) >= max_parts:
+            raise ApiError(400, f"malformed multipart body: more than {max_parts} parts")
         parts.append(Part())
 
     def header_field(data: bytes, start: int, end: int) -> None:
