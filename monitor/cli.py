@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("head", metavar="HEAD")
     p.add_argument("--weights", metavar="FILE", help="also check that the head fits this backbone")
 
+    f = sub.add_parser("fleet", help="the fleet (several daemons, one PostgreSQL)").add_subparsers(
+        dest="fleet_command", required=True)
+    p = f.add_parser("status", help="nodes (last heartbeat, cameras held, outbox lag) and cameras with their holder")
+    p.add_argument("-c", "--config", default="config.yaml", help="a config with the fleet section")
+    p.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="print benchmark figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT")
     p = b.add_parser("classify", help="per frame: PIL + FP32 baseline, torch INT8, OpenVINO INT8; RSS; start time")
@@ -193,6 +198,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return classes.train_main(args.name, args.examples, resolve_weights(args.weights, args.config),
                                           args.out, args.crop, args.frames_per_video, args.folds, args.json)
             return classes.show_main(args.head, Path(args.weights) if args.weights else None)
+        if args.command == "fleet":
+            from monitor.commands.fleet import status_main
+            return status_main(args.config, args.json)
         if args.command == "bench":
             from monitor.bench import bench_main
             return bench_main(args)

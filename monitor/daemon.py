@@ -31,6 +31,7 @@ from monitor.core.sdnotify import SystemdNotifier, watchdog_interval
 from monitor.core.versions import package_version
 from monitor.alerts.sinks import SinkSet
 from monitor.inference.worker import InferenceWorker
+from monitor.fleet.database import FleetError
 
 if TYPE_CHECKING:
     from monitor.web.server import WebServer
@@ -80,6 +81,11 @@ class Daemon:
                                       heads=self.heads)
         self.cameras: dict[str, Camera] = {c.name: self._camera(c) for c in config.cameras}
         self.worker.set_cameras(list(self.cameras.values()))
+        self.metrics.node_info.labels(node=config.node.name).set(1)
+        # the fleet's lease changes and a reload replace cameras one at a time
+        self._cameras_lock = threading.RLock()
+        self._fleet_cams: dict[str, Any] = {}       # the fleet cameras this node holds a lease on (and runs)
+        self.fleet: Any = self._fleet(config)
         self.web: WebServer | None = None
         self.started_at = time.time()
         self._started = False
@@ -98,6 +104,39 @@ class Daemon:
         if not recording(config):
             return None
         return ClipManager(config, self.events, self.metrics, lambda: self.cameras)
+
+    def _fleet(self, config: Config) -> Any:
+        """The fleet stage (monitor/fleet): the database checked now (FleetError: one line), its outbox triggers
+        on the events database; without fleet the triggers go (nobody would drain the outbox)."""
+        from monitor.fleet import outbox
+        if config.fleet is None:
+            outbox.uninstall(Path(config.events.database))
+            return None
+        from monitor.fleet.service import Fleet
+        fleet = Fleet(config, self.metrics, self.set_fleet_cameras)
+        fleet.open()
+        return fleet
+
+    def set_fleet_cameras(self, configs: Any) -> None:
+        """Run exactly these fleet cameras (the lease keeper's decision): the ones that went stop first, through
+        the reload's path (the worker lets go, they stop, their open events end, their series go)."""
+        with self._cameras_lock:
+            old = self._fleet_cams
+            self._fleet_cams = dict(configs)
+            changed = [name for name in {**old, **configs} if old.get(name) != configs.get(name)]
+            if not changed:
+                return
+            removed = [name for name in changed if name not in configs]
+            self.worker.set_cameras([c for name, c in self.cameras.items() if name not in changed])
+            _stop_cameras([self.cameras[name] for name in changed if name in self.cameras], RELOAD_CAMERAS_STOP)
+            if removed:
+                self.alerts.reconfigure(self.config.watchlist, removed_cameras=removed)
+            new_cams = {c.name: c for c in self.config.cameras} | self._fleet_cams
+            self._replace_cameras(new_cams, changed, removed)
+            if self.mqtt is not None:
+                self.mqtt.update(list(self.cameras), self.config.watchlist, self.heads)
+            log.info("fleet: running %d fleet cameras: %s", len(self._fleet_cams),
+                     ", ".join(self._fleet_cams) or "none")
 
     def worker_pause(self, names: frozenset[str]) -> None:
         self.worker.set_paused(names)
@@ -134,6 +173,8 @@ class Daemon:
             from monitor.web.server import WebServer
             self.web = WebServer(self.web_services(), self.config.server.host, self.config.server.port)
             self.web.start()
+        if self.fleet is not None:      # claims cameras: the worker, the sinks and MQTT run already
+            self.fleet.start()
         self.started_at = time.time()
         self._started = True
         log.info("monitor %s running: %d cameras, %d rules, model %s%s%s", __version__, len(self.cameras),
@@ -148,6 +189,8 @@ class Daemon:
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
+        if self.fleet is not None:      # its cameras stop, then their leases go back (others take them at once)
+            self.fleet.stop(timeout=min(2.0, left()))
         self._stopping = True      # a reload still running starts nothing new from now on
         if self.web is not None:
             self.web.stop(timeout=min(1.0, left()))
@@ -171,7 +214,8 @@ class Daemon:
         return WebServices(results=self.results, alerts=self.alerts, events=self.events, classifier=self.classifier,
                            custom=self.custom, metrics=self.metrics, heatmaps=self.heatmaps, ready=self.ready,
                            current_config=lambda: self.config, current_cameras=lambda: self.cameras,
-                           current_paused=lambda: self.paused, current_started_at=lambda: self.started_at)
+                           current_paused=lambda: self.paused, current_started_at=lambda: self.started_at,
+                           fleet=self.fleet)
 
     def ready(self) -> bool:
         return self._started and time.monotonic() - self.worker.heartbeat < HEARTBEAT_FRESH
@@ -192,6 +236,13 @@ class Daemon:
     # -- reload ---------------------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> None:
+        """reload_config() one at a time with the fleet's lease changes; the fleet file is read again first."""
+        with self._cameras_lock:
+            if self.fleet is not None:
+                self.fleet.reload(new)      # ConfigError (fleet file): nothing changed yet
+            self.reload_config(new)
+
+    def reload_config(self, new: Config) -> None:
         """Apply a validated config: cameras, watch-list, alert sinks and logging change in place.
 
         Runs on a thread of its own (the main thread keeps pinging the watchdog meanwhile) and is bounded: the
@@ -218,8 +269,8 @@ class Daemon:
             self.worker.heads = heads
             # one reference: a label request meanwhile sees the old heads and folders or the new, never a mix
             self.custom.replace_heads(heads, examples_dirs(new), new.watchlist)
-        old_cams = {c.name: c for c in old.cameras}
-        new_cams = {c.name: c for c in new.cameras}
+        old_cams = {c.name: c for c in old.cameras} | self._fleet_cams     # the fleet's stay as they are
+        new_cams = {c.name: c for c in new.cameras} | self._fleet_cams
         changed = [name for name in self.cameras if new_cams.get(name) != old_cams.get(name)]
         removed = [name for name in changed if name not in new_cams]
         # The worker lets go of them first: after set_cameras() none of their results is published any more.
@@ -330,8 +381,11 @@ def run_main(config_path: str, weights: str | None = None) -> int:
     signals.install()
     try:
         daemon = Daemon(config, Path(weights) if weights else None)
-    except (ArtifactError, EventStoreError, HeadError) as e:
+    except (ArtifactError, EventStoreError, HeadError, FleetError) as e:
         log.error("%s", e)
+        return EXIT_CONFIG
+    except ConfigError as e:        # the fleet cameras file
+        print(format_errors(e, e.path or config_path), file=sys.stderr)
         return EXIT_CONFIG
     try:
         daemon.start()

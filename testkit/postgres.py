@@ -9,6 +9,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from testkit.rtsp import free_port
 
@@ -90,3 +93,13 @@ class Postgres:
                 return
             time.sleep(0.2)
         raise TimeoutError("postgres not ready")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 for the tests of one module (import this fixture into the test module)."""
+    pg = Postgres().init()
+    try:
+        yield pg
+    finally:
+        pg.kill()

@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "monitor"
 
 # Each stage may import itself and any stage listed before it, never one after it.
-ORDER = ["core", "config", "capture", "inference", "render", "alerts", "clips", "mqtt", "web", "daemon", "weights", "commands",
+ORDER = ["core", "config", "capture", "inference", "render", "alerts", "clips", "mqtt", "fleet", "web", "daemon", "weights", "commands",
          "bench", "cli"]
 
 

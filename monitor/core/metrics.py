@@ -145,6 +145,26 @@ class Metrics:
         self.build_info = Info("monitor_build", "Version of the daemon and its runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.model_info = Info("monitor_model", "The loaded model artifact", registry=r)
+        self.node_info = Gauge("monitor_node_info", "1, labelled with this daemon's node name (node.name)", ["node"],
+                               registry=r)
+
+    def enable_fleet(self) -> None:
+        """The monitor_fleet_* collectors, registered only on a fleet node (monitoring/ alerts read them)."""
+        r = self.registry
+        self.fleet_db_up = Gauge("monitor_fleet_db_up", "1 while the fleet's PostgreSQL answers", registry=r)
+        self.fleet_outbox_pending = Gauge("monitor_fleet_outbox_pending", "Events not yet replicated to PostgreSQL",
+                                          registry=r)
+        self.fleet_outbox_lag = Gauge("monitor_fleet_outbox_lag_seconds",
+                                      "Age of the oldest event change not yet in PostgreSQL (0: none waiting)",
+                                      registry=r)
+        self.fleet_outbox_replicated = Counter("monitor_fleet_outbox_replicated",
+                                               "Event rows written to PostgreSQL", registry=r)
+        self.fleet_cameras_held = Gauge("monitor_fleet_cameras_held", "Fleet cameras this node holds and runs",
+                                        registry=r)
+        self.fleet_lease_acquired = Counter("monitor_fleet_lease_acquired", "Camera leases claimed", registry=r)
+        self.fleet_lease_lost = Counter("monitor_fleet_lease_lost",
+                                        "Camera leases given up (rebalance) or lost (renewal failed: fenced)",
+                                        registry=r)
 
     def watch_disk(self, folders: DiskFolders) -> None:
         """Export free and total bytes of the file systems of `folders()` ({label: folder or None}); once per

@@ -97,7 +97,20 @@ def status_json(services: WebServices, versions: Mapping[str, str]) -> dict[str,
         "uptime": round(max(0.0, now - started_at), 3),
         "time": now,
         "versions": dict(versions),
+        "node": services.config.node.name,
+        "fleet": fleet_json(services.fleet),
     }
+
+
+def fleet_json(fleet: Any) -> dict[str, Any] | None:
+    """This node's side of the fleet, from memory (no database round trip): the page asks /api/fleet for the rest."""
+    if fleet is None:
+        return None
+    rep = fleet.replicator
+    return {"public_url": fleet.url, "database": fleet.database.where, "cameras_held": sorted(fleet.held()),
+            "db_up": bool(rep.db_up) if rep is not None else False,
+            "outbox_pending": rep.pending if rep is not None else 0,
+            "outbox_lag": round(rep.lag, 3) if rep is not None else 0.0}
 
 
 def event_json(ev: Event) -> dict[str, Any]:

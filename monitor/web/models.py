@@ -71,6 +71,10 @@ class Status(BaseModel):
     uptime: float
     time: float
     versions: dict[str, str]
+    node: str = Field("", description="this daemon's node name (node.name)")
+    fleet: Optional[dict] = Field(None, description=(
+        "this node in the fleet: public_url, database (redacted), cameras_held, db_up, outbox_pending, outbox_lag; "
+        "null without fleet"))
 
 
 # Event fields the API shows otherwise: the snapshot's server path stays on the server (the client gets

@@ -93,6 +93,9 @@ class EventsQuery(QueryModel):
         None, ge=0, description="only events that started at or after this Unix time (seconds)")
     limit: Annotated[int, BeforeValidator(_limit)] = Field(
         100, ge=1, le=EVENTS_LIMIT_MAX, description="at most this many events")
+    scope: Literal["local", "fleet"] = Field("local", description=(
+        "local: this node's history (SQLite); fleet: every node's events from the fleet's PostgreSQL (with node "
+        "and absolute snapshot_url; needs fleet)"))
 
 
 class LabelFrameQuery(QueryModel):
@@ -125,7 +128,7 @@ OneEach = Annotated[None, Depends(single_values)]
 
 
 async def events_query(_: OneEach, query: Annotated[EventsQuery, Query()], services: ServicesDep) -> EventsQuery:
-    if query.camera is not None and query.camera not in services.cameras:
+    if query.camera is not None and query.camera not in services.cameras and query.scope != "fleet":
         raise ApiError(404, f"camera: no camera named {query.camera!r}")
     return query
 

@@ -16,6 +16,7 @@ from monitor.alerts.events import EventStore
 from monitor.capture.camera import Camera
 from monitor.config.types import Config
 from monitor.core.metrics import Metrics
+from monitor.fleet.service import Fleet
 from monitor.inference.classifier import Classifier
 from monitor.inference.heads.service import CustomClasses
 from monitor.inference.results import ResultBoard
@@ -36,6 +37,7 @@ class WebServices:
     current_cameras: Callable[[], Mapping[str, Camera]]
     current_paused: Callable[[], frozenset[str]]    # cameras paused over MQTT (enabled/set OFF)
     current_started_at: Callable[[], float]     # time.time() when the daemon started
+    fleet: Fleet | None = None                  # this node's fleet stage (config.fleet), else None
 
     @property
     def config(self) -> Config:

@@ -7,11 +7,16 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+import psycopg
+
 from monitor.alerts.events import EventStoreError
+from monitor.fleet.database import FleetError
+from monitor.fleet.status import fleet_events
 from monitor.web import api, models
 from monitor.web.deps import ServicesDep
 from monitor.web.errors import NO_STORE, ApiError
-from monitor.web.params import EventsParams
+from monitor.web.params import EventsParams, EventsQuery
+from monitor.web.services import WebServices
 from monitor.web.paths import EVENT, EventId
 
 log = logging.getLogger("monitor.web")
@@ -24,6 +29,8 @@ router = APIRouter()
 @router.get("/api/events", response_model=models.Events, responses=models.error_responses(400, 401, 404, 503),
             summary="Alert events, newest first")
 def events(query: EventsParams, services: ServicesDep) -> JSONResponse:
+    if query.scope == "fleet":
+        return _fleet_events(query, services)
     try:
         rows = services.events.query(camera=query.camera, since=query.since, limit=query.limit, strict=True)
     except EventStoreError as e:
@@ -31,6 +38,18 @@ def events(query: EventsParams, services: ServicesDep) -> JSONResponse:
         raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
     doc = models.Events(events=[models.Event.model_validate(api.event_json(e)) for e in rows])
     return JSONResponse(doc.model_dump(mode="json"), 200, NO_STORE)
+
+
+def _fleet_events(query: EventsQuery, services: WebServices) -> JSONResponse:
+    """Every node's events, from PostgreSQL: items carry node and an absolute snapshot_url on that node."""
+    if services.fleet is None:
+        raise ApiError(400, "scope: fleet needs the fleet section in the config (this node is not in a fleet)")
+    try:
+        rows = fleet_events(services.fleet.database, camera=query.camera, since=query.since, limit=query.limit)
+    except (psycopg.Error, FleetError) as e:
+        log.error("http: /api/events?scope=fleet: %s", " ".join(str(e).split())[:200])
+        raise ApiError(503, "fleet database unavailable", {"Retry-After": "5"}) from None
+    return JSONResponse({"events": rows}, 200, NO_STORE)
 
 
 @router.get(f"/api/events/{EVENT}/snapshot.jpg", response_class=Response,
