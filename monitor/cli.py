@@ -132,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=0, help="resize frames to this width (0: as read)")
     p.add_argument("--rounds", type=int, default=6, help="alternating English/Chinese rounds (default 6)")
     p.add_argument("--json", action="store_true")
+    p = b.add_parser("batch", help="images/s on a folder of JPEG frames: naive PIL + FP32, monitor classify DIR "
+                                   "without and with prefetch, POST /api/classify/batch")
+    p.add_argument("--frames", type=int, default=240, metavar="N", help="frames written as JPEG files (default 240)")
+    p.add_argument("--naive-frames", type=int, default=60, metavar="N",
+                   help="files the naive baseline classifies per round (default 60: it is slow)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: the sample clip shipped in the package)")
+    p.add_argument("--json", action="store_true")
+    _add_weights_arg(p)
     p = b.add_parser("capacity", help="live RTSP cameras added step by step: the most one box keeps up with")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="H.264 video files, served over RTSP")
     p.add_argument("--fps", type=float, default=5.0, help="frames sampled per camera per second (default 5)")

@@ -17,6 +17,9 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "smoothing":
         from monitor.bench.smoothing import bench_smoothing
         return bench_smoothing(args)
+    if args.bench_command == "batch":
+        from monitor.bench.batch import bench_batch
+        return bench_batch(args)
     if args.bench_command == "capacity":
         from monitor.bench.capacity import bench_capacity
         return bench_capacity(args)

@@ -1,0 +1,234 @@
+"""`monitor bench batch`: images/s on one folder of real JPEG frames, in one run: the seeds' naive path (PIL open +
+Resize/CenterCrop/ToTensor/Normalize + FP32 eager ResNet-18, one image at a time), `monitor classify DIR` as it
+was (each batch read and decoded, then classified: no overlap), `monitor classify DIR` now (the next images
+decoded on a thread pool, or a process pool, while the network runs), and POST /api/classify/batch to a daemon
+(`monitor run` as a process, same artifact and inference threads) reading the NDJSON stream to its end.
+
+The variants take turns, round after round (the machine is shared: compare ratios of the same round). The naive
+path runs in a process of its own: torch's thread pool spinning after a call would slow the runtime that runs
+next in the same process, a cost neither `monitor classify` nor the daemon pays.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+
+from monitor.bench.common import footage, read_frames
+from monitor.commands.classify import POOL, classify_files
+from monitor.inference.classifier import Classifier
+from monitor.inference.locate import resolve_weights
+from monitor.inference.prefetch import WORKERS
+
+JPEG_QUALITY = 90
+
+# One process: the seeds' loop over the files, images/s on stdout.
+_NAIVE = """
+import sys, time
+from pathlib import Path
+import torch
+from PIL import Image
+from monitor.bench.common import SeedsBaseline
+from monitor.inference.classifier import configure_threads
+configure_threads(None)
+files = sys.argv[1:]
+base = SeedsBaseline()
+def one(path):
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = 256 / min(w, h)
+    img = img.resize((round(w * s), round(h * s)), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    img = img.crop((left, top, left + 224, top + 224))
+    import numpy as np
+    t = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    with torch.inference_mode():
+        return base.net(((t - base.mean) / base.std).unsqueeze(0)).argmax()
+for f in files[:3]:
+    one(f)
+t = time.perf_counter()
+for f in files:
+    one(f)
+print(len(files) / (time.perf_counter() - t))
+"""
+
+
+def write_frames(videos: Sequence[Path], count: int, folder: Path) -> list[Path]:
+    """`count` real frames spread over the videos, as JPEG files (quality JPEG_QUALITY) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, frame in enumerate(read_frames(videos, count)):
+        path = folder / f"frame{i:05d}.jpg"
+        cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        out.append(path)
+    return out
+
+
+def multipart(files: Sequence[Path], boundary: str = "monitor-bench-batch") -> tuple[bytes, str]:
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
+              f"Content-Type: image/jpeg\r\n\r\n").encode() + f.read_bytes() + b"\r\n" for f in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class Daemon:
+    """`monitor run` with no working camera (its one source is missing: it retries, idle), the artifact and
+    inference threads given, batches as large as the folder."""
+
+    def __init__(self, weights: Path, threads: int, body_bytes: int, files: int, tmp: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = tmp / "config.yaml"
+        config.write_text(
+            f"server: {{host: 127.0.0.1, port: {self.port}, batch_max_files: {files}, "
+            f"batch_max_bytes: {body_bytes + 2**20}}}\n"
+            f"model: {{weights: {weights.resolve()}, threads: {threads}}}\n"
+            f"cameras:\n  - {{name: idle, source: {tmp / 'missing.mp4'}}}\n"
+            f"events: {{database: {tmp}/events.db}}\nlogging: {{level: warning}}\n")
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "-c", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"monitor bench: `monitor run` exited with {self.proc.returncode}")
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("monitor bench: the daemon did not answer /healthz within 120 s")
+
+    def post(self, body: bytes, ctype: str) -> tuple[int, float, float]:
+        """(files classified, seconds to the first line, seconds to the last) of one batch."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        try:
+            t = time.perf_counter()
+            conn.request("POST", "/api/classify/batch", body, {"Content-Type": ctype})
+            r = conn.getresponse()
+            if r.status != 200:
+                raise SystemExit(f"monitor bench: the batch was answered {r.status}: {r.read()[:300]!r}")
+            first = 0.0
+            classified = 0
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                first = first or time.perf_counter() - t
+                doc = json.loads(line)
+                classified += "predictions" in doc
+            return classified, first, time.perf_counter() - t
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _rate(run: Callable[[], int]) -> float:
+    t = time.perf_counter()
+    n = run()
+    return n / (time.perf_counter() - t)
+
+
+def bench_batch(args: argparse.Namespace) -> int:
+    weights = resolve_weights(args.weights, args.config)
+    videos = footage(args.video)
+    with tempfile.TemporaryDirectory(prefix="monitor-bench-batch-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = write_frames(videos, args.frames, tmp / "frames")
+        clf = Classifier(weights)                        # as `monitor classify` loads it
+        body, ctype = multipart(files)
+        daemon = Daemon(weights, clf.threads, len(body), len(files), tmp)
+        naive_files = [str(f) for f in files[:args.naive_frames]]
+
+        def classify(workers: int, pool: str = "thread") -> Callable[[], int]:
+            return lambda: sum(o.predictions is not None for o in classify_files(clf, files, workers=workers,
+                                                                                   pool=pool))
+
+        def naive() -> float:
+            out = subprocess.run([sys.executable, "-c", _NAIVE, *naive_files], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"monitor bench: the naive baseline failed: {out.stderr.strip()[-400:]}")
+            return float(out.stdout.split()[-1])
+
+        first_lines: list[float] = []
+
+        def route() -> float:
+            n, first, total = daemon.post(body, ctype)
+            if n != len(files):
+                raise SystemExit(f"monitor bench: the batch classified {n} of {len(files)} files")
+            first_lines.append(first)
+            return n / total
+
+        variants: dict[str, Callable[[], float]] = {
+            "naive": naive,
+            "before": lambda: _rate(classify(0)),
+            "threads": lambda: _rate(classify(WORKERS, "thread")),
+            "processes": lambda: _rate(classify(WORKERS, "process")),
+            "route": route,
+        }
+        try:
+            classify(0)()                                # warm: the runtime's first calls, the page cache
+            daemon.post(body, ctype)                     # warm: the daemon's decoder processes
+            rates: dict[str, list[float]] = {k: [] for k in variants}
+            for r in range(args.rounds):
+                names = list(variants) if r % 2 == 0 else list(variants)[::-1]
+                for name in names:
+                    rates[name].append(variants[name]())
+        finally:
+            daemon.stop()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    now = "threads" if POOL == "thread" else "processes"          # what `monitor classify` runs
+
+    def ratio(a: str, b: str) -> float:
+        """The median over the rounds of a's images/s over b's in the same round."""
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+
+    result = {"frames": len(files), "naive_frames": len(naive_files), "rounds": args.rounds, "threads": clf.threads,
+              "weights": str(weights), "model": clf.meta.name, "images_per_s": {k: round(v, 1) for k, v in med.items()},
+              "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+              "ratios": {"before_vs_naive": round(ratio("before", "naive"), 2),
+                         "after_vs_naive": round(ratio(now, "naive"), 2),
+                         "after_vs_before": round(ratio(now, "before"), 2),
+                         "threads_vs_processes": round(ratio("threads", "processes"), 2),
+                         "route_vs_after": round(ratio("route", now), 2),
+                         "route_vs_naive": round(ratio("route", "naive"), 2)},
+              "route_first_line_s": round(statistics.median(first_lines), 3)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"monitor bench batch: {len(files)} real frames as JPEG files ({', '.join(v.name for v in videos)}), "
+          f"{clf.meta.name}, {clf.runtime} with {clf.threads} inference threads, {args.rounds} rounds in turns; "
+          f"medians (shared machine: compare the ratios)")
+    labels = {"naive": f"naive: PIL + FP32 eager, one image at a time ({len(naive_files)} files)",
+              "before": "monitor classify DIR before: decode, then classify (no overlap)",
+              "threads": f"monitor classify DIR, prefetch on {WORKERS} threads" + (" (now)" if now == "threads" else ""),
+              "processes": f"monitor classify DIR, prefetch on {WORKERS} processes" + (" (now)" if now == "processes"
+                                                                                       else ""),
+              "route": "POST /api/classify/batch (daemon process, NDJSON read to the end)"}
+    for k, label in labels.items():
+        print(f"  {label:<72} {med[k]:8.1f} images/s   rounds: {', '.join(f'{x:.1f}' for x in rates[k])}")
+    r = result["ratios"]
+    print(f"classify DIR now vs naive: {r['after_vs_naive']:.2f}x (before: {r['before_vs_naive']:.2f}x); now vs before: "
+          f"{r['after_vs_before']:.2f}x; threads vs processes: {r['threads_vs_processes']:.2f}x")
+    print(f"batch route vs classify DIR now: {r['route_vs_after']:.2f}x; vs naive: {r['route_vs_naive']:.2f}x; "
+          f"first line after {result['route_first_line_s'] * 1000:.0f} ms")
+    return 0
