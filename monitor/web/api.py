@@ -127,4 +127,6 @@ def event_json(ev: Event) -> dict[str, Any]:
     doc = dataclasses.asdict(ev)
     del doc["snapshot"]
     doc["snapshot_url"] = f"/api/events/{ev.id}/snapshot.jpg" if ev.snapshot else None
+    doc["has_clip"] = ev.clip_state == "complete" and ev.clip is not None
+    doc["clip"] = f"/api/events/{ev.id}/clip.mp4" if doc["has_clip"] else None
     return doc

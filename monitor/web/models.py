@@ -82,7 +82,7 @@ class Status(BaseModel):
 
 # Event fields the API shows otherwise: the snapshot's server path stays on the server (the client gets
 # snapshot_url), and every event the API lists comes from the history, so it has an id.
-_EVENT_HIDDEN = frozenset({"snapshot"})
+_EVENT_HIDDEN = frozenset({"snapshot", "clip"})     # clip: a file name on the server; the client gets its URL
 _EVENT_TYPES: dict[str, Any] = {"id": int}
 
 
@@ -104,6 +104,9 @@ Event = create_model(
     __config__=ConfigDict(extra="forbid"),
     **_event_fields(),
     snapshot_url=(Optional[str], Field(description="URL of the event's snapshot JPEG, if one was saved")),
+    has_clip=(bool, Field(False, description="a complete, playable video clip of the event exists")),
+    clip=(Optional[str], Field(None, description="URL of the event's MP4 clip (/api/events/{id}/clip.mp4) once it "
+                               "is complete, else null")),
 )
 
 
