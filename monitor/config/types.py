@@ -359,6 +359,12 @@ class CameraConfig(Section):
     backend: Choice("opencv", "pyav") = Field("opencv", description=(
         "opencv: cv2.VideoCapture, every kind of source; pyav: files and URLs decoded by PyAV, each used frame "
         "converted straight to frame_size in one pass, with no full-size BGR copy."))
+    sample: Choice("auto", "keyframes", "all") = Field("auto", description=(
+        "Which frames are decoded (backend pyav): auto = only the keyframes while the stream's measured keyframe "
+        "interval is no longer than 1/fps and nobody watches the live view (a camera sampled at 1 fps with a 1 s "
+        "GOP then decodes 1 frame a second instead of 25), else every frame; keyframes = only keyframes, each one "
+        "classified, whatever fps says; all = every frame. Packets are still read: clips keep their pre-roll. "
+        "/api/status shows the measured keyframe_interval and what is decoded."))
     frame_size: Optional[tuple[Int(16, 7680), Int(16, 4320)]] = Field(None, description=(
         "Backend pyav: [width, height] the frames are classified, shown and saved at (crops are in these "
         "pixels); a 1080p camera at [960, 540] holds 1.5 MB frames instead of 6.2 MB. null: the native size."))
@@ -377,6 +383,13 @@ class CameraConfig(Section):
         if backend == "pyav" and "source" in info.data and source_kind(info.data["source"]) == "device":
             raise problem("pyav reads files and URLs; a webcam/device needs backend: opencv", show_value=False)
         return backend
+
+    @field_validator("sample")
+    @classmethod
+    def _keyframes_need_pyav(cls, sample: str, info: ValidationInfo) -> str:
+        if sample == "keyframes" and info.data.get("backend", "opencv") != "pyav":
+            raise problem("needs backend: pyav (OpenCV decodes every frame)", show_value=False)
+        return sample
 
     @field_validator("frame_size")
     @classmethod
