@@ -273,6 +273,17 @@ def test_every_dashboard_query_returns_data_for_every_node(stack: Stack) -> None
     assert wait_until(lambda: set(held()) == set(NODES) and sum(held().values()) == len(FLEET_CAMERAS),
                       timeout=10, interval=0.5), held()
 
+    def frame_series() -> dict[str, list[str]]:
+        by_camera: dict[str, list[str]] = {}
+        for sample in stack.prometheus.query('monitor_camera_last_frame_timestamp_seconds{job="monitor"}'):
+            by_camera.setdefault(sample["metric"]["camera"], []).append(sample["metric"]["node"])
+        return by_camera
+
+    # A camera that moved left no series behind on its former holder: MonitorCameraNoFrames would fire for it.
+    everyone = {f"{n}-local" for n in NODES} | set(FLEET_CAMERAS)
+    assert wait_until(lambda: set(frame_series()) == everyone and all(len(v) == 1 for v in frame_series().values()),
+                      timeout=10, interval=0.5), frame_series()
+
 
 def test_killed_node_fires_node_down_and_alertmanager_delivers_it(stack: Stack) -> None:
     prom = stack.prometheus
