@@ -96,7 +96,8 @@ class Daemon:
             return None
         from monitor.mqtt.bridge import MqttBridge, paused_state_path
         return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
-                          paused_state_path(config.events.database))
+                          paused_state_path(config.events.database),
+                          node=config.node.name if config.fleet is not None else None)
 
     def _clips(self, config: Config) -> Any:
         """The clip recorders (monitor/clips), only when a camera records: clips.enabled and backend pyav."""
@@ -150,12 +151,8 @@ class Daemon:
         listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
         if self.clips is not None:
             listeners.append(("clips", self.clips.on_event))
-        extra = []
-        if config.alerts.notify:
-            from monitor.alerts.notify import notify_sinks    # Apprise loads ~190 plugins (0.2 s): only when used
-            extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
-                       listeners=listeners, extra=extra)
+                       listeners=listeners)
 
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import re
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from monitor.inference.classifier import Classifier
 from testkit.footage import read_video_frames
 from testkit.postgres import postgres  # noqa: F401  (module-scoped fixture)
 from testkit.postgres import Postgres
+from testkit.mqtt import Mosquitto, retained_now
 from testkit.process import DaemonProcess
 from testkit.rtsp import RtspServer, free_port
 from testkit.waiting import wait_until
@@ -74,7 +76,8 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, pg: Postgres, nodes: dict[str, Node]) -> None:
+    def __init__(self, pg: Postgres, nodes: dict[str, Node], broker: Mosquitto) -> None:
+        self.broker = broker
         self.pg = pg
         self.nodes = nodes
         self.violations: list[str] = []
@@ -103,6 +106,18 @@ class Cluster:
                 if len(who) > 1:
                     self.violations.append(f"{time.strftime('%X')} {cam} run by {who}")
 
+    def availability(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(node -> its retained status, fleet camera -> the availability topic of its retained HA label sensor)."""
+        kept = retained_now(self.broker.port, ("monitor/node/+/status", "homeassistant/sensor/+/config"))
+        status = {t.split("/")[2]: m.text for t, m in kept.items() if t.startswith("monitor/node/")}
+        sensors = {}
+        for topic, m in kept.items():
+            if topic.startswith("homeassistant/") and m.payload:
+                doc = m.json()
+                if doc["device"]["name"] in FLEET and doc["unique_id"].endswith("_label"):
+                    sensors[doc["device"]["name"]] = (doc["availability"][0]["topic"], doc["unique_id"])
+        return status, sensors
+
     def held(self) -> dict[str, set[str]]:
         out = {name: set() for name in self.nodes}
         for cam, holder in self.leases().items():
@@ -119,7 +134,8 @@ def watched_class(weights: Path) -> tuple[str, float]:
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres: Postgres, demo_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(postgres: Postgres, demo_weights: Path, broker: Mosquitto,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("fleet")
     rtsp = RtspServer(free_port(), STREAMS).start()
     label, flicker = watched_class(demo_weights)
@@ -140,6 +156,7 @@ def cluster(postgres: Postgres, demo_weights: Path, tmp_path_factory: pytest.Tem
                            "end_after": "1s", "cooldown": 0}],
             "events": {"database": str(folder / "events.db")},
             "logging": {"level": "info"},
+            "mqtt": {"port": broker.port, "client_id": f"monitor-{name}"},
             "node": {"name": name, "public_url": f"http://127.0.0.1:{port}"},
             "fleet": {"database": postgres.dsn, "password_file": str(postgres.password_file),
                       "heartbeat": f"{HEARTBEAT}s", "lease_time": f"{LEASE}s", "max_cameras": 6,
@@ -147,7 +164,7 @@ def cluster(postgres: Postgres, demo_weights: Path, tmp_path_factory: pytest.Tem
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         nodes[name] = Node(name, folder, folder / "config.yaml", port)
-    c = Cluster(postgres, nodes)
+    c = Cluster(postgres, nodes, broker)
     try:
         for node in nodes.values():
             node.start()
@@ -157,12 +174,14 @@ def cluster(postgres: Postgres, demo_weights: Path, tmp_path_factory: pytest.Tem
         yield c
     finally:
         c._stop.set()
-        for node in nodes.values():
-            if node.proc is not None:
-                try:
-                    node.proc.stop(10)
-                except TimeoutError:
-                    pass
+        running = [n.proc for n in nodes.values() if n.proc is not None and n.proc.proc.poll() is None]
+        for proc in running:        # all at once: each hands its leases back while the others stop too
+            proc.send(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(10)
+            except TimeoutError:
+                proc.kill()
         rtsp.kill()
 
 
@@ -180,6 +199,14 @@ def test_cameras_spread_over_the_nodes_with_one_holder_each(cluster: Cluster) ->
     status = json.loads(cluster.nodes["n1"].get("/api/fleet"))
     assert {n["name"] for n in status["nodes"]} == set(NODES)
     assert {c["name"]: c["holder"] for c in status["cameras"]} == cluster.leases()
+    assert 'id="fleet"' in cluster.nodes["n2"].get("/").decode()
+    # MQTT: availability per node; each camera's entity points at the node that runs it, its id has no node
+    leases = cluster.leases()
+    wait_until(lambda: cluster.availability()[0] == {n: "online" for n in NODES}, timeout=10, interval=0.5)
+    wait_until(lambda: {c: a for c, (a, _) in cluster.availability()[1].items()} ==
+               {c: f"monitor/node/{h}/status" for c, h in leases.items()}, timeout=10, interval=0.5)
+    ids = {c: uid for c, (_, uid) in cluster.availability()[1].items()}
+    assert ids == {c: f"monitor_{c}_label" for c in FLEET}
     assert cluster.violations == [], cluster.violations
 
 
@@ -206,6 +233,10 @@ def test_kill_9_moves_the_cameras_within_the_lease_time(cluster: Cluster) -> Non
     assert min(took.values()) >= LEASE - HEARTBEAT - 0.5, took
     held = cluster.held()
     assert held.get("n1", set()) == set() and len(held["n2"] | held["n3"]) == 6
+    # the dead node's will says offline; its cameras' entities (same unique ids) now follow their new holder
+    wait_until(lambda: cluster.availability()[0]["n1"] == "offline", timeout=10, interval=0.5)
+    wait_until(lambda: {c: a for c, (a, _) in cluster.availability()[1].items()} ==
+               {c: f"monitor/node/{h}/status" for c, h in cluster.leases().items()}, timeout=10, interval=0.5)
     assert cluster.violations == [], cluster.violations
     print(f"failover after kill -9: {sorted(round(t, 1) for t in took.values())} s")
 

@@ -74,13 +74,12 @@ def paused_state_path(events_database: Path) -> Path:
 class MqttBridge:
     def __init__(self, cfg: MqttConfig, metrics: Metrics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], pause: Callable[[frozenset[str]], None],
-                 state_path: Path, language: str = "en") -> None:
+                 state_path: Path, node: str | None = None) -> None:
         self.cfg = cfg
-        self.language = language          # labels.language: the display names in the label attributes and HA
         self.metrics = metrics
-        self.topics = Topics(cfg.topic_prefix)
-        self.client = MqttClient(cfg, metrics)
-        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive, language=language,
+        self.topics = Topics(cfg.topic_prefix, node)    # node: a fleet node's own availability topic
+        self.client = MqttClient(cfg, metrics, status_topic=self.topics.status)
+        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive,
                                    before_poll=self._round)
         self._cameras = cameras
         self._pause = pause
@@ -170,8 +169,7 @@ class MqttBridge:
         self._custom = custom
         dp = self.cfg.discovery_prefix
         if dp:
-            configs = discovery_configs(self.topics, dp, self._names, self._rules, custom, control=self.cfg.control,
-                                        language=self.language)
+            configs = discovery_configs(self.topics, dp, self._names, self._rules, custom, control=self.cfg.control)
             new = {topic: json.dumps(payload) for topic, payload in configs.items()}
             gone = set(self._discovery.keys() - new.keys())
             if not self._announced:

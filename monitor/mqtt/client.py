@@ -81,10 +81,11 @@ class MqttClient:
     the connection dies without a DISCONNECT).
     """
 
-    def __init__(self, cfg: MqttConfig, metrics: Metrics, on_connected: Callable[[], None] | None = None) -> None:
+    def __init__(self, cfg: MqttConfig, metrics: Metrics, on_connected: Callable[[], None] | None = None,
+                 status_topic: str | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.status_topic = f"{cfg.topic_prefix}/status"
+        self.status_topic = status_topic or f"{cfg.topic_prefix}/status"     # Topics.status (per node in a fleet)
         self.where = f"{cfg.host}:{cfg.port}"        # never with credentials: this is what logs show
         self._on_connected = on_connected
         self._cond = threading.Condition()

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Topics:
     prefix: str
+    node: str | None = None     # a fleet node: availability of its own (the cameras it runs follow it)
 
     @property
     def status(self) -> str:
-        return f"{self.prefix}/status"
+        """Availability (online/offline, the last will): per node in a fleet, where nodes share the prefix and
+        a camera's entities point at the node that runs it now."""
+        return f"{self.prefix}/node/{self.node}/status" if self.node else f"{self.prefix}/status"
 
     @property
     def events(self) -> str:
