@@ -151,8 +151,12 @@ class Daemon:
         listeners = [("mqtt", self.mqtt.on_event)] if self.mqtt is not None else []
         if self.clips is not None:
             listeners.append(("clips", self.clips.on_event))
+        extra = []
+        if config.alerts.notify:
+            from monitor.alerts.notify import notify_sinks    # Apprise loads ~190 plugins (0.2 s): only when used
+            extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
-                       listeners=listeners)
+                       listeners=listeners, extra=extra)
 
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)

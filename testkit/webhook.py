@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Receiver:
     """`with Receiver("ok"|"500"|"hang"|"301"|"302"|"307"|"308") as r:` then POST to r.url; r.requests holds the
-    decoded JSON bodies of POSTs to r.url, r.calls every request as (method, path)."""
+    decoded JSON bodies of POSTs to r.url, r.calls every request as (method, path). `port`: a given one (a
+    receiver that comes back where it was), `path`: the one r.url has (default /hook)."""
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", port: int = 0, path: str = "/hook") -> None:
         if mode not in ("ok", "500", "hang", "301", "302", "307", "308"):
             raise ValueError(mode)
         self.mode = mode
@@ -42,7 +43,7 @@ class Receiver:
                 body = self.rfile.read(length)
                 with receiver.received:
                     receiver.calls.append(("POST", self.path))
-                if self.path != "/hook":
+                if self.path != path:
                     self._answer(200)
                     return
                 with receiver.received:
@@ -64,9 +65,10 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}{path}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 

@@ -1,11 +1,10 @@
 """The monitoring shipped in monitoring/ (issue 20): alert rules (promtool checks and unit tests), the file_sd
 example and the Alertmanager route, the generated Grafana dashboard (current, and every query returns data), and
-the whole chain with real parts: a real Prometheus scraping two real daemon processes through file_sd, one of
-them killed with SIGKILL, the node-down alert fired by Prometheus and delivered by a real Alertmanager to a
-webhook receiver on 127.0.0.1."""
+the whole chain with real parts: a real Prometheus scraping two real daemon processes (fleet nodes sharing a real
+PostgreSQL, so the fleet panels have data too) through file_sd, one of them killed with SIGKILL, the node-down
+alert fired by Prometheus and delivered by a real Alertmanager to a webhook receiver on 127.0.0.1."""
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import math
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from testkit.postgres import Postgres
 from testkit.process import REPO, DaemonProcess
 from testkit.prometheus import ALERTMANAGER, AMTOOL, PROMETHEUS, PROMTOOL, Alertmanager, Prometheus
 from testkit.waiting import wait_until
@@ -32,7 +32,7 @@ TARGETS = MONITORING / "prometheus" / "targets" / "monitor.json"
 ALERTMANAGER_YML = MONITORING / "alertmanager" / "alertmanager.yml"
 DASHBOARD_PY = MONITORING / "grafana" / "dashboard.py"
 DASHBOARD_JSON = MONITORING / "grafana" / "monitor-dashboard.json"
-START_TIMEOUT = 60.0      # two daemons importing torch and loading the model at once on a busy 2-core machine
+START_TIMEOUT = 90.0      # two daemons importing torch and loading the model at once on a busy 2-core machine
 NODES = ("box1", "box2")
 
 
@@ -108,8 +108,8 @@ def test_prometheus_example_file_sd_and_alertmanager_route_are_valid() -> None:
     result = _run(AMTOOL, "check-config", ALERTMANAGER_YML)
     assert result.returncode == 0, result.stdout + result.stderr
     # the route sends a node-down alert to the webhook receiver
-    result = _run(AMTOOL, "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", "--verify.receivers=monitor-webhook",
-                  "alertname=MonitorNodeDown", "severity=critical", "node=box1")
+    result = _run(AMTOOL, "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}",
+                  "--verify.receivers=monitor-webhook", "alertname=MonitorNodeDown", "severity=critical", "node=box1")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -129,14 +129,26 @@ def test_dashboard_json_is_generated_from_the_script_and_current() -> None:
 # real daemons, Prometheus, Alertmanager
 
 
-def _daemon_config(folder: Path, weights: Path, videos_dir: Path) -> Path:
+LOCAL_VIDEO = {"box1": "car-detection", "box2": "bottle-detection"}
+FLEET_CAMERAS = {"yard": "one-by-one-person-detection", "gate": "car-detection"}
+
+
+def _camera(name: str, video: str, videos_dir: Path) -> dict[str, Any]:
+    return {"name": name, "source": str(videos_dir / f"{video}.mp4"), "loop": True, "fps": 4}
+
+
+def _daemon_config(folder: Path, weights: Path, videos_dir: Path, pg: Postgres, fleet_file: Path) -> Path:
+    """A fleet node: one local camera of its own and a share of the fleet's two cameras (leases in PostgreSQL)."""
+    node = folder.name
     folder.mkdir(parents=True, exist_ok=True)
     doc = {
+        "node": {"name": node},
         "server": {"host": "127.0.0.1", "port": 0},
         "model": {"weights": str(weights), "threads": 1},
-        "cameras": [{"name": f"{folder.name}-{video.split('-')[0]}", "source": str(videos_dir / f"{video}.mp4"),
-                     "loop": True, "fps": 4} for video in ("car-detection", "bottle-detection")],
+        "cameras": [_camera(f"{node}-local", LOCAL_VIDEO[node], videos_dir)],
         "events": {"database": str(folder / "events.db")},
+        "fleet": {"database": pg.dsn, "password_file": str(pg.password_file), "heartbeat": "1s",
+                  "lease_time": "6s", "max_cameras": 2, "cameras_file": str(fleet_file)},
         "logging": {"level": "info"},
     }
     path = folder / "config.yaml"
@@ -163,12 +175,18 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path, videos_dir: Path) -> Iterator[Stack]:
     _need(PROMETHEUS, ALERTMANAGER)
     tmp = tmp_path_factory.mktemp("monitoring")
+    t0 = time.monotonic()
     daemons: dict[str, DaemonProcess] = {}
     servers: list[Prometheus | Alertmanager] = []
+    pg = Postgres()          # its own temp folder: the postgres user cannot enter pytest's
     with Receiver("ok") as receiver:
         try:
+            pg.init()
+            fleet_file = tmp / "fleet-cameras.yaml"
+            fleet_file.write_text(yaml.safe_dump({"cameras": [_camera(name, video, videos_dir)
+                                                              for name, video in FLEET_CAMERAS.items()]}))
             for node in NODES:           # both start at once: their imports and model loads overlap
-                daemons[node] = DaemonProcess(_daemon_config(tmp / node, demo_weights, videos_dir))
+                daemons[node] = DaemonProcess(_daemon_config(tmp / node, demo_weights, videos_dir, pg, fleet_file))
             ports: dict[str, int] = {}
             for node, proc in daemons.items():
                 line = proc.lines[proc.started(START_TIMEOUT)]
@@ -204,12 +222,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path, videos_d
             prometheus = Prometheus(tmp / "prometheus", prom_config)
             servers.append(prometheus)
             prometheus.start()
+            print(f"stack ready in {time.monotonic() - t0:.1f} s (PostgreSQL, 2 daemons, Alertmanager, Prometheus)")
             yield Stack(daemons, ports, prometheus, alertmanager, receiver)
         finally:
             for server in servers:
                 server.kill()
             for proc in daemons.values():
                 proc.kill()
+            pg.kill()
 
 
 def _ready_query(expr: str) -> str:
@@ -220,9 +240,8 @@ def _ready_query(expr: str) -> str:
 
 def test_every_dashboard_query_returns_data_for_every_node(stack: Stack) -> None:
     doc = json.loads(DASHBOARD_JSON.read_text())
-    queries = [(title, expr) for title, expr in _dashboard_module().queries(doc)
-               if "monitor_fleet_" not in expr]       # fleet mode: test_fleet_dashboard_queries_return_data
-    assert len(queries) >= 8, queries
+    queries = _dashboard_module().queries(doc)
+    assert len(queries) >= 9 and any("monitor_fleet_" in expr for _, expr in queries), queries
 
     def missing() -> list[str]:
         wrong = []
@@ -235,22 +254,35 @@ def test_every_dashboard_query_returns_data_for_every_node(stack: Stack) -> None
 
     # the rates and percentiles need a few scrapes of both daemons classifying
     assert wait_until(lambda: not missing(), timeout=30, interval=0.5), "\n".join(missing())
-    # the per-camera panels show each node's own cameras
-    frames = stack.prometheus.query(_ready_query(dict(queries)["Frames/s per camera"]))
-    cameras = {(s["metric"]["node"], s["metric"]["camera"]) for s in frames}
-    assert cameras == {(n, f"{n}-{c}") for n in NODES for c in ("car", "bottle")}, cameras
-    assert all(float(s["value"][1]) > 0 for s in frames), frames
+    # the per-camera panel shows each node's own camera, and each fleet camera on the node that holds it
+    frames_expr = _ready_query(dict(queries)["Frames/s per camera"])
 
+    def cameras() -> set[tuple[str, str]]:
+        return {(s["metric"]["node"], s["metric"]["camera"]) for s in stack.prometheus.query(frames_expr)
+                if float(s["value"][1]) > 0}
 
-def test_fleet_dashboard_queries_return_data(stack: Stack) -> None:
-    fleet = [(t, e) for t, e in _dashboard_module().queries(json.loads(DASHBOARD_JSON.read_text()))
-             if "monitor_fleet_" in e]
-    assert fleet, "the dashboard has no fleet panels"
-    if not stack.prometheus.query("monitor_fleet_cameras_held"):
-        pytest.skip("these daemons run without `fleet:` (no PostgreSQL in this fixture yet): no monitor_fleet_* "
-                    "series to query")
-    missing = [f"{t}: {e}" for t, e in fleet if not stack.prometheus.query(_ready_query(e))]
-    assert not missing, missing
+    assert wait_until(lambda: {c for _, c in cameras()} == {f"{n}-local" for n in NODES} | set(FLEET_CAMERAS),
+                      timeout=20, interval=0.5), cameras()
+    assert {(n, f"{n}-local") for n in NODES} <= cameras()
+
+    def held() -> dict[str, float]:
+        return {s["metric"]["node"]: float(s["value"][1])
+                for s in stack.prometheus.query('monitor_fleet_cameras_held{job="monitor"}')}
+
+    # every fleet camera held by some node (a lease may be moving between them for a heartbeat)
+    assert wait_until(lambda: set(held()) == set(NODES) and sum(held().values()) == len(FLEET_CAMERAS),
+                      timeout=10, interval=0.5), held()
+
+    def frame_series() -> dict[str, list[str]]:
+        by_camera: dict[str, list[str]] = {}
+        for sample in stack.prometheus.query('monitor_camera_last_frame_timestamp_seconds{job="monitor"}'):
+            by_camera.setdefault(sample["metric"]["camera"], []).append(sample["metric"]["node"])
+        return by_camera
+
+    # A camera that moved left no series behind on its former holder: MonitorCameraNoFrames would fire for it.
+    everyone = {f"{n}-local" for n in NODES} | set(FLEET_CAMERAS)
+    assert wait_until(lambda: set(frame_series()) == everyone and all(len(v) == 1 for v in frame_series().values()),
+                      timeout=10, interval=0.5), frame_series()
 
 
 def test_killed_node_fires_node_down_and_alertmanager_delivers_it(stack: Stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import stat
 import struct
 import zipfile
@@ -16,7 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
+from monitor.web.server import UPLOADS_AT_ONCE
 from testkit.chromium import Browser
+from testkit.waiting import wait_until
 from tests.test_upload_bombs import flat, scan_bomb
 from tests.webapp import Served, make_config, request
 
@@ -216,6 +219,22 @@ def test_zip_bombs_refused_as_a_whole(served: Served, jpegs: list[bytes]) -> Non
     overlapping = _patch_central(two, 1, 42, 0)                     # the second entry's data is the first's
     status, doc, _ = post(served, overlapping, "application/zip")
     assert status == 400 and "overlap" in doc["error"], doc
+
+
+def test_a_client_that_hangs_up_mid_stream_gives_back_what_the_batch_held(served: Served, jpegs: list[bytes]) -> None:
+    body, ctype = multipart([(f"f{i}.jpg", jpegs[i % len(jpegs)]) for i in range(MAX_FILES)])
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as s:
+        s.sendall(f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = s.recv(200)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))     # a reset, not a goodbye
+    web = served.web
+    assert wait_until(lambda: web.body_budget.used == 0 and web.uploads._value == UPLOADS_AT_ONCE
+                      and web.decoders.busy == 0, 15), (
+        web.body_budget.used, web.uploads._value)
+    status, lines, _ = post(served, *multipart([("after.jpg", jpegs[0])]))
+    assert status == 200 and results(lines)[0]["predictions"]
 
 
 # ---------------------------------------------------------------------------------------------- guard, docs

@@ -172,6 +172,9 @@ class _Sink:
     def handle(self, d: _Delivery) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Called once the thread is gone (or was never started): let go of what the sink held."""
+
 
 class _LogSink(_Sink):
     name = "log"
@@ -426,13 +429,14 @@ class _ListenerSink(_Sink):
 class SinkSet:
     """The configured sinks. emit() only enqueues (put_nowait), so it never blocks the inference worker.
 
-    The log sink always exists; snapshot, webhook and command exist when configured. Snapshots and commands
-    run for "start" only; log, webhook and listeners (later stages, e.g. MQTT) get "start" and "end".
+    The log sink always exists; snapshot, webhook, command and notify (monitor.alerts.notify) exist when
+    configured. Snapshots, commands and notifications run for "start" only; log, webhook and listeners (later stages, e.g. MQTT) get "start" and "end".
     """
 
     def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
                  retry_backoff: float = 0.5, snapshot_wait: float = 2.0,
-                 listeners: Sequence[tuple[str, EventListener]] = ()) -> None:
+                 listeners: Sequence[tuple[str, EventListener]] = (),
+                 extra: Sequence[Callable[[SinkSet, int], _Sink]] = ()) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.store = store
@@ -453,6 +457,7 @@ class SinkSet:
             sinks.append(_WebhookSink(self, size, cfg.webhook.url, cfg.webhook.timeout, cfg.webhook.retries))
         if cfg.command:
             sinks.append(_CommandSink(self, size, cfg.command, cfg.command_timeout))
+        sinks += [make(self, size) for make in extra]      # sinks of their own module (notify)
         sinks += [_ListenerSink(self, size, name, fn) for name, fn in listeners]
         self._sinks = tuple(sinks)
 
@@ -471,14 +476,14 @@ class SinkSet:
         self._deadline = time.monotonic() + timeout
         self._stop.set()
         for s in self._sinks:
-            if s.thread is None:
-                continue
-            s.thread.join(max(0.0, self._deadline - time.monotonic()))
-            if s.thread.is_alive():
+            if s.thread is not None:
+                s.thread.join(max(0.0, self._deadline - time.monotonic()))
+            if s.thread is not None and s.thread.is_alive():
                 log.warning("alert sink %s: still busy at shutdown, %d deliveries abandoned", s.name,
                             s.queue.qsize())
             else:
                 s.thread = None
+                s.close()
 
     def take_over(self, old: SinkSet) -> None:
         """Adopt the snapshot tickets of the set this one replaces (reload), so the "end" of an event that

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import cv2
 
 from monitor.bench.common import footage, read_frames
-from monitor.commands.classify import POOL, classify_files
+from monitor.commands.classify import POOL, classify_files, inference_threads
 from monitor.inference.classifier import Classifier
 from monitor.inference.locate import resolve_weights
 from monitor.inference.prefetch import WORKERS
@@ -154,13 +154,15 @@ def bench_batch(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="monitor-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)
         files = write_frames(videos, args.frames, tmp / "frames")
-        clf = Classifier(weights)                        # as `monitor classify` loads it
+        clf = Classifier(weights, threads=inference_threads())     # as `monitor classify` loads it now
+        before = Classifier(weights)                                   # and before: the runtime's threads
         body, ctype = multipart(files)
         daemon = Daemon(weights, clf.threads, len(body), len(files), tmp)
         naive_files = [str(f) for f in files[:args.naive_frames]]
 
         def classify(workers: int, pool: str = "thread") -> Callable[[], int]:
-            return lambda: sum(o.predictions is not None for o in classify_files(clf, files, workers=workers,
+            model = clf if workers else before
+            return lambda: sum(o.predictions is not None for o in classify_files(model, files, workers=workers,
                                                                                    pool=pool))
 
         def naive() -> float:
@@ -202,7 +204,8 @@ def bench_batch(args: argparse.Namespace) -> int:
         """The median over the rounds of a's images/s over b's in the same round."""
         return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
 
-    result = {"frames": len(files), "naive_frames": len(naive_files), "rounds": args.rounds, "threads": clf.threads,
+    result = {"frames": len(files), "naive_frames": len(naive_files), "rounds": args.rounds,
+              "threads": clf.threads, "threads_before": before.threads,
               "weights": str(weights), "model": clf.meta.name, "images_per_s": {k: round(v, 1) for k, v in med.items()},
               "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
               "ratios": {"before_vs_naive": round(ratio("before", "naive"), 2),
@@ -216,19 +219,20 @@ def bench_batch(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"monitor bench batch: {len(files)} real frames as JPEG files ({', '.join(v.name for v in videos)}), "
-          f"{clf.meta.name}, {clf.runtime} with {clf.threads} inference threads, {args.rounds} rounds in turns; "
+          f"{clf.meta.name}, {clf.runtime} with {clf.threads} inference threads beside the prefetch ({before.threads} "
+          f"without), {args.rounds} rounds in turns; "
           f"medians (shared machine: compare the ratios)")
     labels = {"naive": f"naive: PIL + FP32 eager, one image at a time ({len(naive_files)} files)",
               "before": "monitor classify DIR before: decode, then classify (no overlap)",
-              "threads": f"monitor classify DIR, prefetch on {WORKERS} threads" + (" (now)" if now == "threads" else ""),
-              "processes": f"monitor classify DIR, prefetch on {WORKERS} processes" + (" (now)" if now == "processes"
-                                                                                       else ""),
+              "threads": f"monitor classify DIR, prefetch on {WORKERS} threads",
+              "processes": f"monitor classify DIR, prefetch on {WORKERS} processes",
               "route": "POST /api/classify/batch (daemon process, NDJSON read to the end)"}
+    labels[now] += " (now)"
     for k, label in labels.items():
         print(f"  {label:<72} {med[k]:8.1f} images/s   rounds: {', '.join(f'{x:.1f}' for x in rates[k])}")
     r = result["ratios"]
-    print(f"classify DIR now vs naive: {r['after_vs_naive']:.2f}x (before: {r['before_vs_naive']:.2f}x); now vs before: "
-          f"{r['after_vs_before']:.2f}x; threads vs processes: {r['threads_vs_processes']:.2f}x")
+    print(f"classify DIR now vs naive: {r['after_vs_naive']:.2f}x (before: {r['before_vs_naive']:.2f}x); now vs "
+          f"before: {r['after_vs_before']:.2f}x; threads vs processes: {r['threads_vs_processes']:.2f}x")
     print(f"batch route vs classify DIR now: {r['route_vs_after']:.2f}x; vs naive: {r['route_vs_naive']:.2f}x; "
           f"first line after {result['route_first_line_s'] * 1000:.0f} ms")
     return 0

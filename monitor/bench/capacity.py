@@ -86,7 +86,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     if variant.malloc == "arenas":
         memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
 
-    from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig
+    from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, RuleConfig
     from monitor.core.logsetup import setup_logging
     from monitor.daemon import Daemon
 
@@ -107,8 +107,13 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
                               **capture_options(variant.capture))
                  for i, u in enumerate(urls))
     with tempfile.TemporaryDirectory(prefix="monitor-capacity.") as tmp:
+        # With clips: a rule that hits on every result opens an event on every camera at its first result and
+        # keeps it open, so every camera writes its clip (ring + stream copy) through the measured window.
+        recording = "+clips" in variant.capture
+        watchlist = (RuleConfig(name="always", classes=("dog",), min_score=0, min_frames=1, end_after=3600),) \
+            if recording else ()
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
-                        logging=LoggingConfig(level="warning"))
+                        logging=LoggingConfig(level="warning"), watchlist=watchlist)
         started = time.monotonic()
         daemon = Daemon(config)
         daemon.start(web=False)
@@ -134,6 +139,9 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
             daemon.worker.latency_observer = None
             latencies = list(seen)
             rss, peak = _rss_mb()
+            rings = [getattr(daemon.cameras[c.name], "packets", None) for c in cams]
+            preroll = [r.held_bytes() for r in rings if r is not None]
+            clip_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*.mp4*"))
             statuses = [daemon.cameras[c.name].status() for c in cams]
         finally:
             daemon.stop()
@@ -158,15 +166,22 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         "decoders": sorted({s["decoder"] for s in statuses}),
         "torch_loaded": "torch" in sys.modules,
         "threads": len(os.listdir("/proc/self/task")),
+        "preroll_mb_per_camera": round(sum(preroll) / len(preroll) / 1e6, 2) if preroll else None,
+        "clip_mb_written": round(clip_bytes / 1e6, 1) if preroll else None,
     }
 
 
 def capture_options(capture: str) -> dict[str, Any]:
-    """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields."""
+    """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields;
+    "pyav+clips[:WxH]": the same with event clips on (5 s pre-roll), every camera recording (see run_step)."""
     backend, _, size = capture.partition(":")
-    if backend not in ("opencv", "pyav") or (size and backend != "pyav"):
+    backend, plus, extra = backend.partition("+")
+    if backend not in ("opencv", "pyav") or (size and backend != "pyav") or (plus and (extra, backend) != ("clips", "pyav")):
         raise ValueError(capture)
     options: dict[str, Any] = {"backend": backend}
+    if plus:
+        from monitor.config.types import CameraClipsConfig
+        options["clips"] = CameraClipsConfig(enabled=True, pre=5.0, post=10.0, max_length=600.0)
     if size:
         w, h = size.lower().split("x")
         options["frame_size"] = (int(w), int(h))

@@ -187,6 +187,11 @@ class Camera:
         self._logged_reason = ""                # capture-thread only: the last reason logged at warning level
         self._next_due: float | None = None     # capture-thread only
         self._file_frames = 0                   # capture-thread only: frames read from a file over all loops
+        # Keyframe sampling (issue 22, backend pyav): the stream's measured keyframe interval, whether only
+        # keyframes are decoded now, and the last reason logged for the choice.
+        self._gop: float | None = None
+        self._keyframes = False
+        self._sample_why = ""                   # capture-thread only
 
         self.heartbeat = time.monotonic()
 
@@ -295,6 +300,8 @@ class Camera:
                 "decoder": self._decoder,               # "software" | "hardware" ("" before the first open)
                 "hwaccel": self.cfg.hwaccel,
                 "backend": self.cfg.backend,            # "opencv" | "pyav"
+                "keyframe_interval": round(self._gop, 3) if self._gop else None,   # seconds, measured (pyav)
+                "decoding": "keyframes" if self._keyframes else "all",
             }
 
     # ---------------------------------------------------------------- capture thread
@@ -471,10 +478,14 @@ class Camera:
     def _grabbed(self, cap: cv2.VideoCapture, run: _Run, now: float) -> None:
         """Count a grabbed frame; retrieve it only when it is due, the first of this open, or watched."""
         run.last_frame = now
-        run.paced += 1
+        # With keyframe sampling one grab reads a whole GOP: a file's pace and timeline count its packets.
+        step = max(1, getattr(cap, "consumed", 1))
+        run.paced += step
         run.since_rewind += 1
         if run.is_file:
-            self._file_frames += 1
+            self._file_frames += step
+        if isinstance(cap, PyAVCapture):
+            self._choose_decoding(cap, run)
         # Due sampling runs on the wall clock, except for unpaced files, whose own timeline is the clock.
         clock = self._file_frames / run.file_fps if self._no_drop else now
         due = self._is_due(clock)
@@ -555,10 +566,39 @@ class Camera:
         if due and self._on_due is not None:
             self._on_due()
 
+    def _choose_decoding(self, cap: PyAVCapture, run: _Run) -> None:
+        """Decode only keyframes while that loses no sample and nobody watches (the live view wants every frame).
+        The capture switches at the next keyframe."""
+        if self.cfg.sample == "all":
+            return
+        gop = self._gop = cap.keyframe_interval
+        if gop is None:
+            return
+        interval = 1.0 / self.cfg.fps if self.cfg.fps > 0 else 0.0
+        if gop > run.read_limit / 2:
+            # a grab then blocks for a whole GOP: the stale-stream check would fire
+            wanted, why = False, (f"keyframe interval {gop:.2f} s is too long to wait for (read_timeout/stale_after "
+                                  f"{run.read_limit:g} s): decoding every frame")
+        elif self.cfg.sample == "keyframes":
+            wanted, why = True, f"sample: keyframes, keyframe interval {gop:.2f} s: decoding keyframes only"
+        elif interval >= gop * 0.95:
+            wanted, why = True, (f"keyframe interval {gop:.2f} s <= sampling interval {interval:.2f} s: "
+                                 f"decoding keyframes only")
+        else:
+            wanted, why = False, (f"keyframe interval {gop:.2f} s is longer than the sampling interval "
+                                  f"{interval:.2f} s (fps {self.cfg.fps:g}): decoding every frame")
+        if why.rsplit(":", 1)[-1] != self._sample_why.rsplit(":", 1)[-1]:
+            log.info("camera %s: %s", self.name, why)
+            self._sample_why = why
+        cap.keyframes_only = wanted and not self.watched
+        self._keyframes = cap.skipping
+
     def _is_due(self, clock: float) -> bool:
         if self.cfg.fps <= 0:
             return True
-        if self._next_due is not None and clock < self._next_due:
+        # Keyframes arrive a GOP apart with network jitter: one a little early is the sample, not a skip.
+        slack = 0.5 * self._gop if self._keyframes and self._gop else 0.0
+        if self._next_due is not None and clock < self._next_due - slack:
             return False
         interval = 1.0 / self.cfg.fps
         # Step from the previous due time so the average rate is exact; after a gap (reconnect) restart the

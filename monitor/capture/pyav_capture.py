@@ -10,7 +10,9 @@ converts, only for the frames the camera uses, as with OpenCV.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -61,6 +63,13 @@ class PyAVCapture:
         self._decoded: Any = None
         self._ring = ring
         self.error = ""
+        # Keyframe sampling (issue 22): the camera thread sets keyframes_only between grabs; the decoder follows
+        # at the next keyframe (a full decode joining mid-GOP would show broken pictures until then). Packets are
+        # still demuxed either way: the clip pre-roll and the keyframe interval below need them.
+        self.keyframes_only = False
+        self._skipping = False
+        self._key_times: deque[float] = deque(maxlen=9)    # stream seconds of the last keyframes
+        self.consumed = 0           # video packets read for the picture grab() returned (a file's pace counts them)
         options = {"rtsp_transport": "tcp"} if rtsp_tcp and target.lower().startswith(("rtsp://", "rtsps://")) else {}
         try:
             # timeout=(open, read): FFmpeg's interrupt callback ends a blocking open or read after that long.
@@ -76,10 +85,10 @@ class PyAVCapture:
         self._decoded = self._frames()
 
     def _frames(self) -> Any:
-        """Decoded pictures. Without a ring it is PyAV's own decode loop; with one, the same demux + decode with
-        every packet (video, and the first audio stream) also pushed into the camera's clip pre-roll."""
+        """Decoded pictures: demux + decode, every video packet's keyframe flag noted; with a ring, every packet
+        (video, and the first audio stream) also pushed into the camera's clip pre-roll."""
         if self._ring is None:
-            return self._container.decode(self._stream)
+            return self._demux_and_decode(None)
         from monitor.capture.packet_ring import StreamSpec
         audio = self._container.streams.audio[0] if self._container.streams.audio else None
         self._ring.connect(StreamSpec.of(self._av, self._stream, audio))
@@ -89,12 +98,43 @@ class PyAVCapture:
         ring = self._ring
         video = self._stream
         index = video.index
+        codec = video.codec_context
         streams = (video, audio) if audio is not None else (video,)
+        consumed = 0
         for packet in self._container.demux(streams):
             is_video = packet.stream_index == index
-            ring.push(packet, is_video)
-            if is_video:
-                yield from video.decode(packet)
+            if ring is not None:
+                ring.push(packet, is_video)
+            if not is_video:
+                continue
+            consumed += 1
+            if packet.is_keyframe and packet.size:
+                self._note_keyframe(packet)
+                if self.keyframes_only != self._skipping:
+                    # FFmpeg's own skip: non-key packets are parsed, not decoded, and the decoder's reordering
+                    # still works (feeding it only the keyframes would hold each picture back by a GOP with
+                    # B-frames).
+                    self._skipping = self.keyframes_only
+                    codec.skip_frame = "NONKEY" if self._skipping else "DEFAULT"
+            for frame in video.decode(packet):
+                self.consumed, consumed = consumed, 0
+                yield frame
+
+    def _note_keyframe(self, packet: Any) -> None:
+        if packet.pts is not None and packet.time_base is not None:
+            self._key_times.append(float(packet.pts * packet.time_base))
+
+    @property
+    def skipping(self) -> bool:
+        """Only keyframes are decoded now (keyframes_only took effect at a keyframe)."""
+        return self._skipping
+
+    @property
+    def keyframe_interval(self) -> float | None:
+        """The stream's keyframe interval in seconds (median of the last 8), None until two keyframes came."""
+        times = list(self._key_times)
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > a]
+        return statistics.median(gaps) if gaps else None
 
     def _redact(self, text: str) -> str:
         # FFmpeg's exceptions quote the URL as given ("Connection refused: 'rtsp://user:pw@cam/?token=...'")
@@ -147,8 +187,9 @@ class PyAVCapture:
             return False
         if self._ring is not None:
             self._ring.discontinuity()
-        self._decoded = self._frames() if self._ring is None else self._demux_and_decode(
-            self._container.streams.audio[0] if self._container.streams.audio else None)
+        self._key_times.clear()                 # a rewound file's timestamps start again
+        self._decoded = self._demux_and_decode(
+            self._container.streams.audio[0] if self._ring is not None and self._container.streams.audio else None)
         return True
 
     def release(self) -> None:

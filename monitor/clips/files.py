@@ -87,11 +87,17 @@ def salvage(part: Path, final: Path) -> float | None:
 
 
 def _packets(src, streams):   # type: ignore[no-untyped-def]
-    """Packets until the end or the first damaged one (a cut fragment)."""
+    """Packets until the end or the first damaged one: a fragment cut by the kill ends in a packet whose bytes
+    were never written (the demuxer hands it over short, flagged corrupt, or lying past the end of the file)."""
     import av
 
+    size = os.path.getsize(src.name)
     try:
         for packet in src.demux(streams):
+            if packet.size == 0 and packet.dts is None:
+                continue                            # the end-of-stream flush packet
+            if packet.is_corrupt or (packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size > size):
+                return
             yield packet
     except av.error.FFmpegError:
         return

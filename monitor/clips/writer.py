@@ -16,6 +16,9 @@ from typing import Any
 from monitor.capture.packet_ring import StoredPacket, StreamSpec
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+# A fragment is also cut (and flushed to the file) after 1 s, not only at keyframes: with a 5 s GOP a killed
+# clip would otherwise lose up to a whole GOP, and a short clip everything.
+FRAG_DURATION = "1000000"
 
 
 class ClipWriter:
@@ -26,7 +29,8 @@ class ClipWriter:
 
         self.path = path
         self.spec = spec
-        self._out: Any = av.open(str(path), "w", format="mp4", options={"movflags": MOVFLAGS})
+        self._out: Any = av.open(str(path), "w", format="mp4",
+                                 options={"movflags": MOVFLAGS, "frag_duration": FRAG_DURATION, "flush_packets": "1"})
         self._video = self._out.add_stream_from_template(spec.video)
         self._audio = self._out.add_stream_from_template(spec.audio) if spec.audio is not None else None
         self._packet = av.Packet

@@ -232,6 +232,32 @@ def _cross_checks(data: dict) -> Iterator[tuple[Loc, str]]:
                 yield (("watchlist", i, "cameras", j), f"unknown camera {name!r} (cameras: "
                        f"{', '.join(cameras) or 'none'})" + (f"; did you mean {close[0]!r}?" if close else ""))
     yield from _custom_class_checks(data, cameras)
+    yield from _notify_checks(data)
+
+
+_OTHER_SINKS = ("log", "snapshot", "webhook", "command", "mqtt")   # sink names notify targets must not take
+
+
+def _notify_checks(data: dict) -> Iterator[tuple[Loc, str]]:
+    """alerts.notify names are unique (they label the sink's metrics) and its rules exist."""
+    alerts = data.get("alerts") if isinstance(data.get("alerts"), dict) else {}
+    rules = [e["name"] for _, e in _entries(data.get("watchlist")) if isinstance(e.get("name"), str)]
+    first: dict[str, int] = {}
+    for i, target in _entries(alerts.get("notify")):
+        name = target.get("name", "notify")
+        if isinstance(name, str) and name in first:
+            yield (("alerts", "notify", i, "name"), f"duplicate notify name {name!r} (also alerts.notify"
+                   f"[{first[name]}]; give each target a name)")
+        elif isinstance(name, str) and name in _OTHER_SINKS:
+            yield (("alerts", "notify", i, "name"), f"{name!r} is the name of another alert sink (taken: "
+                   f"{', '.join(_OTHER_SINKS)})")
+        elif isinstance(name, str):
+            first[name] = i
+        for j, rule in enumerate(target.get("rules") if isinstance(target.get("rules"), list) else ()):
+            if isinstance(rule, str) and rule.strip() and rule not in rules:
+                close = difflib.get_close_matches(rule, rules, n=1, cutoff=0.6)
+                yield (("alerts", "notify", i, "rules", j), f"unknown rule {rule!r} (watchlist: "
+                       f"{', '.join(rules) or 'none'})" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _custom_class_checks(data: dict, cameras: list[str]) -> Iterator[tuple[Loc, str]]:

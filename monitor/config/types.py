@@ -35,6 +35,7 @@ from pydantic.json_schema import SkipJsonSchema
 from monitor.core import groups
 from monitor.core.region import Region, RegionError
 from monitor.core.sample import SAMPLE_SOURCE, sample_clip
+from monitor.config.apprise_urls import check_apprise_url, read_urls_file
 from monitor.config.tls import check_ca_file, check_client_certificate
 from monitor.config.fields import (
     NOT_GIVEN, Bool, Choice, Duration, FilePath, Host, Int, List, Name, Number, Size, Text, Url, any_case,
@@ -358,6 +359,12 @@ class CameraConfig(Section):
     backend: Choice("opencv", "pyav") = Field("opencv", description=(
         "opencv: cv2.VideoCapture, every kind of source; pyav: files and URLs decoded by PyAV, each used frame "
         "converted straight to frame_size in one pass, with no full-size BGR copy."))
+    sample: Choice("auto", "keyframes", "all") = Field("auto", description=(
+        "Which frames are decoded (backend pyav): auto = only the keyframes while the stream's measured keyframe "
+        "interval is no longer than 1/fps and nobody watches the live view (a camera sampled at 1 fps with a 1 s "
+        "GOP then decodes 1 frame a second instead of 25), else every frame; keyframes = only keyframes, each one "
+        "classified, whatever fps says; all = every frame. Packets are still read: clips keep their pre-roll. "
+        "/api/status shows the measured keyframe_interval and what is decoded."))
     frame_size: Optional[tuple[Int(16, 7680), Int(16, 4320)]] = Field(None, description=(
         "Backend pyav: [width, height] the frames are classified, shown and saved at (crops are in these "
         "pixels); a 1080p camera at [960, 540] holds 1.5 MB frames instead of 6.2 MB. null: the native size."))
@@ -376,6 +383,13 @@ class CameraConfig(Section):
         if backend == "pyav" and "source" in info.data and source_kind(info.data["source"]) == "device":
             raise problem("pyav reads files and URLs; a webcam/device needs backend: opencv", show_value=False)
         return backend
+
+    @field_validator("sample")
+    @classmethod
+    def _keyframes_need_pyav(cls, sample: str, info: ValidationInfo) -> str:
+        if sample == "keyframes" and info.data.get("backend", "opencv") != "pyav":
+            raise problem("needs backend: pyav (OpenCV decodes every frame)", show_value=False)
+        return sample
 
     @field_validator("frame_size")
     @classmethod
@@ -534,6 +548,76 @@ class WebhookConfig(Section):
         "429 is not retried."))
 
 
+NOTIFY_PLACEHOLDERS = ("camera", "rule", "label", "score", "time", "event_id", "link", "snapshot_url")
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _notify_template(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem("must be a string")
+    for m in _TEMPLATE_FIELD.finditer(value):
+        if m.group(1) not in NOTIFY_PLACEHOLDERS:
+            allowed = ", ".join("{" + p + "}" for p in NOTIFY_PLACEHOLDERS)
+            raise problem(f"unknown placeholder {{{m.group(1)}}} (allowed: {allowed})", show_value=False)
+    return value
+
+
+def _apprise_url(value: Any) -> str:
+    """Apprise parses the URL now, so a typo is a config error at its key path, not a silent loss at the first
+    event. The URL is never echoed (it holds the service's token): only its scheme is named."""
+    return check_apprise_url(value)
+
+
+NotifyTemplate = Annotated[str, BeforeValidator(_notify_template)]
+AppriseUrl = Annotated[str, BeforeValidator(_apprise_url), WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+class NotifyConfig(Section):
+    name: Name = Field("notify", description=(
+        "Names this notification target in logs and in the sink label of monitor_sink_dropped_total and "
+        "monitor_sink_failures_total; unique among alerts.notify (give each a name when there are several)."))
+    urls: List(AppriseUrl, empty=None) = Field((), repr=False, description=(
+        "Apprise URLs the notification goes to, e.g. ntfys://ntfy.sh/my-topic, tgram://BOT_TOKEN/CHAT_ID, "
+        "mailtos://user:pass@example.com, pover://USER_KEY@APP_TOKEN (https://github.com/caronc/apprise/wiki). "
+        "They usually hold a token: logs and errors never show more than the scheme; prefer urls_file."))
+    urls_file: Optional[FilePath] = Field(None, description=(
+        "A file of Apprise URLs, one per line (blank lines and # comments skipped), kept out of the config "
+        "because they hold tokens; read at start and on SIGHUP. Used together with urls."))
+    rules: List(Text, empty="must not be empty (leave the key out to notify for every rule)") = Field((), description=(
+        "Names of the watchlist rules whose events are sent here; leave the key out for every rule."))
+    title: NotifyTemplate = Field("{label} on {camera}", description=(
+        "Title of the notification. Placeholders: {camera} {rule} {label} {score} {time} {event_id} {link} "
+        "{snapshot_url}; {link} and {snapshot_url} are empty without node.public_url."))
+    body: NotifyTemplate = Field("{label} ({score}) on {camera}, rule {rule}, at {time}\n{link}", description=(
+        "Text of the notification, with the placeholders of title. {link} is the event on the status page, "
+        "{snapshot_url} its JPEG, both under node.public_url."))
+    attach: Bool = Field(True, description=(
+        "true: the event's snapshot JPEG (with the overlay) is attached; false: text only."))
+    timeout: Duration(allow_zero=False) = Field(15.0, description=(
+        "Time one delivery attempt may take (all of this target's URLs) before it counts as failed."))
+    retry_for: Duration() = Field(600.0, description=(
+        "How long an undelivered notification is retried (backoff from 0.5 s doubling up to 30 s) while later "
+        "ones wait in the queue (alerts.queue_size, then dropped and counted); after that it is given up and "
+        "counted in monitor_sink_failures_total. 0 = one attempt."))
+    all_urls: SkipJsonSchema[tuple[str, ...]] = _hidden()  # urls + the file's, read at validation time
+
+    @field_validator("all_urls", mode="wrap")
+    @classmethod
+    def _read_urls(cls, value: Any, handler: Any, info: ValidationInfo) -> tuple[str, ...]:
+        _not_from_yaml(cls, value, info)
+        if value is not NOT_GIVEN:
+            return handler(value)
+        if "urls" not in info.data or "urls_file" not in info.data:
+            return ()            # the bad key is reported; "no URL" on top of it would mislead
+        urls = list(info.data["urls"])
+        file = info.data["urls_file"]
+        if file is not None:
+            urls += read_urls_file(file)
+        if not urls:
+            raise problem("no Apprise URL: give urls or urls_file", show_value=False, sibling="urls")
+        return tuple(urls)
+
+
 def _command_arg(value: Any, info: ValidationInfo) -> str:
     if not isinstance(value, str) or not value:
         raise problem("must be a non-empty string")
@@ -576,6 +660,10 @@ class AlertsConfig(Section):
             "{score} {event_id} {snapshot} are replaced in each argument. Absent: no command."))
     command_timeout: Duration(allow_zero=False) = Field(10.0, description=(
         "The command is killed, with every process it started, when it runs longer than this."))
+    notify: List(NotifyConfig, empty=None) = Field((), description=(
+        "Notifications through Apprise (ntfy, Telegram, e-mail, Pushover, Matrix, Discord, ...) when an event "
+        "starts, with its snapshot attached: each entry is a target with its URLs, rules and templates, and a "
+        "queue of its own. Absent: none."))
     queue_size: Int(1, 100000) = Field(64, description=(
         "Deliveries waiting per sink (snapshot, webhook, command, ...); when a sink's queue is full, its new "
         "deliveries are dropped and counted in monitor_sink_dropped_total, never blocking classification."))

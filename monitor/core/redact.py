@@ -8,6 +8,8 @@ Three kinds of secret are hidden, wherever they stand in the text:
     (FFmpeg logs request lines without the scheme);
   - the credentials of an Authorization header (`Authorization: Basic ...`).
 url_origin() gives the scheme://host:port of a URL, for URLs whose path itself may be a secret (webhooks).
+Secrets no pattern can tell (an Apprise URL's bot token, ntfy topic or webhook path) are told: a sink holding
+them registers them with SECRETS while it lives, and redact_url hides every literal occurrence.
 
 Every function is linear in the length of its input (a regex that backtracks over long runs would let a 64 KiB
 request line, logged at debug level, cost seconds of CPU under the logging lock).
@@ -15,8 +17,12 @@ request line, logged at debug level, cost seconds of CPU under the logging lock)
 from __future__ import annotations
 
 import re
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
+from typing import Iterable, Iterator
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
 
@@ -48,6 +54,81 @@ _ENCODED_STOP = ("%26", "%3b", "%23", "%3f")
 _CLOSERS = frozenset("\"'")
 _AFTER_CLOSER = frozenset(" \t\r\n\f\v,;:)]}>&")
 _TRAILING = ".,:;!?)]}>"
+
+
+class SecretWords:
+    """Literal secrets hidden wherever they appear, counted per holder: add() when a component that holds them
+    starts, discard() when it is gone, so a reload that builds the new sink before stopping the old one never
+    uncovers them. Words shorter than MIN_LENGTH are not taken (hiding "abc" everywhere would mangle every log
+    line); words shorter than WHOLE_BELOW are hidden only as whole words (between characters that cannot be part
+    of one), longer ones anywhere, percent-encoded inside another URL included. Bounded: a word past MAX_WORDS
+    is refused (add() returns False), which no real configuration reaches."""
+
+    MIN_LENGTH = 4
+    WHOLE_BELOW = 8
+    MAX_WORDS = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, words: Iterable[str]) -> bool:
+        forms = self._forms(words)
+        with self._lock:
+            if len(self._counts) + len(forms - self._counts.keys()) > self.MAX_WORDS:
+                return False
+            self._counts.update(forms)
+            self._compile()
+        return True
+
+    def discard(self, words: Iterable[str]) -> None:
+        forms = self._forms(words)
+        with self._lock:
+            self._counts.subtract(forms)
+            for word in forms:
+                if self._counts[word] <= 0:
+                    del self._counts[word]
+            self._compile()
+
+    @contextmanager
+    def held(self, words: Iterable[str]) -> Iterator[None]:
+        """The words hidden for the duration of a block (a library that logs while it parses them)."""
+        words = list(words)
+        self.add(words)
+        try:
+            yield
+        finally:
+            self.discard(words)
+
+    def hide(self, text: str) -> str:
+        pattern = self._pattern              # read once: a concurrent add() swaps in a new one
+        return text if pattern is None else pattern.sub(MASK, text)
+
+    def _forms(self, words: Iterable[str]) -> set[str]:
+        """Each word as written, percent-encoded (both ways) and JSON-escaped: how a log or an error quotes it."""
+        out: set[str] = set()
+        for word in words:
+            word = str(word)
+            if len(word) < self.MIN_LENGTH:
+                continue
+            out.update({word, quote(word, safe=""), quote_plus(word, safe=""),
+                        word.replace("\\", "\\\\").replace('"', '\\"')})
+        return out
+
+    def _compile(self) -> None:
+        if not self._counts:
+            self._pattern = None
+            return
+        # longest first: a whole token is hidden before a piece of it could leave the rest showing
+        words = sorted(self._counts, key=len, reverse=True)
+        edge = r"[A-Za-z0-9_.~-]"
+        alternatives = [re.escape(w) if len(w) >= self.WHOLE_BELOW else rf"(?<!{edge}){re.escape(w)}(?!{edge})"
+                        for w in words]
+        self._pattern = re.compile("|".join(alternatives))
+
+
+SECRETS = SecretWords()
 
 
 @lru_cache(maxsize=4096)
@@ -184,8 +265,9 @@ def _redact_quoted(m: re.Match) -> str:
 
 def redact_url(text: str) -> str:
     """`text` with every URL's user:password, every secret-like key's value and every Authorization header's
-    credentials replaced by `***`. Safe on any text (log lines, exception messages, JSON)."""
-    text = str(text)
+    credentials replaced by `***`, and every word SECRETS holds. Safe on any text (log lines, exception messages,
+    JSON)."""
+    text = SECRETS.hide(str(text))
     if "@" in text:
         if "://" in text:
             text = _join_spaced_userinfo(text)

@@ -74,12 +74,13 @@ def paused_state_path(events_database: Path) -> Path:
 class MqttBridge:
     def __init__(self, cfg: MqttConfig, metrics: Metrics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], pause: Callable[[frozenset[str]], None],
-                 state_path: Path, node: str | None = None) -> None:
+                 state_path: Path, language: str = "en", node: str | None = None) -> None:
         self.cfg = cfg
+        self.language = language          # labels.language: the display names in the label attributes and HA
         self.metrics = metrics
         self.topics = Topics(cfg.topic_prefix, node)    # node: a fleet node's own availability topic
         self.client = MqttClient(cfg, metrics, status_topic=self.topics.status)
-        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive,
+        self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive, language=language,
                                    before_poll=self._round)
         self._cameras = cameras
         self._pause = pause
@@ -169,7 +170,8 @@ class MqttBridge:
         self._custom = custom
         dp = self.cfg.discovery_prefix
         if dp:
-            configs = discovery_configs(self.topics, dp, self._names, self._rules, custom, control=self.cfg.control)
+            configs = discovery_configs(self.topics, dp, self._names, self._rules, custom, control=self.cfg.control,
+                                        language=self.language)
             new = {topic: json.dumps(payload) for topic, payload in configs.items()}
             gone = set(self._discovery.keys() - new.keys())
             if not self._announced:

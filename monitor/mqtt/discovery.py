@@ -60,7 +60,7 @@ def owned_config_topic(topic: str, topics: Topics, discovery_prefix: str) -> boo
 def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[str],
                       rules_by_camera: Mapping[str, Iterable[str]],
                       custom_by_camera: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-                      control: bool = True) -> dict[str, dict]:
+                      control: bool = True, language: str = "en") -> dict[str, dict]:
     """{config topic: payload} for every entity of every camera; rules_by_camera lists the watched rules,
     custom_by_camera the custom class sets running on each camera ({set name: its classes}); the `enabled`
     switch only with `control` (mqtt.control: without it nobody listens to its command topic)."""
@@ -88,9 +88,12 @@ def discovery_configs(topics: Topics, discovery_prefix: str, cameras: Sequence[s
         }
 
     for cam in cameras:
+        label = {"state_topic": topics.label(cam)}
+        if language != "en":    # HA's state is the display name from the attributes; the label topic stays English
+            label = {"state_topic": topics.label_attributes(cam), "value_template": "{{ value_json.display }}"}
         add("sensor", cam, "label", {
-            "name": "Label", "icon": "mdi:label-outline",
-            "state_topic": topics.label(cam), "json_attributes_topic": topics.label_attributes(cam)})
+            "name": "Label", "icon": "mdi:label-outline", **label,
+            "json_attributes_topic": topics.label_attributes(cam)})
         add("binary_sensor", cam, "connected", {
             "name": "Connected", "device_class": "connectivity", "entity_category": "diagnostic",
             "state_topic": topics.state(cam), "payload_on": "up", "payload_off": "down",

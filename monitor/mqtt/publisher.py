@@ -21,6 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+from monitor.core.labels import class_names
 from monitor.mqtt.topics import Topics
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ class Publisher:
 
     def __init__(self, client: MqttClient, topics: Topics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], keepalive: float,
-                 before_poll: Callable[[], None] | None = None) -> None:
+                 before_poll: Callable[[], None] | None = None, language: str = "en") -> None:
         self.client = client
+        self.names = class_names(language)   # display names: the attributes carry them beside the English label
         self.topics = topics
         self.results = results
         self.cameras = cameras
@@ -138,8 +140,11 @@ class Publisher:
         self._label[name] = (top.label, now)
         attributes = {
             "label": top.label,
+            "index": int(top.index),
+            "display": self.names[top.index],
             "score": round(float(top.probability), 4),
-            "top": [{"label": p.label, "score": round(float(p.probability), 4)} for p in result.predictions],
+            "top": [{"label": p.label, "index": int(p.index), "display": self.names[p.index],
+                     "score": round(float(p.probability), 4)} for p in result.predictions],
             "fps": round(self.results.fps_out(name), 2),
             "latency_ms": round(result.latency * 1000.0, 1),
             "frame": result.frame.seq,

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Sequence
 
 from monitor.alerts.event import Event
 from monitor.config.types import Config
+from monitor.core import groups
+from monitor.core.labels import class_names
 from monitor.inference.classifier import Classifier, Prediction
 from monitor.web.services import WebServices
 
@@ -54,25 +56,28 @@ def model_json(classifier: Classifier) -> dict[str, Any]:
             "untrained": bool(classifier.untrained), "sha256": classifier.sha256}
 
 
-def predictions_json(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
-    return [{"rank": i + 1, "label": p.label, "index": int(p.index), "probability": round(float(p.probability), 6)}
-            for i, p in enumerate(predictions)]
+def predictions_json(predictions: Sequence[Prediction], language: str = "en") -> list[dict[str, Any]]:
+    """Top-k as the API answers it: the index and English name always, `display` in `language` beside them."""
+    names = class_names(language)
+    return [{"rank": i + 1, "label": p.label, "index": int(p.index), "probability": round(float(p.probability), 6),
+             "display": names[int(p.index)]} for i, p in enumerate(predictions)]
 
 
 def _num(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def camera_json(services: WebServices, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+def camera_json(services: WebServices, name: str, status: Mapping[str, Any], language: str = "en") -> dict[str, Any]:
     """A camera's status (Camera.status(), its "source" already redacted) with what the pipeline made of it."""
     doc = dict(status)
     results = services.results
     result = results.get(name)
-    doc["predictions"] = predictions_json(result.predictions) if result is not None else []
+    doc["predictions"] = predictions_json(result.predictions, language) if result is not None else []
     doc["classified_at"] = result.classified_at if result is not None else None
     doc["fps_out"] = _num(results.fps_out(name), 2)
     doc["latency"] = _num(results.latency(name))
     doc["active"] = list(services.alerts.active(name))
+    doc["active_display"] = [groups.display_name(label, language) for label in doc["active"]]
     doc["custom"] = ([{"head": c.head, "label": c.label, "probability": round(c.probability, 6),
                        "classes": {k: round(float(v), 6) for k, v in zip(c.classes, c.probabilities)}}
                       for c in result.custom.values()] if result is not None else [])
@@ -83,15 +88,18 @@ def camera_json(services: WebServices, name: str, status: Mapping[str, Any]) -> 
     return doc
 
 
-def status_json(services: WebServices, versions: Mapping[str, str]) -> dict[str, Any]:
+def status_json(services: WebServices, versions: Mapping[str, str], language: str | None = None) -> dict[str, Any]:
+    """The status document; display names in `language` (None: the config's labels.language)."""
     now = time.time()
+    language = language or services.config.labels.language
     cameras = services.cameras          # one mapping: a config reload may replace it while we read it
     started_at = services.started_at
     return {
-        "cameras": [camera_json(services, name, camera.status()) for name, camera in cameras.items()],
+        "cameras": [camera_json(services, name, camera.status(), language) for name, camera in cameras.items()],
         "custom_classes": services.custom.status_json(list(cameras)),
         "model": model_json(services.classifier),
         "top_k": services.config.model.top_k,
+        "language": language,
         "ready": bool(services.ready()),
         "started_at": started_at,
         "uptime": round(max(0.0, now - started_at), 3),
@@ -119,4 +127,6 @@ def event_json(ev: Event) -> dict[str, Any]:
     doc = dataclasses.asdict(ev)
     del doc["snapshot"]
     doc["snapshot_url"] = f"/api/events/{ev.id}/snapshot.jpg" if ev.snapshot else None
+    doc["has_clip"] = ev.clip_state == "complete" and ev.clip is not None
+    doc["clip"] = f"/api/events/{ev.id}/clip.mp4" if doc["has_clip"] else None
     return doc

@@ -58,9 +58,10 @@ def render(services: WebServices, camera_name: str, image: np.ndarray, width: in
     if (result is not None and result.heatmap is not None and result.box is not None
             and camera_name in services.heatmaps):
         heatmap = (result.heatmap, [int(round(v * scale)) for v in result.box])
+    labels = services.config.labels
     return draw_overlay(image, camera_name, predictions, fps, services.alerts.active(camera_name),
                         bool(services.classifier.untrained), custom=list(result.custom.values()) if result else (),
-                        heatmap=heatmap)
+                        heatmap=heatmap, language=labels.language, font=labels.font)
 
 
 def mjpeg_part(jpeg: bytes) -> bytes:

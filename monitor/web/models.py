@@ -23,9 +23,10 @@ class Error(BaseModel):
 
 class Prediction(BaseModel):
     rank: int
-    label: str
+    label: str = Field(description="the English ImageNet-1k class name (the machine name, whatever the language)")
     index: int = Field(description="ImageNet-1k class index")
     probability: float
+    display: str = Field(description="the class name in the display language (?lang=, else labels.language)")
 
 
 class Model(BaseModel):
@@ -54,6 +55,7 @@ class CameraStatus(BaseModel):
     fps_out: Optional[float]
     latency: Optional[float]
     active: list[str] = Field(description="labels of the alert events open on this camera")
+    active_display: list[str] = Field([], description="the same labels in the display language (?lang=)")
     paused: bool = Field(default=False, description="classification paused (MQTT enabled/set OFF)")
     stream: str
     snapshot: str
@@ -66,6 +68,7 @@ class Status(BaseModel):
     custom_classes: list[dict] = Field([], description="heads, their example counts and retraining state")
     model: Model
     top_k: int
+    language: str = Field(description="the language of the display names: ?lang=, else labels.language (en | zh)")
     ready: bool
     started_at: float
     uptime: float
@@ -79,7 +82,7 @@ class Status(BaseModel):
 
 # Event fields the API shows otherwise: the snapshot's server path stays on the server (the client gets
 # snapshot_url), and every event the API lists comes from the history, so it has an id.
-_EVENT_HIDDEN = frozenset({"snapshot"})
+_EVENT_HIDDEN = frozenset({"snapshot", "clip"})     # clip: a file name on the server; the client gets its URL
 _EVENT_TYPES: dict[str, Any] = {"id": int}
 
 
@@ -101,6 +104,9 @@ Event = create_model(
     __config__=ConfigDict(extra="forbid"),
     **_event_fields(),
     snapshot_url=(Optional[str], Field(description="URL of the event's snapshot JPEG, if one was saved")),
+    has_clip=(bool, Field(False, description="a complete, playable video clip of the event exists")),
+    clip=(Optional[str], Field(None, description="URL of the event's MP4 clip (/api/events/{id}/clip.mp4) once it "
+                               "is complete, else null")),
 )
 
 

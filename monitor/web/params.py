@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from monitor.config.fields import NAME_RE
+from monitor.core.labels import LANGUAGES
 from monitor.web.deps import ServicesDep
 from monitor.web.errors import ApiError
 
@@ -112,7 +113,24 @@ class HeatmapQuery(QueryModel):
     on: Flag = Field(description="true shows the class activation map in the live view, false hides it")
 
 
+def _lang(value: Any) -> str:
+    text = str(value)
+    if text.lower() not in LANGUAGES:
+        raise refuse(f"lang must be one of {', '.join(LANGUAGES)} (got {text[:20]!r})")
+    return text.lower()
+
+
+# the display names' language; absent: the config's labels.language. Machine fields (index, English label) stay.
+Lang = Annotated[Optional[Literal["en", "zh"]], BeforeValidator(_lang)]
+_LANG_DOC = "language of the `display` names: en or zh (absent: labels.language of the config)"
+
+
+class StatusQuery(QueryModel):
+    lang: Lang = Field(None, description=_LANG_DOC)
+
+
 class ClassifyQuery(QueryModel):
+    lang: Lang = Field(None, description=_LANG_DOC)
     explain: Annotated[bool, BeforeValidator(_flag({"true": True, "false": False, "1": True, "0": False}))] = Field(
         False, description="also answer the top class's activation map (grid 7x7 over box)")
 
@@ -149,8 +167,13 @@ async def classify_query(_: OneEach, query: Annotated[ClassifyQuery, Query()]) -
     return query
 
 
+async def status_query(_: OneEach, query: Annotated[StatusQuery, Query()]) -> StatusQuery:
+    return query
+
+
 EventsParams = Annotated[EventsQuery, Depends(events_query)]
 LabelFrameParams = Annotated[LabelFrameQuery, Depends(label_frame_query)]
 LabelEventParams = Annotated[LabelEventQuery, Depends(label_event_query)]
 HeatmapParams = Annotated[HeatmapQuery, Depends(heatmap_query)]
 ClassifyParams = Annotated[ClassifyQuery, Depends(classify_query)]
+StatusParams = Annotated[StatusQuery, Depends(status_query)]

@@ -105,7 +105,7 @@ def build() -> dict:
              (f"monitor_fleet_db_up{{{SEL}}}", "{{node}} database up")]))
         .with_panel(_series(
             "Lease changes", "Camera leases claimed and given up or lost per interval (MonitorFleetLeaseFlapping "
-            "over 6 lost in 15 minutes).", "short",
+            "lost more than 6 times in 15 minutes).", "short",
             [(f"sum by (node) (increase(monitor_fleet_lease_acquired_total{{{SEL}}}[$__rate_interval]))",
               "{{node}} acquired"),
              (f"sum by (node) (increase(monitor_fleet_lease_lost_total{{{SEL}}}[$__rate_interval]))",

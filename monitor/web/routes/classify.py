@@ -25,10 +25,10 @@ router = APIRouter()
              responses=models.error_responses(400, 401, 404, 408, 411, 413, 415, 422, 503),
              summary="Classify an uploaded image (multipart field 'file', or a raw image/* body)")
 async def classify(query: ClassifyParams, server: ServerDep, request: Request) -> JSONResponse:
-    return await _classify(server, request, query.explain)
+    return await _classify(server, request, query.explain, query.lang)
 
 
-async def _classify(web: Server, request: Request, explain: bool) -> JSONResponse:
+async def _classify(web: Server, request: Request, explain: bool, lang: str | None = None) -> JSONResponse:
     headers = request.headers
     lengths = headers.getlist("content-length")
     if not lengths and "transfer-encoding" not in headers:
@@ -75,7 +75,8 @@ async def _classify(web: Server, request: Request, explain: bool) -> JSONRespons
         web.body_budget.give(len(body))
         del body
     classifier = web.services.classifier
-    doc = models.Classification(predictions=api.predictions_json(predictions), model=api.model_json(classifier),
+    language = lang or web.services.config.labels.language
+    doc = models.Classification(predictions=api.predictions_json(predictions, language), model=api.model_json(classifier),
                                 width=int(size[0]), height=int(size[1]), explanation=explanation)
     return JSONResponse(doc.model_dump(mode="json"), 200, NO_STORE)
 

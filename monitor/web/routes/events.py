@@ -5,11 +5,13 @@ import logging
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 import psycopg
 
 from monitor.alerts.events import EventStoreError
+from monitor.clips.files import resolve
+from monitor.clips.manager import clips_folder
 from monitor.fleet.database import FleetError
 from monitor.fleet.status import fleet_events
 from monitor.web import api, models
@@ -50,6 +52,29 @@ def _fleet_events(query: EventsQuery, services: WebServices) -> JSONResponse:
         log.error("http: /api/events?scope=fleet: %s", " ".join(str(e).split())[:200])
         raise ApiError(503, "fleet database unavailable", {"Retry-After": "5"}) from None
     return JSONResponse({"events": rows}, 200, NO_STORE)
+
+
+@router.get(f"/api/events/{EVENT}/clip.mp4", response_class=FileResponse,
+            responses={**models.error_responses(400, 401, 404, 416, 503),
+                       206: {"description": "the byte range asked for (Range: bytes=...)"}},
+            summary="The event's video clip (MP4), with HTTP Range requests (206) so players can seek")
+def event_clip(event_id: EventId, services: ServicesDep) -> FileResponse:
+    """Starlette's FileResponse answers Range requests itself (206 with Content-Range, 416 past the end,
+    multipart for several ranges, Accept-Ranges on every answer), streaming the file in chunks from a thread."""
+    try:
+        ev = services.events.get(event_id, strict=True)
+    except EventStoreError as e:
+        log.error("http: event clip: %s", e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    if ev is None:
+        raise ApiError(404, f"no event {event_id}")
+    if ev.clip_state != "complete" or not ev.clip:
+        raise ApiError(404, f"event {event_id} has no clip" + (f" ({ev.clip_state})" if ev.clip_state != "none" else ""))
+    path = resolve(clips_folder(services.config), ev.clip)
+    if path is None or not path.is_file():
+        raise ApiError(404, f"clip of event {event_id} is missing")
+    return FileResponse(path, media_type="video/mp4",
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
 
 
 @router.get(f"/api/events/{EVENT}/snapshot.jpg", response_class=Response,

@@ -13,6 +13,7 @@ from monitor.web.deps import ServerDep, ServicesDep
 from monitor.web.errors import NO_STORE, ApiError
 from monitor.fleet.database import FleetError
 from monitor.fleet.status import fleet_status
+from monitor.web.params import StatusParams
 
 router = APIRouter()
 log = logging.getLogger("monitor.web")
@@ -53,6 +54,6 @@ def fleet(services: ServicesDep) -> JSONResponse:
 
 @router.get("/api/status", response_model=models.Status, responses=models.error_responses(400, 401, 404, 503),
             summary="Cameras, latest predictions, model, uptime, versions")
-def status(server: ServerDep) -> JSONResponse:
-    doc = models.Status.model_validate(api.status_json(server.services, server.versions))
+def status(query: StatusParams, server: ServerDep) -> JSONResponse:
+    doc = models.Status.model_validate(api.status_json(server.services, server.versions, query.lang))
     return JSONResponse(doc.model_dump(mode="json"), 200, NO_STORE)

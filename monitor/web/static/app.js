@@ -11,6 +11,65 @@ const MAX_LIVE = 4;
 
 const cards = new Map();
 
+// The page's own words in Chinese; English is the text in index.html and the fallback of t(). The class names
+// come from the API (`display`, ?lang=); the language is the switch's choice (kept in localStorage), else the
+// daemon's labels.language.
+const ZH = {
+  connecting: '连接中…', live: '在线', unreachable: '无法连接守护进程：',
+  untrained1: '未训练的演示模型 — 这是随机初始化的', untrained2: '产物：它的预测没有意义。请用',
+  untrained3: '构建真实权重。',
+  classifyTitle: '识别一张图片', drop: '把图片拖到这里，或点击选择', customTitle: '自定义类别',
+  eventsTitle: '最近事件', noEvents: '暂无事件', noCameras: '未配置摄像头', classifying: '识别中…',
+  notClassified: '未能识别：', event: '事件：', heatmap: ' 热力图：为什么是这个标签', saveFrame: '把这一帧保存为',
+  retrain: '重新训练', right: '正确', wrong: '错误', on: '，摄像头', ongoing: '进行中', examples: '样本：',
+  noExamples: '暂无样本', up: '运行', down: '断开', connectingState: '连接中', error: '错误',
+  'fps in': '输入帧率', 'fps out': '输出帧率', latency: '延迟', size: '尺寸', frames: '帧数',
+  reconnects: '重连次数', 'last frame': '最新帧', uptime: '已运行 ', liveOf: '实时画面：',
+};
+const EN = { unreachable: 'daemon unreachable: ', noCameras: 'no cameras configured', classifying: 'classifying…',
+  notClassified: 'Not classified: ', event: 'EVENT: ', heatmap: ' heatmap: why this label', saveFrame: 'save this frame as',
+  retrain: 'retrain', right: 'right', wrong: 'wrong', on: ' on ', ongoing: 'ongoing', examples: 'examples: ',
+  noExamples: 'no examples yet', connectingState: 'connecting', uptime: 'up ', liveOf: 'live view of ' };
+const LANG_KEY = 'monitor.lang';
+let lang = null;              // 'en' | 'zh'; null until chosen or told by the first status
+
+function t(key) {
+  if (lang === 'zh' && ZH[key] !== undefined) return ZH[key];
+  return EN[key] !== undefined ? EN[key] : key;
+}
+
+function storedLang() {
+  try { return window.localStorage.getItem(LANG_KEY); } catch (e) { return null; }
+}
+
+// Static texts carry data-i18n: their English is kept the first time, so switching back restores it.
+function applyLanguage(next) {
+  lang = next === 'zh' ? 'zh' : 'en';
+  document.documentElement.lang = lang === 'zh' ? 'zh-CN' : 'en';
+  document.getElementById('lang').value = lang;
+  for (const node of document.querySelectorAll('[data-i18n]')) {
+    if (node.dataset.en === undefined) node.dataset.en = node.textContent;
+    node.textContent = lang === 'zh' ? (ZH[node.dataset.i18n] || node.dataset.en) : node.dataset.en;
+  }
+  for (const card of cards.values()) card.applyLanguage();
+}
+
+function setupLanguage() {
+  const select = document.getElementById('lang');
+  const stored = storedLang();
+  if (stored === 'en' || stored === 'zh') applyLanguage(stored);
+  select.addEventListener('change', () => {
+    try { window.localStorage.setItem(LANG_KEY, select.value); } catch (e) { /* private mode: not kept */ }
+    applyLanguage(select.value);
+    pollStatusNow();
+    pollEventsNow();
+  });
+}
+
+function langQuery(sep) {
+  return lang ? `${sep}lang=${lang}` : '';
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
@@ -43,7 +102,7 @@ function renderPredictions(ol, predictions) {
     const fill = el('span', { class: 'fill' });
     fill.style.width = pct.toFixed(1) + '%';
     return el('li', { 'data-label': p.label, 'data-index': String(p.index) },
-      el('span', { class: 'label', text: p.label }),
+      el('span', { class: 'label', text: p.display || p.label, title: p.label }),
       el('span', { class: 'bar' }, fill),
       el('span', { class: 'score', text: pct.toFixed(1) + '%' }));
   }));
@@ -56,7 +115,7 @@ function liveSource(name, live) {
 
 function makeCard(cam, index) {
   const live = index < MAX_LIVE;
-  const img = el('img', { class: 'live', alt: `live view of ${cam.name}` });
+  const img = el('img', { class: 'live', alt: t('liveOf') + cam.name });
   img.dataset.mode = live ? 'mjpeg' : 'snapshot';
   // A dropped stream (daemon restart, camera down for long) is retried; snapshots refresh on a timer.
   img.addEventListener('error', () => { setTimeout(() => { img.src = liveSource(cam.name, live); }, 3000); });
@@ -72,7 +131,8 @@ function makeCard(cam, index) {
     custom: el('ul', { class: 'custom' }),
     heat: el('input', { type: 'checkbox', class: 'heat-toggle' }),
     labelSelect: el('select', { class: 'label-class', 'aria-label': `class for a frame of ${cam.name}` }),
-    labelButton: el('button', { type: 'button', class: 'label-save', text: 'save this frame as' }),
+    labelButton: el('button', { type: 'button', class: 'label-save', text: t('saveFrame') }),
+    heatText: document.createTextNode(t('heatmap')),
     labelNote: el('span', { class: 'muted label-note' }),
     img,
   };
@@ -90,8 +150,13 @@ function makeCard(cam, index) {
   card.root.append(
     el('h2', {}, el('span', { class: 'name', text: cam.name }), card.state),
     el('div', { class: 'view' }, img),
-    el('label', { class: 'heat' }, card.heat, ' heatmap: why this label'),
+    el('label', { class: 'heat' }, card.heat, card.heatText),
     card.active, card.reason, card.figures, card.preds, card.custom, card.labelRow);
+  card.applyLanguage = () => {
+    card.labelButton.textContent = t('saveFrame');
+    card.heatText.textContent = t('heatmap');
+    img.alt = t('liveOf') + cam.name;
+  };
   return card;
 }
 
@@ -128,7 +193,7 @@ function renderCustom(card, cam) {
 let headsShown = null;
 
 function headItem(h) {
-  const button = el('button', { type: 'button', class: 'retrain', text: 'retrain' });
+  const button = el('button', { type: 'button', class: 'retrain', text: t('retrain') });
   const note = el('span', { class: 'muted retrain-state' });
   button.addEventListener('click', () => postAction(`/api/heads/${encodeURIComponent(h.name)}/retrain`, note,
     (body) => body.retrain.state));
@@ -138,8 +203,9 @@ function headItem(h) {
 
 function updateHeadItem(item, h) {
   const state = h.retrain || { state: 'idle' };
-  const counts = Object.entries(h.examples).map(([k, v]) => `${k} ${v}`).join(', ') || 'no examples yet';
-  item.querySelector('.summary').textContent = ` ${h.classes.join(' / ')} · examples: ${counts} `;
+  const counts = Object.entries(h.examples).map(([k, v]) => `${k} ${v}`).join(', ') || t('noExamples');
+  item.querySelector('.summary').textContent = ` ${h.classes.join(' / ')} · ${t('examples')}${counts} `;
+  item.querySelector('.retrain').textContent = t('retrain');
   item.querySelector('.retrain').disabled = state.state === 'queued' || state.state === 'training';
   item.querySelector('.retrain-state').textContent = state.state +
     (state.state === 'failed' ? ': ' + state.message : '') +
@@ -170,7 +236,8 @@ function updateCard(card, cam) {
     img.dataset.box = [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(',');
   }
   card.root.dataset.state = cam.state;
-  card.state.textContent = cam.state;
+  card.state.textContent = t(cam.state === 'connecting' ? 'connectingState' : cam.state);
+  card.state.dataset.state = cam.state;
   card.state.className = 'state ' + cam.state;
   card.reason.textContent = cam.state === 'up' ? '' : (cam.reason || '');
   card.reason.hidden = !card.reason.textContent;
@@ -180,16 +247,18 @@ function updateCard(card, cam) {
     ['size', cam.width ? `${cam.width}×${cam.height}` : '–'], ['frames', String(cam.frames)],
     ['reconnects', String(cam.reconnects)], ['last frame', fmtTime(cam.last_frame_at)],
   ];
-  card.figures.replaceChildren(...figures.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
+  card.figures.replaceChildren(...figures.flatMap(([k, v]) => [el('dt', { text: t(k) }), el('dd', { text: v })]));
   renderPredictions(card.preds, cam.predictions || []);
   renderCustom(card, cam);
   const active = cam.active || [];
   card.root.classList.toggle('alerting', active.length > 0);
   card.active.hidden = active.length === 0;
-  card.active.textContent = active.length ? 'EVENT: ' + active.join(', ') : '';
+  const names = cam.active_display || active;
+  card.active.textContent = active.length ? t('event') + names.join(', ') : '';
 }
 
 function renderStatus(status) {
+  if (lang === null) applyLanguage(status.language);
   renderHeads(status.custom_classes || []);
   const box = document.getElementById('cameras');
   const seen = new Set();
@@ -206,13 +275,13 @@ function renderStatus(status) {
   for (const [name, card] of cards) {
     if (!seen.has(name)) { card.img.removeAttribute('src'); card.root.remove(); cards.delete(name); }
   }
-  if (!status.cameras.length) box.replaceChildren(el('p', { class: 'muted', text: 'no cameras configured' }));
+  if (!status.cameras.length) box.replaceChildren(el('p', { class: 'muted', text: t('noCameras') }));
   const m = status.model;
   document.getElementById('model').textContent =
     `${m.name} · ${m.precision}${m.engine ? ' / ' + m.engine : ''} · sha256 ${(m.sha256 || '').slice(0, 12)}`;
   document.getElementById('untrained').hidden = !m.untrained;
   document.body.classList.toggle('untrained', !!m.untrained);
-  document.getElementById('uptime').textContent = 'up ' + fmtDuration(status.uptime);
+  document.getElementById('uptime').textContent = t('uptime') + fmtDuration(status.uptime);
   fleetOn = !!status.fleet;
   const v = status.versions;
   document.getElementById('versions').textContent =
@@ -221,6 +290,7 @@ function renderStatus(status) {
 
 function setConn(ok, text) {
   const conn = document.getElementById('conn');
+  delete conn.dataset.i18n;             // its text is set here from now on, not by the language switch
   conn.dataset.state = ok ? 'ok' : 'error';
   conn.textContent = text;
 }
@@ -238,6 +308,8 @@ async function getJSON(path, options) {
   if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
   return body;
 }
+
+let statusTimer = null;
 
 // Fleet (/api/fleet, only on a node with fleet:): every node with its heartbeat, cameras and outbox, and every
 // fleet camera with its holder, linked to the live view on the node that runs it (that node's public_url).
@@ -276,15 +348,19 @@ async function pollFleet() {
 }
 
 async function pollStatus() {
+  clearTimeout(statusTimer);
   try {
-    renderStatus(await getJSON('/api/status'));
-    setConn(true, 'live');
+    renderStatus(await getJSON('/api/status' + langQuery('?')));
+    setConn(true, t('live'));
   } catch (e) {
-    setConn(false, 'daemon unreachable: ' + e.message);
+    setConn(false, t('unreachable') + e.message);
   } finally {
-    setTimeout(pollStatus, STATUS_EVERY);
+    clearTimeout(statusTimer);
+    statusTimer = setTimeout(pollStatus, STATUS_EVERY);
   }
 }
+
+function pollStatusNow() { pollStatus(); }
 
 // What each event's right/wrong click filed: kept while the event is listed, so that the answer stays in view
 // when the list is rebuilt (or the user clicks again and files the same frame twice).
@@ -296,10 +372,10 @@ let eventsShown = null;
 
 function eventInfo(ev) {
   return el('div', { class: 'info' },
-    el('strong', { text: `${ev.label} ` }),
-    el('span', { text: `${(ev.peak_score * 100).toFixed(0)}% on ${ev.camera}` }),
+    el('strong', { text: `${ev.display || ev.label} `, title: ev.label }),
+    el('span', { text: `${(ev.peak_score * 100).toFixed(0)}%${t('on')}${ev.camera}` }),
     el('br'),
-    el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ongoing'}` }));
+    el('span', { class: 'muted', text: `${ev.rule} · ${fmtTime(ev.started_at)}${ev.ended_at ? '' : ' · ' + t('ongoing')}` }));
 }
 
 function eventItem(ev) {
@@ -316,8 +392,8 @@ function eventItem(ev) {
       if (await postAction(`/api/events/${ev.id}/label?right=${right}`, note,
         () => (right ? 'filed under ' + ev.label : 'filed under none'))) marked.set(ev.id, note.textContent);
     };
-    const right = el('button', { type: 'button', class: 'mark-right', text: 'right' });
-    const wrong = el('button', { type: 'button', class: 'mark-wrong', text: 'wrong' });
+    const right = el('button', { type: 'button', class: 'mark-right', text: t('right') });
+    const wrong = el('button', { type: 'button', class: 'mark-wrong', text: t('wrong') });
     right.addEventListener('click', mark(true));
     wrong.addEventListener('click', mark(false));
     item.append(el('div', { class: 'mark' }, right, ' ', wrong, ' ', note));
@@ -325,7 +401,12 @@ function eventItem(ev) {
   return item;
 }
 
+let eventsTimer = null;
+
+function pollEventsNow() { eventsShown = null; pollEvents(); }
+
 async function pollEvents() {
+  clearTimeout(eventsTimer);
   try {
     const { events } = await getJSON('/api/events?limit=12');
     const listed = new Set(events.map((ev) => ev.id));
@@ -335,7 +416,7 @@ async function pollEvents() {
     const entries = events.map((ev) => `${ev.id}:${ev.label}:${ev.snapshot_url}`).join('|');
     const items = events.map((ev) => list.querySelector(`li[data-event="${ev.id}"]`));
     if (!events.length) {
-      list.replaceChildren(el('li', { class: 'muted', text: 'no events yet' }));
+      list.replaceChildren(el('li', { class: 'muted', text: t('noEvents') }));
     } else if (entries !== eventsShown || items.includes(null)) {
       list.replaceChildren(...events.map(eventItem));
     } else {
@@ -348,7 +429,8 @@ async function pollEvents() {
   } catch (e) {
     // the status poll reports an unreachable daemon; events just keep their last content
   } finally {
-    setTimeout(pollEvents, EVENTS_EVERY);
+    clearTimeout(eventsTimer);
+    eventsTimer = setTimeout(pollEvents, EVENTS_EVERY);
   }
 }
 
@@ -362,7 +444,7 @@ async function classify(file) {
   const preview = document.getElementById('preview');
   error.hidden = true;
   drawExplanation(null);     // the previous upload's map must not lie over this image, even if this one fails
-  result.replaceChildren(el('li', { class: 'muted', text: 'classifying…' }));
+  result.replaceChildren(el('li', { class: 'muted', text: t('classifying') }));
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
   preview.src = previewUrl;
@@ -370,7 +452,7 @@ async function classify(file) {
   const form = new FormData();
   form.append('file', file, file.name || 'upload');
   try {
-    const body = await getJSON('/api/classify?explain=true', { method: 'POST', body: form });
+    const body = await getJSON('/api/classify?explain=true' + langQuery('&'), { method: 'POST', body: form });
     if (mine !== uploads) return;
     renderPredictions(result, body.predictions.slice(0, 3));
     drawExplanation(body.explanation);
@@ -378,7 +460,7 @@ async function classify(file) {
   } catch (e) {
     if (mine !== uploads) return;
     result.replaceChildren();
-    error.textContent = 'Not classified: ' + e.message;
+    error.textContent = t('notClassified') + e.message;
     error.hidden = false;
   }
 }
@@ -440,6 +522,7 @@ function setupUpload() {
   window.addEventListener('drop', (e) => e.preventDefault());
 }
 
+setupLanguage();
 setupUpload();
 pollStatus();
 pollEvents();

@@ -1,0 +1,101 @@
+"""Keyframe sampling (issue 22): a `backend: pyav` camera sampled no faster than its stream's keyframes decodes only
+the keyframes, on real RTSP cameras (GStreamer on 127.0.0.1) sending H.264 and H.265 with a 1 s GOP made by
+ffmpeg at test time. Counted from the camera's own figures: pictures decoded per second, the measured keyframe
+interval, what /api/status reports; a live viewer switches it back to every frame; a faster sampling rate, or
+`sample: all`, decodes every frame."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from monitor.capture.camera import Camera
+from monitor.config.loader import ConfigError, load_config
+from monitor.config.types import CameraConfig
+from monitor.core.metrics import Metrics
+from testkit.rtsp import VIDEOS, RtspServer
+from testkit.waiting import wait_until
+
+FPS_IN = 25
+CODECS = {"h264": ["-c:v", "libx264", "-bf", "2"], "hevc": ["-c:v", "libx265", "-x265-params", "log-level=error"]}
+
+
+@pytest.fixture(scope="module")
+def gop_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """30 s of real footage at 320x180, 25 fps, a keyframe every second (scene cuts off), H.264 with B-frames
+    and H.265."""
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg not installed")
+    folder = tmp_path_factory.mktemp("gop")
+    made = {}
+    for codec, args in CODECS.items():
+        out = folder / f"gop1-{codec}.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(VIDEOS / "car-detection.mp4"), "-vf", f"scale=320:180,fps={FPS_IN}", *args, "-preset", "ultrafast", "-g", str(FPS_IN),
+                        "-keyint_min", str(FPS_IN), "-sc_threshold", "0", "-an", str(out)],
+                       check=True, timeout=120)
+        made[codec] = out
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(gop_clips: dict[str, Path]) -> Iterator[RtspServer]:
+    from testkit.rtsp import free_port
+    with RtspServer(free_port(), list(gop_clips.values())) as srv:
+        yield srv
+
+
+def up(cams: list[Camera], server: RtspServer, codec: str, metrics: Metrics, **kw: object) -> Camera:
+    cam = Camera(CameraConfig(name=f"{codec}-{len(cams)}", source=server.url(f"gop1-{codec}"), backend="pyav",
+                              open_timeout=5, read_timeout=4, stale_after=4, **kw), metrics)
+    cams.append(cam)
+    cam.start()
+    return cam
+
+
+def test_sampled_at_the_keyframe_rate_decodes_only_keyframes(server: RtspServer, metrics: Metrics,
+                                                            cameras: list[Camera],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Both codecs at once (their cameras run side by side: half the wall time)."""
+    caplog.set_level("INFO", logger="monitor.capture.camera")
+    trio = {codec: (up(cameras, server, codec, metrics, fps=1), up(cameras, server, codec, metrics, fps=5),
+                    up(cameras, server, codec, metrics, fps=1, sample="all")) for codec in CODECS}
+    slows = [t[0] for t in trio.values()]
+    assert wait_until(lambda: all(c.status()["decoding"] == "keyframes" for c in slows), 20), \
+        [c.status() for c in slows]
+    for slow in slows:
+        assert slow.status()["keyframe_interval"] == pytest.approx(1.0, abs=0.05), slow.status()
+    before = {c.name: c.status()["frames"] for c in cameras}
+    time.sleep(3.0)
+    decoded = {c.name: (c.status()["frames"] - before[c.name]) / 3.0 for c in cameras}
+    for codec, (slow, fast, forced_all) in trio.items():
+        # one picture a second instead of 25, and each of them classified (due)
+        assert 0.5 <= decoded[slow.name] <= 1.7, (codec, decoded)
+        assert decoded[fast.name] >= 15 and decoded[forced_all.name] >= 15, (codec, decoded)
+        assert fast.status()["decoding"] == "all" and forced_all.status()["decoding"] == "all"
+        assert slow.take_due() is not None           # the keyframes are the samples
+        assert slow.status()["retrieved"] >= 3
+        # the fallback says why, once
+        why = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"camera {fast.name}: keyframe")]
+        assert len(why) == 1 and "longer than the sampling interval 0.20 s" in why[0], why
+
+    # someone watches: every frame again (from the next keyframe), then back to keyframes
+    for slow in slows:
+        slow.watch(4.0)
+    assert wait_until(lambda: all(c.status()["decoding"] == "all" for c in slows), 3)
+    before = {c.name: c.status()["frames"] for c in slows}
+    time.sleep(1.5)
+    assert all(c.status()["frames"] - before[c.name] >= 20 for c in slows), [c.status() for c in slows]
+    assert wait_until(lambda: all(c.status()["decoding"] == "keyframes" for c in slows), 8)
+
+
+def test_keyframes_needs_pyav(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("cameras:\n  - name: a\n    source: rtsp://127.0.0.1/x\n    sample: keyframes\n"
+                    "watchlist: []\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "cameras[0].sample" in str(e.value) and "backend: pyav" in str(e.value), e.value
