@@ -165,7 +165,8 @@ class Replicator:
     def _send(self, events: list[dict[str, Any]]) -> None:
         values = [(self.node, e["id"], e["camera"], e["rule"], e["label"], e["score"], e["peak_score"],
                    e["started_at"], e["ended_at"], e.get("note"), self._url(SNAPSHOT_ROUTE, e) if e.get("snapshot")
-                   else None, self._url(CLIP_ROUTE, e) if e.get("clip") else None) for e in events]
+                   else None, self._url(CLIP_ROUTE, e) if e.get("clip") and e.get("clip_state") == "complete" else None)
+                  for e in events]
         with self._session.connection() as conn:
             with conn.transaction():
                 with conn.cursor() as cur:
