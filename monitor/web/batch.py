@@ -122,12 +122,14 @@ def batch_files(content_type: str, multipart: bool, boundary: bytes, body: bytes
     if len(files) > limits.max_files:
         raise ApiError(413, f"{len(files)} files in one request, more than {limits.max_files} "
                             f"(server.batch_max_files)")
-    if len(files) == 1 and is_zip(files[0].data):
-        return zip_files(files[0].data, files[0].filename or files[0].name or "archive", limits)
+    contents = [p.data for p in files]
+    for p in parts:
+        p.chunks.clear()              # the joined contents are what the batch holds from here on
+    if len(files) == 1 and is_zip(contents[0]):
+        return zip_files(contents[0], files[0].filename or files[0].name or "archive", limits)
     out = []
-    for p in files:
+    for p, data in zip(files, contents):
         name = p.filename or p.name or FIELD
-        data = p.data
         if len(data) > limits.file_bytes:
             out.append(BatchFile(name, error=ApiError(413, f"{name!r}: {len(data)} bytes, more than "
                                                            f"server.upload_max_bytes ({limits.file_bytes})")))
@@ -150,8 +152,9 @@ def zip_files(data: bytes, archive: str, limits: Limits) -> list[BatchFile]:
                             f"2 x server.batch_max_files + {ENTRY_SLACK})")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ApiError(400, f"{archive!r}: not a readable zip archive ({str(e)[:120]})") from None
+    except Exception as e:            # BadZipFile, and what a crafted directory makes zipfile raise besides
+        raise ApiError(400, f"{archive!r}: not a readable zip archive ({type(e).__name__}: {str(e)[:120]})") \
+            from None
     entries = zf.infolist()
     if len(entries) > most:
         raise ApiError(413, f"{archive!r}: zip archive lists {len(entries)} entries, more than {most} (entry "
