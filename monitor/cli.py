@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files and folders")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--lang", choices=["en", "zh"], default="en",
+                   help="language of the class names shown (zh: Chinese; --json adds them as display)")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
 
@@ -200,7 +202,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _weights(args)
         if args.command == "classify":
             from monitor.commands.classify import classify_main
-            return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json)
+            return classify_main(args.paths, resolve_weights(args.weights, args.config), args.top_k, args.json,
+                                 language=args.lang)
         if args.command == "classes":
             from monitor.commands import classes
             if args.classes_command == "train":

@@ -36,6 +36,7 @@ from monitor import __version__
 from monitor.alerts.event import Event
 from monitor.alerts.events import sweep_snapshots
 from monitor.alerts.snapshot_files import clean_snapshot_path, snapshot_path, temporary_path
+from monitor.core import groups
 from monitor.core.redact import redact_url, url_origin
 from monitor.render.picture import EventPicture, render_event_picture
 
@@ -287,7 +288,9 @@ class _WebhookSink(_Sink):
 
     def handle(self, d: _Delivery) -> None:
         event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
-        body = json.dumps(event.payload(d.kind), default=str).encode("utf-8")
+        doc = event.payload(d.kind)
+        doc["display"] = groups.display_name(event.label, self.owner.language)   # beside the English label
+        body = json.dumps(doc, default=str).encode("utf-8")
         stop = self.owner._stop
         last_error = ""
         attempts = 0
@@ -434,7 +437,7 @@ class SinkSet:
     """
 
     def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
-                 retry_backoff: float = 0.5, snapshot_wait: float = 2.0,
+                 retry_backoff: float = 0.5, snapshot_wait: float = 2.0, language: str = "en",
                  listeners: Sequence[tuple[str, EventListener]] = (),
                  extra: Sequence[Callable[[SinkSet, int], _Sink]] = ()) -> None:
         self.cfg = cfg
@@ -442,6 +445,7 @@ class SinkSet:
         self.store = store
         self.untrained = untrained
         self.retry_backoff = retry_backoff
+        self.language = language        # labels.language: the webhook adds the label's display name in it
         self.snapshot_wait = snapshot_wait
         self._stop = threading.Event()
         self._deadline = float("inf")
