@@ -131,6 +131,10 @@ def test_dashboard_json_is_generated_from_the_script_and_current() -> None:
 
 LOCAL_VIDEO = {"box1": "car-detection", "box2": "bottle-detection"}
 FLEET_CAMERAS = {"yard": "one-by-one-person-detection", "gate": "car-detection"}
+DEAD_CAMERA = "box1-dead"
+# The shipped rules with shorter `for:` (the expressions and labels are the shipped ones; the shipped durations
+# are covered by rules_test.yml).
+FAST_FOR = {"MonitorNodeDown": "2s", "MonitorCameraNoFrames": "3s"}
 
 
 def _camera(name: str, video: str, videos_dir: Path) -> dict[str, Any]:
@@ -145,7 +149,9 @@ def _daemon_config(folder: Path, weights: Path, videos_dir: Path, pg: Postgres, 
         "node": {"name": node},
         "server": {"host": "127.0.0.1", "port": 0},
         "model": {"weights": str(weights), "threads": 1},
-        "cameras": [_camera(f"{node}-local", LOCAL_VIDEO[node], videos_dir)],
+        "cameras": [_camera(f"{node}-local", LOCAL_VIDEO[node], videos_dir)]
+                   # box1 also has a camera that never delivers a frame (its file is missing): MonitorCameraNoFrames
+                   + ([{"name": DEAD_CAMERA, "source": str(folder / "missing.mp4")}] if node == "box1" else []),
         "events": {"database": str(folder / "events.db")},
         "fleet": {"database": pg.dsn, "password_file": str(pg.password_file), "heartbeat": "1s",
                   "lease_time": "6s", "max_cameras": 2, "cameras_file": str(fleet_file)},
@@ -205,13 +211,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path, videos_d
             alertmanager = Alertmanager(tmp / "alertmanager", am_config)
             servers.append(alertmanager)
             alertmanager.start()
-            # The shipped rules, with the node-down alert's `for:` cut from 1m to 2s (the rule's expression and
-            # labels are the shipped ones: the 1 minute is covered by rules_test.yml).
             rules = yaml.safe_load(RULES.read_text())
             for group in rules["groups"]:
                 for rule in group["rules"]:
-                    if rule.get("alert") == "MonitorNodeDown":
-                        rule["for"] = "2s"
+                    rule["for"] = FAST_FOR.get(rule.get("alert", ""), rule.get("for", "0s"))
             (tmp / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
             prom_config = yaml.safe_load(PROMETHEUS_YML.read_text())
             prom_config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
@@ -280,9 +283,31 @@ def test_every_dashboard_query_returns_data_for_every_node(stack: Stack) -> None
         return by_camera
 
     # A camera that moved left no series behind on its former holder: MonitorCameraNoFrames would fire for it.
-    everyone = {f"{n}-local" for n in NODES} | set(FLEET_CAMERAS)
+    everyone = {f"{n}-local" for n in NODES} | set(FLEET_CAMERAS) | {DEAD_CAMERA}
     assert wait_until(lambda: set(frame_series()) == everyone and all(len(v) == 1 for v in frame_series().values()),
                       timeout=10, interval=0.5), frame_series()
+
+
+def _delivered(stack: Stack, alertname: str) -> list[dict[str, Any]]:
+    """Firing alerts of that name the webhook received through Alertmanager so far."""
+    with stack.receiver.received:
+        return [a for body in stack.receiver.requests for a in body.get("alerts", [])
+                if a["labels"].get("alertname") == alertname and a["status"] == "firing"]
+
+
+def test_camera_without_frames_is_delivered_and_the_others_are_quiet(stack: Stack) -> None:
+    def dead() -> list[dict[str, Any]]:
+        return [a for a in _delivered(stack, "MonitorCameraNoFrames") if a["labels"]["camera"] == DEAD_CAMERA]
+
+    assert wait_until(dead, timeout=30, interval=0.2), (
+        f"no MonitorCameraNoFrames for {DEAD_CAMERA}; Prometheus alerts: {stack.prometheus.alerts()}")
+    alert = dead()[0]
+    assert alert["labels"]["node"] == "box1" and alert["labels"]["severity"] == "warning", alert
+    assert alert["annotations"]["summary"] == f"camera {DEAD_CAMERA} on box1 delivers no frames"
+    # the cameras delivering frames (the previous test saw all of them at work) do not fire
+    firing = {a["labels"]["camera"] for a in stack.prometheus.alerts()
+              if a["labels"]["alertname"] == "MonitorCameraNoFrames" and a["state"] == "firing"}
+    assert firing == {DEAD_CAMERA}, firing
 
 
 def test_killed_node_fires_node_down_and_alertmanager_delivers_it(stack: Stack) -> None:
@@ -294,9 +319,7 @@ def test_killed_node_fires_node_down_and_alertmanager_delivers_it(stack: Stack) 
     stack.daemons["box2"].kill()                 # SIGKILL: nothing of the daemon runs any more
 
     def delivered() -> list[dict[str, Any]]:
-        with stack.receiver.received:
-            return [a for body in stack.receiver.requests for a in body.get("alerts", [])
-                    if a["labels"].get("alertname") == "MonitorNodeDown" and a["status"] == "firing"]
+        return _delivered(stack, "MonitorNodeDown")
 
     assert wait_until(delivered, timeout=30, interval=0.1), (
         f"no MonitorNodeDown at the webhook; Prometheus alerts: {prom.alerts()}\n{stack.alertmanager.log}")
