@@ -202,12 +202,13 @@ def cjk_text(configured: Path | None = None) -> FreeTypeText | None:
         found = find_cjk_font(configured)
         renderer: FreeTypeText | None = None
         if found is None:
-            where = f"labels.font ({configured}) has no Chinese glyphs and " if configured is not None else ""
+            where = (f"labels.font ({configured}) is missing or has no Chinese glyphs, and "
+                     if configured is not None else "")
             log.warning("no CJK font: %sno font on the system draws Chinese (install fonts-noto-cjk or set "
                         "labels.font); the overlay shows English class names", where)
         else:
             if configured is not None and found[0] != configured:
-                log.warning("labels.font (%s) has no Chinese glyphs; using %s", configured, found[0])
+                log.warning("labels.font (%s) is missing or has no Chinese glyphs; using %s", configured, found[0])
             renderer = FreeTypeText(*found)
             log.info("overlay draws Chinese with %s (%s)", renderer.name(), found[0])
         _renderers[configured] = renderer
