@@ -66,6 +66,7 @@ class LeaseKeeper:
         self._failing = False
         self.margin = fence_margin(cfg)
         self.beats = 0
+        self._seeded: set[str] = set()         # camera names whose lease rows this node made sure exist
         self._session = database.session()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -136,6 +137,7 @@ class LeaseKeeper:
         with self._lock:
             known = dict(self._known)
             running = set(self.held)
+            seeded = self._seeded
         pending, lag = self._outbox_state()
         release: str | None = None
         with self._session.connection() as conn, conn.transaction():
@@ -146,7 +148,7 @@ class LeaseKeeper:
                 " heartbeat_at = now(), max_cameras = EXCLUDED.max_cameras, cameras_held = EXCLUDED.cameras_held,"
                 " outbox_pending = EXCLUDED.outbox_pending, outbox_lag = EXCLUDED.outbox_lag",
                 (self.node, self.public_url, __version__, self.cfg.max_cameras, len(running), pending, lag))
-            if known:
+            if known and seeded != known.keys():  # once, and after a reload: O(cameras) rows, not every beat
                 conn.cursor().executemany("INSERT INTO leases (camera) VALUES (%s) ON CONFLICT DO NOTHING",
                                           [(name,) for name in known])
             # Ours by name: a lease still valid from this node's previous life (kill -9, restart) is adopted.
@@ -173,6 +175,7 @@ class LeaseKeeper:
                                  " acquired_at = now() WHERE camera = ANY(%s)", (self.node, lease, claimed))
             release = self._pick_release(mine, alive, share)
         self.beats += 1
+        self._seeded = set(known)
         self.metrics.fleet_db_up.set(1)
         if self._failing:
             self._failing = False

@@ -65,12 +65,17 @@ def uninstall(db_path: Path) -> None:
     """A daemon without fleet: no triggers (an outbox nobody drains would grow forever); the table stays."""
     if not Path(db_path).exists():
         return
-    conn = sqlite3.connect(str(db_path), timeout=5.0, isolation_level=None)
     try:
-        for name in _TRIGGERS:
-            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-    finally:
-        conn.close()
+        conn = sqlite3.connect(str(db_path), timeout=5.0, isolation_level=None)
+        try:
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE "
+                            "'fleet_outbox_%'").fetchone()[0]:
+                for name in _TRIGGERS:
+                    conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:    # the history itself works without this: say it, never stop the daemon
+        log.warning("events database %s: could not remove the fleet outbox triggers: %s", db_path, exc)
 
 
 class Replicator:
