@@ -101,6 +101,9 @@ def test_api_display_names_follow_the_language_and_keep_the_machine_fields(run: 
             assert p["label"] == imagenet_classes()[p["index"]]      # the machine name stays English
             assert p["display"] == names[p["index"]]
     assert zh["cameras"][0]["active"] == ["dog"] and zh["cameras"][0]["active_display"] == ["狗"]
+    events = request(port, "GET", "/api/events").json()["events"]           # labels.language by default
+    assert events and (events[-1]["label"], events[-1]["display"]) == ("dog", "狗")
+    assert request(port, "GET", "/api/events?lang=en").json()["events"][-1]["display"] == "dog"
     bad = request(port, "GET", "/api/status?lang=fr")
     assert bad.status == 400 and "lang must be one of en, zh" in bad.json()["error"]
 
@@ -195,6 +198,8 @@ def test_the_page_in_chinese_in_real_chromium(run: dict, tmp_path: Path) -> None
         })""")
         assert texts["title"] == "识别一张图片" and texts["events"] == "最近事件" and texts["figure"] == "输入帧率"
         assert texts["active"] == "事件：狗"
+        assert page.wait("[...document.querySelectorAll('#events li.event strong')]"
+                         ".some((e) => e.textContent.trim() === '狗')", 10)
         assert texts["labels"] == [imagenet_classes_zh()[i] for i in texts["index"]]
         assert texts["english"] == [imagenet_classes()[i] for i in texts["index"]]
         status = _status(port)

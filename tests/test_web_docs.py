@@ -135,7 +135,7 @@ def test_openapi_documents_every_query_parameter_and_answers_400_not_422(served:
     query = {(method.upper(), path): sorted(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
              for path, ops in spec["paths"].items() for method, op in ops.items()}
     assert {k: v for k, v in query.items() if v} == {
-        ("GET", "/api/events"): ["camera", "limit", "scope", "since"], ("POST", "/api/classify"): ["explain", "lang"],
+        ("GET", "/api/events"): ["camera", "lang", "limit", "scope", "since"], ("POST", "/api/classify"): ["explain", "lang"],
         ("GET", "/api/status"): ["lang"],
         ("POST", "/api/cameras/{camera}/label"): ["class", "head"], ("POST", "/api/events/{event_id}/label"): ["right"],
         ("POST", "/api/cameras/{camera}/heatmap"): ["on"]}

@@ -104,6 +104,7 @@ Event = create_model(
     __config__=ConfigDict(extra="forbid"),
     **_event_fields(),
     snapshot_url=(Optional[str], Field(description="URL of the event's snapshot JPEG, if one was saved")),
+    display=(str, Field("", description="the label in the display language (?lang=, else labels.language)")),
     has_clip=(bool, Field(False, description="a complete, playable video clip of the event exists")),
     clip=(Optional[str], Field(None, description="URL of the event's MP4 clip (/api/events/{id}/clip.mp4) once it "
                                "is complete, else null")),

@@ -87,6 +87,18 @@ def _limit(value: Any) -> int:
     return int(raw)
 
 
+def _lang(value: Any) -> str:
+    text = str(value)
+    if text.lower() not in LANGUAGES:
+        raise refuse(f"lang must be one of {', '.join(LANGUAGES)} (got {text[:20]!r})")
+    return text.lower()
+
+
+# the display names' language; absent: the config's labels.language. Machine fields (index, English label) stay.
+Lang = Annotated[Optional[Literal["en", "zh"]], BeforeValidator(_lang)]
+_LANG_DOC = "language of the `display` names: en or zh (absent: labels.language of the config)"
+
+
 class EventsQuery(QueryModel):
     camera: Annotated[Optional[str], BeforeValidator(_camera)] = Field(
         None, pattern=f"^{NAME_RE.pattern}$", description="only the events of this camera")
@@ -97,6 +109,7 @@ class EventsQuery(QueryModel):
     scope: Literal["local", "fleet"] = Field("local", description=(
         "local: this node's history (SQLite); fleet: every node's events from the fleet's PostgreSQL (with node "
         "and absolute snapshot_url; needs fleet)"))
+    lang: Lang = Field(None, description=_LANG_DOC)
 
 
 class LabelFrameQuery(QueryModel):
@@ -111,18 +124,6 @@ class LabelEventQuery(QueryModel):
 
 class HeatmapQuery(QueryModel):
     on: Flag = Field(description="true shows the class activation map in the live view, false hides it")
-
-
-def _lang(value: Any) -> str:
-    text = str(value)
-    if text.lower() not in LANGUAGES:
-        raise refuse(f"lang must be one of {', '.join(LANGUAGES)} (got {text[:20]!r})")
-    return text.lower()
-
-
-# the display names' language; absent: the config's labels.language. Machine fields (index, English label) stay.
-Lang = Annotated[Optional[Literal["en", "zh"]], BeforeValidator(_lang)]
-_LANG_DOC = "language of the `display` names: en or zh (absent: labels.language of the config)"
 
 
 class StatusQuery(QueryModel):

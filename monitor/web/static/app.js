@@ -408,7 +408,7 @@ function pollEventsNow() { eventsShown = null; pollEvents(); }
 async function pollEvents() {
   clearTimeout(eventsTimer);
   try {
-    const { events } = await getJSON('/api/events?limit=12');
+    const { events } = await getJSON('/api/events?limit=12' + langQuery('&'));
     const listed = new Set(events.map((ev) => ev.id));
     for (const id of marked.keys()) if (!listed.has(id)) marked.delete(id);
     const list = document.getElementById('events');
