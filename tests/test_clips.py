@@ -264,3 +264,33 @@ def test_a_tiny_preroll_byte_cap_drops_whole_gops_and_counts_them() -> None:
     assert 0 < ring.held_bytes() <= cap_bytes and sum(dropped) > 0 and ring.dropped_bytes == sum(dropped)
     tap = PacketTap()
     assert ring.snapshot_and_tap(tap)[0].keyframe      # whole GOPs went: it still starts on a keyframe
+
+
+def test_audio_is_copied_in_sync(tmp_path: Path) -> None:
+    """A source with AAC audio: the clip carries both streams, copied, of the same length, and decodes cleanly."""
+    from monitor.capture.pyav_capture import PyAVCapture
+    from monitor.clips.writer import ClipWriter
+
+    src = tmp_path / "av.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=440:sample_rate=48000", "-t", "6", "-c:v", "libx264", "-g", "25", "-c:a",
+                    "aac", "-shortest", str(src)], check=True, timeout=60)
+    ring = PacketRing("av", pre=100.0, max_bytes=64 << 20)
+    capture = PyAVCapture(str(src), 5, 5, ring=ring)
+    while capture.grab():
+        pass
+    capture.release()
+    items = ring.snapshot_and_tap(PacketTap())
+    assert any(not i.video for i in items)
+    out = tmp_path / "clip.mp4"
+    writer = ClipWriter(out, items[0].spec)
+    for item in items:
+        writer.write(item)
+    writer.close()
+    streams = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,duration", "-of",
+                              "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout.split()
+    codecs = {line.split(",")[0]: float(line.split(",")[1]) for line in streams}
+    assert set(codecs) == {"h264", "aac"} and abs(codecs["h264"] - codecs["aac"]) < 0.2, codecs
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True,
+                             text=True, timeout=60)
+    assert decoded.returncode == 0 and decoded.stderr == ""
