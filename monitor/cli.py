@@ -150,15 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera counts to try; 0 = the daemon without cameras, the RSS baseline")
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per step (default 20)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first results (default 5)")
-    p.add_argument("--transcode", metavar="WxH@FPS", help="serve an H.264 transcode made at run time in a temp "
-                                                          "folder, e.g. 1920x1080@25")
+    p.add_argument("--transcode", metavar="WxH@FPS", help="serve a transcode made at run time in a temp folder, e.g. "
+                                                          "1920x1080@25 (no B-frames, see --gop and --codec)")
+    p.add_argument("--gop", type=float, default=2.0, metavar="S",
+                   help="with --transcode: a keyframe every S seconds (default 2)")
+    p.add_argument("--codec", default="h264", metavar="h264,hevc",
+                   help="with --transcode: the codecs to serve, each measured at every step (default h264)")
+    p.add_argument("--no-web", action="store_true",
+                   help="start the daemon without its HTTP server (by default it runs as deployed: web server on, "
+                        "/metrics scraped every 5 s)")
     p.add_argument("--breakdown", type=int, default=0, metavar="N",
                    help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
     p.add_argument("--decode-threads", default="1", metavar="N,N,...",
                    help="camera decode_threads to compare (0 = FFmpeg's choice; default 1)")
     p.add_argument("--capture", default="opencv", metavar="opencv,pyav:WxH",
                    help="camera capture to compare: opencv, pyav (full size) or pyav:960x540 (backend pyav with "
-                        "that frame_size)")
+                        "that frame_size); pyav+all / pyav+keyframes: sample all / keyframes (pyav's default is auto: "
+                        "keyframes only when 1/fps >= the GOP); pyav+clips: event clips recorded")
     p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
                    help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
     p.add_argument("--capture-priority", default="default", metavar="low,idle,normal",

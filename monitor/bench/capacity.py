@@ -77,16 +77,35 @@ class Variant(NamedTuple):
                 + (f", model threads {self.model_threads}" if self.model_threads is not None else ""))
 
 
+def _scrape_metrics(port: int, stop: Any, every: float, counts: list[int]) -> None:
+    """What Prometheus does to a deployed daemon: GET /metrics every `every` seconds (counts[0] ok, counts[1] failed)."""
+    import http.client
+    while not stop.wait(every):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            counts[0 if resp.status == 200 else 1] += 1
+        except OSError:
+            counts[1] += 1
+
+
 def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_path: str | None,
-             weights: str | None, variant: Variant = Variant()) -> dict[str, Any]:
-    """In the child: run the daemon on `urls` and measure one window."""
+             weights: str | None, variant: Variant = Variant(), web: bool = True,
+             scrape_every: float = 5.0) -> dict[str, Any]:
+    """In the child: run the daemon on `urls` and measure one window. web: as deployed, the HTTP server on and
+    /metrics scraped every `scrape_every` seconds."""
     import logging
+    import threading
 
     from monitor.core import memory
     if variant.malloc == "arenas":
         memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
 
-    from monitor.config.types import CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, RuleConfig
+    from monitor.config.types import (CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, RuleConfig,
+                                      ServerConfig)
     from monitor.core.logsetup import setup_logging
     from monitor.daemon import Daemon
 
@@ -113,10 +132,16 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         watchlist = (RuleConfig(name="always", classes=("dog",), min_score=0, min_frames=1, end_after=3600),) \
             if recording else ()
         config = Config(model=model, cameras=cams, events=EventsConfig(database=Path(tmp) / "events.db"),
-                        logging=LoggingConfig(level="warning"), watchlist=watchlist)
+                        logging=LoggingConfig(level="warning"), watchlist=watchlist,
+                        server=ServerConfig(host="127.0.0.1", port=0))
         started = time.monotonic()
         daemon = Daemon(config)
-        daemon.start(web=False)
+        daemon.start(web=web)
+        scrapes = [0, 0]
+        stop_scraping = threading.Event()
+        if web and daemon.web is not None:
+            threading.Thread(target=_scrape_metrics, args=(daemon.web.port, stop_scraping, scrape_every, scrapes),
+                             name="bench-scrape", daemon=True).start()
         try:
             board = daemon.results
             deadline = time.monotonic() + START_TIMEOUT
@@ -144,6 +169,7 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
             clip_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*.mp4*"))
             statuses = [daemon.cameras[c.name].status() for c in cams]
         finally:
+            stop_scraping.set()
             daemon.stop()
     window = t1 - t0
     diff = {k: after[k] - before[k] for k in before}
@@ -166,6 +192,9 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         "decoders": sorted({s["decoder"] for s in statuses}),
         "torch_loaded": "torch" in sys.modules,
         "threads": len(os.listdir("/proc/self/task")),
+        "web": web, "scrapes": scrapes[0], "scrape_failures": scrapes[1],
+        "decoding": sorted({s.get("decoding", "all") for s in statuses}),
+        "keyframe_interval_s": sorted({s.get("keyframe_interval") for s in statuses} - {None}),
         "preroll_mb_per_camera": round(sum(preroll) / len(preroll) / 1e6, 2) if preroll else None,
         "clip_mb_written": round(clip_bytes / 1e6, 1) if preroll else None,
     }
@@ -173,15 +202,21 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
 
 def capture_options(capture: str) -> dict[str, Any]:
     """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields;
-    "pyav+clips[:WxH]": the same with event clips on (5 s pre-roll), every camera recording (see run_step)."""
+    "pyav+clips[:WxH]": the same with event clips on (5 s pre-roll), every camera recording (see run_step);
+    "pyav+all" / "pyav+keyframes": camera `sample:` all (every frame decoded) / keyframes (the default is auto:
+    keyframes only when 1/fps >= the GOP)."""
     backend, _, size = capture.partition(":")
-    backend, plus, extra = backend.partition("+")
-    if backend not in ("opencv", "pyav") or (size and backend != "pyav") or (plus and (extra, backend) != ("clips", "pyav")):
+    backend, *extras = backend.split("+")
+    if backend not in ("opencv", "pyav") or (size and backend != "pyav") or (extras and backend != "pyav") or any(
+            e not in ("clips", "all", "keyframes") for e in extras) or ({"all", "keyframes"} <= set(extras)):
         raise ValueError(capture)
     options: dict[str, Any] = {"backend": backend}
-    if plus:
+    if "clips" in extras:
         from monitor.config.types import CameraClipsConfig
         options["clips"] = CameraClipsConfig(enabled=True, pre=5.0, post=10.0, max_length=600.0)
+    for sample in ("all", "keyframes"):
+        if sample in extras:
+            options["sample"] = sample
     if size:
         w, h = size.lower().split("x")
         options["frame_size"] = (int(w), int(h))
@@ -205,7 +240,24 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, deco
     grabbed = [0] * len(urls)
     errors: list[str] = []
 
+    def run_pyav(i: int, url: str) -> None:
+        # mode "pyav-all" / "pyav-keyframes": PyAV demux + decode as a `backend: pyav` camera does, every frame
+        # or only the keyframes (sample: keyframes). Decoding only: the conversion of the sampled frames is the
+        # same work either way.
+        from monitor.capture.pyav_capture import PyAVCapture
+        cap = PyAVCapture(url, 20.0, 10.0, decode_threads)
+        cap.keyframes_only = mode == "pyav-keyframes"
+        while not stop.is_set():
+            if not cap.grab():
+                errors.append(f"grab failed on {url}: {cap.error}")
+                break
+            grabbed[i] += 1
+        cap.release()
+
     def run(i: int, url: str) -> None:
+        if mode.startswith("pyav"):
+            run_pyav(i, url)
+            return
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 20000,
                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000,
                                                      cv2.CAP_PROP_N_THREADS, decode_threads])
@@ -273,7 +325,7 @@ def _child_main() -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
-                      spec.get("weights"), Variant(*spec["variant"]))
+                      spec.get("weights"), Variant(*spec["variant"]), web=spec.get("web", True))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -281,8 +333,12 @@ def _child_main() -> int:
 # ---------------------------------------------------------------- the parent: server, transcode, steps
 
 
-def _transcode(video: Path, spec: str, folder: Path) -> Path:
-    """WIDTHxHEIGHT@FPS: H.264 as IP cameras send it (no B-frames, a key frame every 2 s), in a temp folder."""
+CODECS = ("h264", "hevc")
+
+
+def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: str = "h264") -> Path:
+    """WIDTHxHEIGHT@FPS: H.264 or H.265 as IP cameras send it (no B-frames, a keyframe every `gop` seconds, no
+    scene-cut keyframes), in a temp folder."""
     try:
         size, rate = spec.split("@")
         width, height = (int(v) for v in size.lower().split("x"))
@@ -290,12 +346,18 @@ def _transcode(video: Path, spec: str, folder: Path) -> Path:
     except ValueError:
         raise SystemExit(f"monitor bench capacity: --transcode {spec!r}: expected WIDTHxHEIGHT@FPS, e.g. "
                          f"1920x1080@25") from None
-    out = folder / f"{video.stem}-{width}x{height}.mp4"
+    keyint = max(1, round(gop * fps))
+    out = folder / f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}.mp4"
+    if codec == "hevc":
+        encoder = ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
+                   "-x265-params", f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:log-level=error"]
+    else:
+        encoder = ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
+                   "-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0"]
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-an",
-           "-vf", f"scale={width}:{height},fps={fps:g}", "-c:v", "libx264", "-preset", "veryfast",
-           "-profile:v", "main", "-bf", "0", "-g", str(max(1, round(2 * fps))), "-pix_fmt", "yuv420p", str(out)]
-    print(f"transcoding {video.name} to {width}x{height} at {fps:g} fps (temporary) ...", file=sys.stderr,
-          flush=True)
+           "-vf", f"scale={width}:{height},fps={fps:g}", *encoder, "-pix_fmt", "yuv420p", str(out)]
+    print(f"transcoding {video.name} to {codec} {width}x{height} at {fps:g} fps, a keyframe every {gop:g} s "
+          f"(temporary) ...", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"monitor bench capacity: ffmpeg failed on {video}: {done.stderr.strip()[-500:]}")
@@ -354,23 +416,28 @@ def _passes(row: dict[str, Any]) -> bool:
 def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: float, warmup: float,
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
                  progress: Any = None, breakdown_cameras: int = 0,
-                 variants: Sequence[Variant] = (Variant(),)) -> dict[str, Any]:
-    """variants: each run at every step; interleaved per step so that a change of load on the machine hits every
-    variant alike."""
+                 variants: Sequence[Variant] = (Variant(),), gop: float = 2.0,
+                 codecs: Sequence[str] = ("h264",), web: bool = True) -> dict[str, Any]:
+    """variants (x codecs, with a transcode): each run at every step; interleaved per step so that a change of load
+    on the machine hits every one alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
-        served = [_transcode(v, transcode, folder) for v in videos] if transcode else list(videos)
+        served_by = {c: [_transcode(v, transcode, folder, gop, c) for v in videos] if transcode else list(videos)
+                     for c in codecs}
+        arms = [(c, v, (f"{c}, " if len(codecs) > 1 else "") + v.label) for c in codecs for v in variants]
         # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
         # sessions cannot leave the next one a server in a bad state. Long enough for a step and its start-up.
         minutes = max(1.0, (warmup + seconds + START_TIMEOUT) / 60.0 + 0.5)
         rows: list[dict[str, Any]] = []
         breakdown = []
-        jobs: list[tuple[int, str | None, Variant]] = [(n, None, v) for n in steps for v in variants]
+        jobs: list[tuple[int, str | None, Variant, str, str]] = [(n, None, v, c, label) for n in steps
+                                                                 for c, v, label in arms]
         # The bare captures once per decoder thread count compared (the other settings do not matter to them).
-        jobs += [(breakdown_cameras, m, Variant(t))
+        jobs += [(breakdown_cameras, m, Variant(t), c, c) for c in codecs
                  for t in dict.fromkeys(v.decode_threads for v in variants)
-                 for m in ("grab", "retrieve", "read") if breakdown_cameras]
-        for n, mode, variant in jobs:
+                 for m in ("grab", "retrieve", "read", "pyav-all", "pyav-keyframes") if breakdown_cameras]
+        for n, mode, variant, codec, label in jobs:
+            served = served_by[codec]
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
             server = _Server(serve, served, minutes, sub) if n else None
@@ -378,7 +445,8 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
                 if mode is None:
                     spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
-                            "warmup": warmup, "config": config, "weights": weights, "variant": list(variant)}
+                            "warmup": warmup, "config": config, "weights": weights, "variant": list(variant),
+                            "web": web}
                     row = _run_child(spec)
                     if "error" in row and row["error"].startswith("no result within") and server is not None:
                         # The test server's shared GStreamer media now and then leaves a session that connected
@@ -395,23 +463,28 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                         first_error = row["error"]
                         row = _run_child(spec)
                         row["retried_after"] = first_error
-                    row["variant"] = variant.label
+                    row["variant"] = label
+                    row["codec"] = codec
                     row["passes"] = _passes(row)
                     rows.append(row)
                     if progress is not None:
                         same = [r for r in rows if r["variant"] == row["variant"]]
-                        print(_format_row(row, same) + (f" | {row['variant']}" if len(variants) > 1 else ""),
+                        print(_format_row(row, same) + (f" | {row['variant']}" if len(arms) > 1 else ""),
                               file=progress, flush=True)
                     continue
                 spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
                         "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode,
                         "decode_threads": variant.decode_threads}
                 row = _run_child(spec)
+                row["codec"] = codec
                 breakdown.append(row)
                 if progress is not None and "error" not in row:
                     what = {"grab": "grab() only", "read": "read() every frame (before)",
-                            "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)"}[mode]
-                    print(f"OpenCV alone, decode_threads {variant.decode_threads or 'auto'}, {row['cameras']} captures, {what}: "
+                            "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)",
+                            "pyav-all": "demux + decode of every frame",
+                            "pyav-keyframes": "demux + decode of the keyframes only"}[mode]
+                    print(f"{codec + ': ' if len(codecs) > 1 else ''}"
+                          f"{'PyAV' if mode.startswith('pyav') else 'OpenCV'} alone, decode_threads {variant.decode_threads or 'auto'}, {row['cameras']} captures, {what}: "
                           f"{row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
                           f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
@@ -420,21 +493,24 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if server is not None:
                     server.stop()
     summary = []
-    for variant in variants:
-        mine = [r for r in rows if r["variant"] == variant.label and "error" not in r]
+    for codec, variant, label in arms:
+        mine = [r for r in rows if r["variant"] == label and "error" not in r]
         base = next((r for r in mine if r["cameras"] == 0), None)
         for r in mine:
             if base is not None and r["cameras"] > 0:
                 r["rss_per_camera_mb"] = round((r["rss_mb"] - base["rss_mb"]) / r["cameras"], 1)
         top = max((r for r in mine if r["cameras"] > 0), key=lambda r: r["cameras"], default=None)
-        summary.append({"variant": variant.label, **variant._asdict(),
+        summary.append({"variant": label, "codec": codec, **variant._asdict(),
                         "cameras": top["cameras"] if top else 0,
                         "rss_mb": top["rss_mb"] if top else None,
                         "rss_per_camera_mb": top.get("rss_per_camera_mb") if top else None,
                         "cpu_per_camera": round(top["cpu_cores"] / top["cameras"], 3) if top else None,
+                        "cpu_cores": top["cpu_cores"] if top else None,
+                        "decoding": top.get("decoding") if top else None,
                         "p99_ms": top["p99_ms"] if top else None, "passes": bool(top and top["passes"])})
-    passing = [r["cameras"] for r in rows if r.get("passes") and r["variant"] == variants[0].label]
-    return {"sources": [v.name for v in videos], "transcode": transcode, "fps": fps, "window_s": seconds,
+    passing = [r["cameras"] for r in rows if r.get("passes") and r["variant"] == arms[0][2]]
+    return {"sources": [v.name for v in videos], "transcode": transcode, "gop_s": gop if transcode else None,
+            "codecs": list(codecs) if transcode else None, "web": web, "fps": fps, "window_s": seconds,
             "p99_bound_ms": P99_BOUND_MS, "steps": rows, "breakdown": breakdown, "summary": summary,
             "max_cameras": max(passing) if passing else 0, "cores": os.cpu_count()}
 
@@ -469,6 +545,13 @@ def bench_capacity(args: argparse.Namespace) -> int:
         raise SystemExit(f"monitor bench capacity: {SYSTEM_PYTHON} (with GStreamer's gi bindings) is missing")
     if args.transcode and not shutil.which("ffmpeg"):
         raise SystemExit("monitor bench capacity: --transcode needs ffmpeg on PATH")
+    codecs = [c.strip() for c in args.codec.split(",")]
+    if any(c not in CODECS for c in codecs) or not codecs:
+        raise SystemExit(f"monitor bench capacity: --codec {args.codec!r}: expected h264 and/or hevc")
+    if (codecs != ["h264"] or args.gop != 2.0) and not args.transcode:
+        raise SystemExit("monitor bench capacity: --codec and --gop shape the transcode: pass --transcode WxH@FPS")
+    if args.gop <= 0:
+        raise SystemExit("monitor bench capacity: --gop must be > 0 seconds")
     videos = [Path(s).resolve() for s in args.sources]
     for v in videos:
         if not v.is_file():
@@ -515,12 +598,14 @@ def bench_capacity(args: argparse.Namespace) -> int:
                 for p in priorities for mt in model_threads]
     out = sys.stderr if args.json else sys.stdout
     print(f"monitor bench capacity: {', '.join(v.name for v in videos)}"
-          f"{' transcoded to ' + args.transcode if args.transcode else ''}, {args.fps:g} fps sampled per "
+          f"{' transcoded to ' + ' and '.join(codecs) + ' ' + args.transcode + f', GOP {args.gop:g} s' if args.transcode else ''}"
+          f", {'web server on, /metrics scraped every 5 s' if not args.no_web else 'no web server'}, {args.fps:g} fps sampled per "
           f"camera, {args.seconds:g} s window after {args.warmup:g} s warm-up, {os.cpu_count()} cores; "
           f"one daemon process per step; model from {args.weights or config or 'defaults'}", file=out)
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
-                     args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants)
+                     args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants, gop=args.gop,
+                     codecs=codecs, web=not args.no_web)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -536,12 +621,14 @@ def bench_capacity(args: argparse.Namespace) -> int:
         if per:
             print(f"{v['variant']}: RSS per camera over the 0-camera daemon (MB): {', '.join(per)}")
     first = r["summary"][0]
-    if len(variants) > 1 and first["rss_per_camera_mb"]:
+    if len(r["summary"]) > 1 and first["rss_per_camera_mb"]:
         for v in r["summary"]:
             if v["rss_per_camera_mb"]:
                 print(f"at {v['cameras']} cameras, {v['variant']}: {v['rss_per_camera_mb']} MB per camera "
                       f"({v['rss_per_camera_mb'] / first['rss_per_camera_mb']:.2f}x {first['variant']}), "
-                      f"RSS {v['rss_mb']:.0f} MB, {v['cpu_per_camera']} cores per camera, p99 {v['p99_ms']} ms, "
+                      f"RSS {v['rss_mb']:.0f} MB, {v['cpu_per_camera']} cores per camera "
+                      f"({first['cpu_per_camera'] / v['cpu_per_camera'] if v['cpu_per_camera'] else float('nan'):.1f}x "
+                      f"less than {first['variant']}), decoding {','.join(v['decoding'] or [])}, p99 {v['p99_ms']} ms, "
                       f"ok {'yes' if v['passes'] else 'no'}")
     return 0
 
