@@ -138,7 +138,6 @@ def cluster(postgres: Postgres, demo_weights: Path, broker: Mosquitto,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("fleet")
     rtsp = RtspServer(free_port(), STREAMS).start()
-    label, flicker = watched_class(demo_weights)
     fleet_file = root / "fleet-cameras.yaml"
     fleet_file.write_text(yaml.safe_dump({"cameras": [
         {"name": name, "source": rtsp.url(STREAMS[i % 3]), "fps": 2, "stale_after": "5s"}
@@ -152,8 +151,6 @@ def cluster(postgres: Postgres, demo_weights: Path, broker: Mosquitto,
             "server": {"host": "127.0.0.1", "port": port},
             "model": {"weights": str(demo_weights)},
             "cameras": [{"name": f"local-{name}", "source": rtsp.url("car-detection"), "fps": 3}],
-            "watchlist": [{"name": "watch", "classes": [label], "min_score": round(flicker, 4), "min_frames": 1,
-                           "end_after": "1s", "cooldown": 0}],
             "events": {"database": str(folder / "events.db")},
             "logging": {"level": "info"},
             "mqtt": {"port": broker.port, "client_id": f"monitor-{name}"},
@@ -168,8 +165,19 @@ def cluster(postgres: Postgres, demo_weights: Path, broker: Mosquitto,
     try:
         for node in nodes.values():
             node.start()
+        # while the nodes load their model: the class the rule watches, added by SIGHUP (a reload keeps the
+        # fleet cameras a node runs)
+        label, flicker = watched_class(demo_weights)
         for node in nodes.values():
             node.proc.started(START_TIMEOUT)
+        for node in nodes.values():
+            doc = yaml.safe_load(node.config.read_text())
+            doc["watchlist"] = [{"name": "watch", "classes": [label], "min_score": round(flicker, 4),
+                                 "min_frames": 1, "end_after": "1s", "cooldown": 0}]
+            node.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+            node.proc.send(signal.SIGHUP)
+        for node in nodes.values():
+            node.proc.wait_line(r"reloaded config: \d+ cameras, 1 rules", 30)
         c._thread.start()
         yield c
     finally:
