@@ -246,6 +246,7 @@ class Daemon:
         """reload_config() one at a time with the fleet's lease changes; the fleet file is read again first."""
         with self._cameras_lock:
             if self.fleet is not None:
+                new = _keep_fleet(self.config, new)
                 self.fleet.reload(new)      # ConfigError (fleet file): nothing changed yet
             self.reload_config(new)
 
@@ -322,6 +323,18 @@ class Daemon:
             log.info("reload: ended %d open events of changed or removed rules and cameras", ended)
         if old_sinks is not None:
             old_sinks.stop(timeout=RELOAD_SINKS_STOP)
+
+
+def _keep_fleet(old: Config, new: Config) -> Config:
+    """A reload of a fleet node: node and fleet need a restart (the database, the name others know), except
+    fleet.cameras_file, which is read again; the running settings stay."""
+    fleet = old.fleet
+    if new.fleet is not None and fleet is not None:
+        fleet = fleet.model_copy(update={"cameras_file": new.fleet.cameras_file})
+    if (new.node, new.fleet) != (old.node, fleet):
+        log.warning("reload: changes under 'node' or 'fleet' (other than fleet.cameras_file) need a restart; "
+                    "keeping the running ones")
+    return new.model_copy(update={"node": old.node, "fleet": fleet})
 
 
 def _stop_cameras(cameras: list[Camera], timeout: float) -> None:
