@@ -34,6 +34,7 @@ from testkit.rtsp import RtspServer, free_port
 from testkit.waiting import wait_until
 
 HEARTBEAT, LEASE = 1.0, 6.0
+OUTAGE = 10.0           # seconds PostgreSQL stays stopped (at least)
 NODES = ("n1", "n2", "n3")
 STREAMS = ("car-detection", "one-by-one-person-detection", "bottle-detection")
 FLEET = tuple(f"f{i}" for i in range(1, 7))
@@ -253,6 +254,7 @@ def test_postgres_outage_loses_and_duplicates_no_event(cluster: Cluster) -> None
     live = [cluster.nodes[n] for n in ("n2", "n3")]
     before = {n.name: len(n.local_events()) for n in live}
     cluster.pg.stop()
+    stopped = time.monotonic()
     try:
         # local cameras keep alerting: events committed locally while the database is away
         wait_until(lambda: all(len(n.local_events()) >= before[n.name] + 2 for n in live), timeout=20, interval=0.5)
@@ -260,7 +262,7 @@ def test_postgres_outage_loses_and_duplicates_no_event(cluster: Cluster) -> None
         assert all((n.metric("monitor_fleet_outbox_pending") or 0) > 0 for n in live)
         # fenced: no fleet camera runs on a node that cannot renew (before its lease can expire)
         wait_until(lambda: all(n.running() == set() for n in live), timeout=LEASE, interval=0.3)
-        time.sleep(2)
+        time.sleep(max(2.0, OUTAGE - (time.monotonic() - stopped)))
     finally:
         cluster.pg.start()
     wait_until(lambda: all(n.metric("monitor_fleet_outbox_pending") == 0 and n.metric("monitor_fleet_db_up") == 1
