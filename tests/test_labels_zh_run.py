@@ -149,6 +149,13 @@ def test_mqtt_and_home_assistant_and_the_webhook_carry_the_display_name(run: dic
                       and m.payload != b"", timeout=15).json()
     assert config["state_topic"] == "zhrun/yard/label/attributes"
     assert config["value_template"] == "{{ value_json.display }}"        # HA's state: the Chinese name
+    # the event's picture (the MQTT snapshot, the same bytes as a snapshot file) has the Chinese banner
+    jpeg = sub.wait(lambda m: m.topic == "zhrun/yard/snapshot" and m.payload[:2] == b"\xff\xd8", timeout=15)
+    picture = cv2.imdecode(np.frombuffer(jpeg.payload, np.uint8), cv2.IMREAD_COLOR)
+    h, w = picture.shape[:2]
+    scale = overlay._font_scale(w)
+    (_, th), tb = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, scale * 1.2, max(1, round(scale * 2)) + 1)
+    assert _match(picture[h - overlay.banner_height(w):], _template("事件: 狗", th + tb)) > 0.8
     hook: Receiver = run["hook"]
     assert hook.wait_for(1, timeout=15)
     start = hook.requests[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from monitor.core import groups
 from monitor.core.region import Box
 
 # Fields the webhook and MQTT payloads leave out, so they carry what they always did: `note`, which only the history
@@ -49,11 +50,13 @@ class Event:
         head, sep, cls = self.label.partition(":")
         return (head, cls) if sep else None
 
-    def payload(self, kind: str) -> dict[str, Any]:
+    def payload(self, kind: str, language: str = "en") -> dict[str, Any]:
         """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but NOT_SENT, then
         `kind` ("start" | "end")."""
         doc = {name: getattr(self, name) for name in SENT_FIELDS}
         doc["kind"] = kind
+        # last: the label in `language` (labels.language), beside the English label, never instead of it
+        doc["display"] = groups.display_name(self.label, language)
         return doc
 
 

@@ -36,7 +36,6 @@ from monitor import __version__
 from monitor.alerts.event import Event
 from monitor.alerts.events import sweep_snapshots
 from monitor.alerts.snapshot_files import clean_snapshot_path, snapshot_path, temporary_path
-from monitor.core import groups
 from monitor.core.redact import redact_url, url_origin
 from monitor.render.picture import EventPicture, render_event_picture
 
@@ -83,11 +82,12 @@ class _Picture:
     """An event's picture, rendered and encoded by the first sink that asks; the others get the same object.
     The frame is let go once rendered."""
 
-    __slots__ = ("_lock", "_job", "_picture")
+    __slots__ = ("_lock", "_job", "_picture", "_language")
 
     def __init__(self, event: Event | None = None, image: np.ndarray | None = None,
-                 predictions: Sequence[Prediction] = (), untrained: bool = False) -> None:
+                 predictions: Sequence[Prediction] = (), untrained: bool = False, language: str = "en") -> None:
         self._lock = threading.Lock()
+        self._language = language
         self._job: tuple[Event, np.ndarray, list[Prediction], bool] | None = (
             (event, image, list(predictions), untrained) if event is not None and image is not None else None)
         self._picture: EventPicture | None = None
@@ -100,7 +100,8 @@ class _Picture:
                 self._job = None
                 try:
                     self._picture = render_event_picture(image, ev.camera, ev.label, ev.started_at, predictions,
-                                                         untrained, clean=ev.custom is not None)
+                                                         untrained, clean=ev.custom is not None,
+                                                         language=self._language)
                 except Exception as exc:      # cv2.error included: no picture, every delivery still goes out
                     log.warning("alerts: cannot render the picture of event %s: %s", ev.id, exc)
             return self._picture
@@ -288,9 +289,7 @@ class _WebhookSink(_Sink):
 
     def handle(self, d: _Delivery) -> None:
         event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
-        doc = event.payload(d.kind)
-        doc["display"] = groups.display_name(event.label, self.owner.language)   # beside the English label
-        body = json.dumps(doc, default=str).encode("utf-8")
+        body = json.dumps(event.payload(d.kind, self.owner.language), default=str).encode("utf-8")
         stop = self.owner._stop
         last_error = ""
         attempts = 0
@@ -516,7 +515,7 @@ class SinkSet:
                 while len(self._starts) > _REMEMBERED_STARTS:
                     self._starts.popitem(last=False)
             if frame is not None:
-                picture = _Picture(event, frame, predictions, self.untrained)
+                picture = _Picture(event, frame, predictions, self.untrained, self.language)
         else:
             with self._lock:
                 ticket = self._starts.pop(key, None) or _SnapshotTicket(None)

@@ -48,6 +48,7 @@ class Publisher:
                  before_poll: Callable[[], None] | None = None, language: str = "en") -> None:
         self.client = client
         self.names = class_names(language)   # display names: the attributes carry them beside the English label
+        self.language = language
         self.topics = topics
         self.results = results
         self.cameras = cameras
@@ -205,7 +206,7 @@ class Publisher:
                 self._active.discard((camera, rule))
             if (camera, rule) in self._pairs:     # under the lock: forget() cannot clear it in between
                 self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
-        self.client.publish(self.topics.events, json.dumps(event.payload(kind), default=str))
+        self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language), default=str))
 
     # -- initial and removed states ---------------------------------------------------------------------------
 

@@ -32,11 +32,12 @@ class EventPicture:
 
 def render_event_picture(image: np.ndarray, camera: str, label: str, when: float | None,
                          predictions: Sequence[Prediction], untrained: bool, clean: bool = False,
-                         quality: int = EVENT_JPEG_QUALITY) -> EventPicture:
+                         quality: int = EVENT_JPEG_QUALITY, language: str = "en") -> EventPicture:
     """Draw the overlay on a copy of `image` (never modified: other readers share it) and encode it; with
     `clean` also encode the frame as it is. RuntimeError when OpenCV cannot encode, ValueError for a frame
-    that is no BGR image."""
-    drawn = draw_overlay(image, camera, list(predictions), None, [label] if label else [], untrained, when=when)
+    that is no BGR image. `language` zh: the class names and the banner in Chinese (labels.language)."""
+    drawn = draw_overlay(image, camera, list(predictions), None, [label] if label else [], untrained, when=when,
+                         language=language)
     h, w = image.shape[:2]
     return EventPicture(jpeg=encode_jpeg(drawn, quality), clean_jpeg=encode_jpeg(image, quality) if clean else None,
                         width=int(w), height=int(h))
