@@ -282,6 +282,11 @@ def test_postgres_outage_loses_and_duplicates_no_event(cluster: Cluster) -> None
             assert lost == recent and len(recent) <= 2, (node.name, sorted(lost))
             assert len(rows) == len(remote)         # (node, id) is the key: one row per event
             assert sum(1 for i, e in local.items() if e is not None and remote.get(i) == e) >= len(local) - 3
+    # the events API of any node lists the fleet's events from PostgreSQL, every node's
+    listed = json.loads(live[0].get("/api/events?scope=fleet&limit=1000"))["events"]
+    assert {e["node"] for e in listed} >= {"n2", "n3"} and all(e["snapshot_url"] is None for e in listed)
+    local_only = json.loads(live[0].get("/api/events?limit=1000"))["events"]
+    assert {e["id"] for e in local_only} <= set(live[0].local_events()) and "node" not in local_only[0]
     assert cluster.violations == [], cluster.violations
 
 

@@ -2,6 +2,7 @@
 through a real outage, and the fleet cameras file's errors. A real PostgreSQL 15 (testkit/postgres.py)."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -156,3 +157,29 @@ def test_fleet_cameras_file_errors_name_key_path_and_line(tmp_path: Path) -> Non
         "be their own (line 7)"]
     f.write_text("cameras:\n  - name: a\n    source: rtsp://127.0.0.1:1/x\n")
     assert [c.name for c in load_fleet_cameras(f)] == ["a"]
+
+
+def test_fleet_status_command_prints_nodes_and_holders(postgres: Postgres, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.commands.fleet import status_main
+    db = FleetDatabase(fleet_cfg(postgres), "cli")
+    db.open()       # the schema, when this test runs alone
+    db.close()
+    postgres.psql("INSERT INTO nodes (name, public_url, version, started_at, heartbeat_at, max_cameras, cameras_held,"
+                  " outbox_pending, outbox_lag) VALUES ('box7', 'http://box7:8080', 'x', now(), now(), 4, 1, 3, 1.5)"
+                  " ON CONFLICT (name) DO UPDATE SET heartbeat_at = now();"
+                  " INSERT INTO leases (camera, holder, expires_at) VALUES ('gate', 'box7', now() + interval '30 s'),"
+                  " ('yard', NULL, NULL) ON CONFLICT (camera) DO UPDATE SET holder = EXCLUDED.holder,"
+                  " expires_at = EXCLUDED.expires_at")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"cameras: []\nfleet:\n  database: {postgres.dsn}\n  password_file: {postgres.password_file}\n")
+    assert status_main(str(config)) == 0
+    out = capsys.readouterr().out
+    box = next(line for line in out.splitlines() if line.startswith("box7"))
+    assert "1/4" in box and " 3 " in box and "1.5s" in box and "http://box7:8080" in box
+    assert re.search(r"^gate\s+box7 \(lease \d+\.\ds left\)$", out, re.M) and re.search(r"^yard\s+-$", out, re.M)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"cameras: []\nfleet:\n  database: {postgres.dsn.replace(str(postgres.port), '1')}\n")
+    assert status_main(str(bad)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "connection refused" in err and "***@127.0.0.1:1/monitor" in err
