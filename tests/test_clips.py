@@ -294,3 +294,19 @@ def test_audio_is_copied_in_sync(tmp_path: Path) -> None:
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True,
                              text=True, timeout=60)
     assert decoded.returncode == 0 and decoded.stderr == ""
+
+
+def test_the_daemon_hears_events_through_its_sink_set(served: Served) -> None:
+    """The engine's path: SinkSet.emit -> the "clips" listener (a sink thread of its own) -> the recorder."""
+    assert "clips" in served.app.sinks.names
+    store = served.app.events
+    ev = store.insert(Event(camera="cam", rule="r", label="car", score=0.9, peak_score=0.9, started_at=time.time()))
+    served.app.sinks.emit("start", ev, None)
+    time.sleep(0.5)
+    ev = replace(ev, ended_at=time.time())
+    store.end_event(ev.id, ev.ended_at, 0.9)
+    served.app.sinks.emit("end", ev, None)
+    deadline = time.monotonic() + 15
+    while store.get(ev.id).clip_state in ("none", "recording") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.get(ev.id).clip_state == "complete"

@@ -42,7 +42,7 @@ RESOLVER = "--host-resolver-rules=MAP monitor.test 127.0.0.1, MAP evil.test 127.
 
 # One request target per route; test_every_route_has_a_sample keeps it complete when routes are added.
 SAMPLES = ["/openapi.json", "/", "/static/app.js", "/healthz", "/readyz", "/metrics", "/api/status", "/api/events",
-           "/api/events/1/snapshot.jpg", "/api/classify", "/api/classify/batch",
+           "/api/events/1/snapshot.jpg", "/api/events/1/clip.mp4", "/api/classify", "/api/classify/batch",
            "/snapshot/cam1.jpg", "/stream/cam1.mjpg", "/api/heads",
            "/api/heads/scene/retrain", "/api/heads/scene/restore", "/api/cameras/cam1/label?head=scene&class=cars",
            "/api/events/1/label?right=true", "/api/cameras/cam1/heatmap?on=true", "/docs", "/docs/assets/swagger-ui.css",
