@@ -74,6 +74,8 @@ class Daemon:
         self.mqtt: Any = self._mqtt(config)
         self.clips: Any = self._clips(config)
         self.sinks = self._sinks(config)
+        if self.clips is not None:      # a clip done after its event's end: a follow-up to the current sinks
+            self.clips.add_listener(lambda event: self.sinks.emit_clip(event))
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
@@ -158,7 +160,8 @@ class Daemon:
             extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
                        language=config.labels.language,
-                       listeners=listeners, extra=extra)
+                       listeners=listeners, extra=extra, clips=self.clips is not None,
+                       clip_followers=("mqtt",))
 
     def _camera(self, cfg: Any) -> Camera:
         return Camera(cfg, self.metrics, on_due=self.worker.wake, pace=self.pace)

@@ -51,9 +51,13 @@ class Event:
         return (head, cls) if sep else None
 
     def payload(self, kind: str, language: str = "en") -> dict[str, Any]:
-        """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but NOT_SENT, then
-        `kind` ("start" | "end")."""
+        """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but NOT_SENT,
+        `clip_url` (the server path of its clip once complete, else null), then `kind` ("start" | "end" |
+        "clip": the follow-up when the clip completes after the end)."""
         doc = {name: getattr(self, name) for name in SENT_FIELDS}
+        # the route of monitor/clips/files.clip_url (a later stage, not importable here)
+        doc["clip_url"] = (f"/api/events/{self.id}/clip.mp4" if self.clip_state == "complete"
+                           and self.id is not None else None)
         doc["kind"] = kind
         # last: the label in `language` (labels.language), beside the English label, never instead of it
         doc["display"] = groups.display_name(self.label, language)

@@ -42,7 +42,7 @@ class _Target:
     apprise: apprise.Apprise    # this URL alone, so a retry reaches only the services that failed
 
 
-def event_values(event: Event, public_url: str | None) -> dict[str, str]:
+def event_values(event: Event, public_url: str | None, clips: bool = False) -> dict[str, str]:
     """What the title and body placeholders stand for."""
     base = (public_url or "").rstrip("/")
     has_id = event.id is not None
@@ -52,6 +52,8 @@ def event_values(event: Event, public_url: str | None) -> dict[str, str]:
         "event_id": str(event.id) if has_id else "",
         "link": f"{base}/#event-{event.id}" if base and has_id else "",
         "snapshot_url": f"{base}/api/events/{event.id}/snapshot.jpg" if base and has_id else "",
+        # where the clip will be: it completes after the event and its post-roll (monitor/clips)
+        "clip_url": f"{base}/api/events/{event.id}/clip.mp4" if base and has_id and clips else "",
     }
 
 
@@ -93,7 +95,7 @@ class NotifySink(_Sink):
     def handle(self, d: _Delivery) -> None:
         started = time.monotonic()
         ev = d.event
-        values = event_values(ev, self.public_url)
+        values = event_values(ev, self.public_url, self.owner.clips)
         title = fill(self.cfg.title, values)
         body = fill(self.cfg.body, values).strip() or title
         attach = None

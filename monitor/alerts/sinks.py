@@ -277,6 +277,7 @@ _OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 class _WebhookSink(_Sink):
     name = "webhook"
+    kinds = ("start", "end", "clip")
 
     def __init__(self, owner: SinkSet, queue_size: int, url: str, timeout: float, retries: int) -> None:
         super().__init__(owner, queue_size)
@@ -288,7 +289,7 @@ class _WebhookSink(_Sink):
         self.safe_url = url_origin(url)
 
     def handle(self, d: _Delivery) -> None:
-        event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        event = self.owner.with_clip(replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait)))
         body = json.dumps(event.payload(d.kind, self.owner.language), default=str).encode("utf-8")
         stop = self.owner._stop
         last_error = ""
@@ -418,13 +419,15 @@ class _ListenerSink(_Sink):
     """A later stage's event consumer (MQTT): called with the event the webhook gets and, at its start, the
     event's picture (the snapshot file's very bytes), on a thread and bounded queue of its own like every sink."""
 
-    def __init__(self, owner: SinkSet, queue_size: int, name: str, listener: EventListener) -> None:
+    def __init__(self, owner: SinkSet, queue_size: int, name: str, listener: EventListener,
+                 kinds: tuple[str, ...] = ("start", "end")) -> None:
         super().__init__(owner, queue_size)
         self.name = name
         self.listener = listener
+        self.kinds = kinds
 
     def handle(self, d: _Delivery) -> None:
-        event = replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait))
+        event = self.owner.with_clip(replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait)))
         self.listener(d.kind, event, d.picture.get() if d.kind == "start" else None)
 
 
@@ -438,7 +441,8 @@ class SinkSet:
     def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
                  retry_backoff: float = 0.5, snapshot_wait: float = 2.0, language: str = "en",
                  listeners: Sequence[tuple[str, EventListener]] = (),
-                 extra: Sequence[Callable[[SinkSet, int], _Sink]] = ()) -> None:
+                 extra: Sequence[Callable[[SinkSet, int], _Sink]] = (), clips: bool = False,
+                 clip_followers: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.store = store
@@ -461,7 +465,11 @@ class SinkSet:
         if cfg.command:
             sinks.append(_CommandSink(self, size, cfg.command, cfg.command_timeout))
         sinks += [make(self, size) for make in extra]      # sinks of their own module (notify)
-        sinks += [_ListenerSink(self, size, name, fn) for name, fn in listeners]
+        # clips: some camera records clips, so an end may find its clip complete (re-read from the store);
+        # clip_followers: the listeners that take the "clip" follow-up (MQTT; never the clip stage itself)
+        self.clips = clips
+        sinks += [_ListenerSink(self, size, name, fn, ("start", "end", "clip") if name in clip_followers
+                                else ("start", "end")) for name, fn in listeners]
         self._sinks = tuple(sinks)
 
     @property
@@ -498,6 +506,29 @@ class SinkSet:
                 self._starts.setdefault(key, ticket)
             while len(self._starts) > _REMEMBERED_STARTS:
                 self._starts.popitem(last=False)
+
+    def with_clip(self, event: Event) -> Event:
+        """`event` with its clip fields as stored now: an end sent after its clip completed carries the URL."""
+        if not self.clips or self.store is None or event.id is None or event.clip_state == "complete":
+            return event
+        try:
+            row = self.store.get(event.id)
+        except Exception as exc:        # the history unreadable: the message goes out without the clip
+            log.debug("alerts: cannot read event %s for its clip: %s", event.id, exc)
+            return event
+        if row is None:
+            return event
+        return replace(event, clip=row.clip, clip_seconds=row.clip_seconds, clip_state=row.clip_state)
+
+    def emit_clip(self, event: Event) -> None:
+        """The clip of `event` is complete (a ClipListener call, on a recorder thread: only enqueues). An event
+        still open gets its URL in its end message; an ended one gets a follow-up of kind "clip"."""
+        if event.clip_state != "complete" or event.ended_at is None:
+            return
+        d = _Delivery("clip", event)
+        for s in self._sinks:
+            if "clip" in s.kinds:
+                s.offer(d)
 
     def emit(self, kind: str, event: Event, frame: np.ndarray | None,
              predictions: Sequence[Prediction] = ()) -> None:

@@ -548,7 +548,7 @@ class WebhookConfig(Section):
         "429 is not retried."))
 
 
-NOTIFY_PLACEHOLDERS = ("camera", "rule", "label", "score", "time", "event_id", "link", "snapshot_url")
+NOTIFY_PLACEHOLDERS = ("camera", "rule", "label", "score", "time", "event_id", "link", "snapshot_url", "clip_url")
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
@@ -587,10 +587,12 @@ class NotifyConfig(Section):
         "Names of the watchlist rules whose events are sent here; leave the key out for every rule."))
     title: NotifyTemplate = Field("{label} on {camera}", description=(
         "Title of the notification. Placeholders: {camera} {rule} {label} {score} {time} {event_id} {link} "
-        "{snapshot_url}; {link} and {snapshot_url} are empty without node.public_url."))
+        "{snapshot_url} {clip_url}; the last three are empty without node.public_url, {clip_url} also when no "
+        "camera records clips."))
     body: NotifyTemplate = Field("{label} ({score}) on {camera}, rule {rule}, at {time}\n{link}", description=(
         "Text of the notification, with the placeholders of title. {link} is the event on the status page, "
-        "{snapshot_url} its JPEG, both under node.public_url."))
+        "{snapshot_url} its JPEG, {clip_url} its video clip (playable once the event and its post-roll are "
+        "over), all under node.public_url."))
     attach: Bool = Field(True, description=(
         "true: the event's snapshot JPEG (with the overlay) is attached; false: text only."))
     timeout: Duration(allow_zero=False) = Field(15.0, description=(

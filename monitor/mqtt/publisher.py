@@ -191,6 +191,9 @@ class Publisher:
         camera, rule = event.camera, event.rule
         if not camera or not rule:
             return
+        if kind == "clip":      # the follow-up with the clip's URL: the rule's state is not touched
+            self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language), default=str))
+            return
         if kind == "start" and picture is not None and camera in {c for c, _ in self._pairs}:
             # resync=False: Home Assistant coming back finds it on the broker; re-sending tens of kB for each
             # `online` was the bulk of an amplification (only a reconnect, to a broker that may have lost it,

@@ -8,7 +8,8 @@ from monitor.web.deps import ServerDep
 from monitor.web.errors import NO_STORE
 from monitor.web.paths import STATIC_FILE
 
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; media-src 'self'; "
+            "connect-src 'self'; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 router = APIRouter()

@@ -384,6 +384,11 @@ function eventItem(ev) {
     item.append(el('a', { href: ev.snapshot_url, target: '_blank', rel: 'noopener' },
       el('img', { class: 'thumb', src: ev.snapshot_url, alt: `snapshot of event ${ev.id}`, loading: 'lazy' })));
   }
+  if (ev.has_clip && ev.clip) {
+    // the clip plays inline; the server answers Range requests, so seeking fetches only what it needs
+    item.append(el('video', { class: 'clip', src: ev.clip, poster: ev.snapshot_url || '', controls: '',
+      preload: 'metadata', muted: '', playsinline: '', 'data-clip': String(ev.id) }));
+  }
   item.append(eventInfo(ev));
   if (ev.label.includes(':') && ev.snapshot_url) {
     // A custom-class event teaches its head: right files its frame under the class, wrong under none.
@@ -413,7 +418,7 @@ async function pollEvents() {
     for (const id of marked.keys()) if (!listed.has(id)) marked.delete(id);
     const list = document.getElementById('events');
     // what decides an entry's elements: a snapshot that arrives later adds the thumbnail and the buttons
-    const entries = events.map((ev) => `${ev.id}:${ev.label}:${ev.snapshot_url}`).join('|');
+    const entries = events.map((ev) => `${ev.id}:${ev.label}:${ev.snapshot_url}:${ev.has_clip}`).join('|');
     const items = events.map((ev) => list.querySelector(`li[data-event="${ev.id}"]`));
     if (!events.length) {
       list.replaceChildren(el('li', { class: 'muted', text: t('noEvents') }));
