@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -58,10 +59,10 @@ def one(path):
         return base.net(((t - base.mean) / base.std).unsqueeze(0)).argmax()
 for f in files[:3]:
     one(f)
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 for f in files:
     one(f)
-print(len(files) / (time.perf_counter() - t))
+print(len(files) / (time.perf_counter() - t), (time.process_time() - cpu) / len(files))
 """
 
 
@@ -142,10 +143,37 @@ class Daemon:
             self.proc.wait()
 
 
-def _rate(run: Callable[[], int]) -> float:
-    t = time.perf_counter()
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far, all its threads; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (the daemon's decoder processes)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _rate(run: Callable[[], int], cpu: Callable[[], float] = time.process_time) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of one run; `cpu` reads the CPU time of whatever does the work."""
+    t, c = time.perf_counter(), cpu()
     n = run()
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), (cpu() - c) / max(1, n)
 
 
 def bench_batch(args: argparse.Namespace) -> int:
@@ -165,39 +193,49 @@ def bench_batch(args: argparse.Namespace) -> int:
             return lambda: sum(o.predictions is not None for o in classify_files(model, files, workers=workers,
                                                                                    pool=pool))
 
-        def naive() -> float:
+        def naive() -> tuple[float, float]:
             out = subprocess.run([sys.executable, "-c", _NAIVE, *naive_files], capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"monitor bench: the naive baseline failed: {out.stderr.strip()[-400:]}")
-            return float(out.stdout.split()[-1])
+            rate, cpu = out.stdout.split()[-2:]
+            return float(rate), float(cpu)
 
         first_lines: list[float] = []
 
-        def route() -> float:
+        def daemon_cpu() -> float:             # the daemon and its decoder processes
+            return sum(_process_cpu(p) for p in [daemon.proc.pid, *_children(daemon.proc.pid)])
+
+        def route() -> tuple[float, float]:
+            c = daemon_cpu()
             n, first, total = daemon.post(body, ctype)
             if n != len(files):
                 raise SystemExit(f"monitor bench: the batch classified {n} of {len(files)} files")
             first_lines.append(first)
-            return n / total
+            return n / total, (daemon_cpu() - c) / n
 
-        variants: dict[str, Callable[[], float]] = {
+        # (the process pool's CPU is its workers', which are not this process's children: not counted)
+        variants: dict[str, Callable[[], tuple[float, float]]] = {
             "naive": naive,
             "before": lambda: _rate(classify(0)),
             "threads": lambda: _rate(classify(WORKERS, "thread")),
-            "processes": lambda: _rate(classify(WORKERS, "process")),
+            "processes": lambda: (_rate(classify(WORKERS, "process"))[0], float("nan")),
             "route": route,
         }
         try:
             classify(0)()                                # warm: the runtime's first calls, the page cache
             daemon.post(body, ctype)                     # warm: the daemon's decoder processes
             rates: dict[str, list[float]] = {k: [] for k in variants}
+            cpus: dict[str, list[float]] = {k: [] for k in variants}
             for r in range(args.rounds):
                 names = list(variants) if r % 2 == 0 else list(variants)[::-1]
                 for name in names:
-                    rates[name].append(variants[name]())
+                    rate, cpu = variants[name]()
+                    rates[name].append(rate)
+                    cpus[name].append(cpu)
         finally:
             daemon.stop()
     med = {k: statistics.median(v) for k, v in rates.items()}
+    cpu_ms = {k: statistics.median(v) * 1000 for k, v in cpus.items()}
     now = "threads" if POOL == "thread" else "processes"          # what `monitor classify` runs
 
     def ratio(a: str, b: str) -> float:
@@ -214,6 +252,9 @@ def bench_batch(args: argparse.Namespace) -> int:
                          "threads_vs_processes": round(ratio("threads", "processes"), 2),
                          "route_vs_after": round(ratio("route", now), 2),
                          "route_vs_naive": round(ratio("route", "naive"), 2)},
+              "cpu_ms_per_image": {k: round(v, 2) for k, v in cpu_ms.items()},
+              "cpu_ratios": {"naive_vs_after": round(cpu_ms["naive"] / cpu_ms["threads"], 2),
+                             "route_vs_after": round(cpu_ms["route"] / cpu_ms["threads"], 2)},
               "route_first_line_s": round(statistics.median(first_lines), 3)}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -229,10 +270,15 @@ def bench_batch(args: argparse.Namespace) -> int:
               "route": "POST /api/classify/batch (daemon process, NDJSON read to the end)"}
     labels[now] += " (now)"
     for k, label in labels.items():
-        print(f"  {label:<72} {med[k]:8.1f} images/s   rounds: {', '.join(f'{x:.1f}' for x in rates[k])}")
+        print(f"  {label:<72} {med[k]:8.1f} images/s  {cpu_ms[k]:7.2f} CPU ms/image   rounds: "
+              f"{', '.join(f'{x:.1f}' for x in rates[k])}")
     r = result["ratios"]
     print(f"classify DIR now vs naive: {r['after_vs_naive']:.2f}x (before: {r['before_vs_naive']:.2f}x); now vs "
           f"before: {r['after_vs_before']:.2f}x; threads vs processes: {r['threads_vs_processes']:.2f}x")
     print(f"batch route vs classify DIR now: {r['route_vs_after']:.2f}x; vs naive: {r['route_vs_naive']:.2f}x; "
           f"first line after {result['route_first_line_s'] * 1000:.0f} ms")
+    c = result["cpu_ratios"]
+    print(f"CPU per image (less sensitive to a busy machine; the process pool's workers not counted): naive "
+          f"{c['naive_vs_after']:.2f}x classify DIR with threads; the batch route (daemon + decoder processes) "
+          f"{c['route_vs_after']:.2f}x it")
     return 0
