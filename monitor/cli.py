@@ -18,6 +18,14 @@ def _add_weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help=f"config file for defaults (default: {DEFAULT_CONFIG} if present)")
 
 
+ARCHS = ("resnet18", "resnet50", "mobilenet_v3_large")   # monitor/inference/archs.py (not imported: no numpy here)
+
+
+def _add_arch_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--arch", choices=ARCHS, default=default,
+                   help=f"backbone (default: {default or 'the one the checkpoint holds'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monitor", description="Real-time camera monitoring daemon")
     parser.add_argument("--version", action="version", version=f"monitor {__version__}")
@@ -37,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="weights_command", required=True, metavar="ACTION")
     p = w.add_parser("fetch", help="download the official checkpoint (and build the INT8 artifact)")
     p.add_argument("--variant", choices=["int8", "fp32"], default="int8")
+    _add_arch_arg(p, "resnet18")
     p.add_argument("--base-url", metavar="URL", help="mirror holding the official file names "
                                                      "(also $MONITOR_WEIGHTS_BASE_URL)")
     p.add_argument("--dir", default="weights", metavar="DIR", help="where checkpoints go (default: weights)")
-    p.add_argument("--out", metavar="FILE", help="artifact path (default: DIR/resnet18-int8.pt)")
+    p.add_argument("--out", metavar="FILE", help="artifact path (default: DIR/ARCH-int8.pt)")
     p.add_argument("--if-missing", action="store_true", help="do nothing if the artifact exists and verifies")
     p = w.add_parser("build", help="build the runtime artifact from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
@@ -48,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images, folders, video files or camera URLs (FP32 checkpoints only)")
     p.add_argument("--frames", type=int, default=200, metavar="N", help="calibration frames (default 200)")
     p.add_argument("--fp32", action="store_true", help="keep the model in float (for comparisons)")
+    _add_arch_arg(p, None)
     p.add_argument("--out", required=True, metavar="FILE")
     p = w.add_parser("demo", help="write a deterministic untrained network (tests, demos)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
+    _add_arch_arg(p, "resnet18")
     p.add_argument("--fit", nargs="+", default=[], metavar="PATH",
                    help="fit the last layer to groups of these videos/images: predictions with real margins "
                         "(agreement figures), still meaningless labels")
@@ -101,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: the sample clip shipped in the package)")
     p.add_argument("--json", action="store_true")
     _add_weights_arg(p)
+    p = b.add_parser("backbones", help="per backbone: artifact size, ms/frame at batch 1 and 4 per runtime, RSS, "
+                                       "start time, INT8 vs FP32 top-1 agreement (fitted demo networks)")
+    p.add_argument("--arch", nargs="+", choices=ARCHS, default=list(ARCHS), metavar="ARCH")
+    p.add_argument("--video", nargs="+", metavar="FILE", help="footage (default: the packaged sample clip)")
+    p.add_argument("--frames", type=int, default=120, help="frames for timing and agreement (default 120)")
+    p.add_argument("--dir", metavar="DIR", help="keep the built artifacts here (default: a temp folder)")
+    p.add_argument("--json", action="store_true")
     p = b.add_parser("pipeline", help="capture threads + worker on files or RTSP URLs vs the naive loop")
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.add_argument("--seconds", type=float, default=20.0)
@@ -235,7 +253,7 @@ def _weights(args: argparse.Namespace) -> int:
 
     action = args.weights_command
     if action == "fetch":
-        target = Path(args.out) if args.out else Path(args.dir) / "resnet18-int8.pt"
+        target = Path(args.out) if args.out else weights.default_artifact(args.dir, args.arch)
         if args.if_missing and args.variant == "int8" and target.exists() and weights.openvino_path(target).exists():
             from monitor.inference.artifact import read
             meta, _, _ = read(target)  # re-hashes: a damaged file is reported, not silently kept
@@ -243,22 +261,25 @@ def _weights(args: argparse.Namespace) -> int:
             print(f"{target} and {weights.openvino_path(target).name} are present "
                   f"({meta.name}{', UNTRAINED demo' if meta.untrained else ''}): not fetching")
             return 0
-        checkpoint, built = weights.fetch(args.variant, args.dir, out=args.out, base_url=args.base_url)
-        print(f"verified {checkpoint} (sha256 prefix {weights.OFFICIAL[args.variant].sha256_prefix})")
+        checkpoint, built = weights.fetch(args.variant, args.dir, out=args.out, base_url=args.base_url,
+                                          arch=args.arch)
+        prefix = weights.OFFICIAL_BY_ARCH[args.arch][args.variant].sha256_prefix
+        print(f"verified {checkpoint} (sha256 prefix {prefix})")
         if built:
             print(f"built {built} and {weights.openvino_path(built)}")
         else:
             print(f"next: monitor weights build --checkpoint {checkpoint} --calibrate VIDEO_OR_IMAGES "
-                  f"--out weights/resnet18-int8.pt")
+                  f"--out {weights.default_artifact('weights', args.arch)}")
         return 0
     if action == "build":
-        meta = weights.build(args.checkpoint, args.out, calibrate=args.calibrate, frames=args.frames, fp32=args.fp32)
+        meta = weights.build(args.checkpoint, args.out, calibrate=args.calibrate, frames=args.frames, fp32=args.fp32,
+                             arch=args.arch)
         also = "" if args.fp32 else f" and {weights.openvino_path(args.out)} (OpenVINO)"
         print(f"built {args.out}{also}: {meta.name} ({meta.precision}, engine {meta.engine or '-'}), "
               f"calibration {json.dumps(meta.calibration)}")
         return 0
     if action == "demo":
-        meta = weights.demo(args.out, seed=args.seed, fit=args.fit)
+        meta = weights.demo(args.out, seed=args.seed, fit=args.fit, arch=args.arch)
         fitted = (f", last layer fitted to {meta.source['demo']['clusters']} groups of the given frames "
                   f"(FP32 reference {weights.fp32_checkpoint_path(args.out)})" if args.fit else "")
         print(f"built {args.out} and {weights.openvino_path(args.out)}: {meta.name} — UNTRAINED random-init network "

@@ -8,6 +8,9 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.bench_command == "classify":
         from monitor.bench.classify import bench_classify
         return bench_classify(args)
+    if args.bench_command == "backbones":
+        from monitor.bench.backbones import bench_backbones
+        return bench_backbones(args)
     if args.bench_command == "pipeline":
         from monitor.bench.pipeline import bench_pipeline
         return bench_pipeline(args)

@@ -8,7 +8,7 @@ import numpy as np
 
 from monitor.inference.classifier import Classifier, top_k_predictions
 from monitor.inference.heads import Head
-from monitor.inference.heads.cam import activation_maps, pooled_features
+from monitor.inference.heads.cam import pooled_features
 
 HEADS = 3            # e.g. porch, garage door, driveway
 CLASSES = 4
@@ -26,11 +26,11 @@ def heads_cost(clf: Classifier, frames: Sequence[np.ndarray], batch: int, repeat
     add after it (activation map of the top class, pooled features, HEADS heads per frame), each timed on its
     own in the same run: the added step is a few numpy products, which a timing of the whole step would lose
     in the network's run-to-run noise on a loaded machine."""
-    heads = _heads(clf.fc_weight.shape[1])
+    heads = _heads(clf.feature_dim)
     batches = [list(frames[i:i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
 
     def extra(inf, tops) -> None:
-        activation_maps(inf.feature_maps, clf.fc_weight[[t[0].index for t in tops]])
+        clf.class_maps(inf.feature_maps, [t[0].index for t in tops])
         pooled = pooled_features(inf.feature_maps)
         for h in heads:
             for row in range(len(tops)):      # per frame, as the worker does

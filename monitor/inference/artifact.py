@@ -9,9 +9,11 @@ Layout (all text lines are ASCII):
     <the parts, concatenated>
 
 The torch artifact holds the frozen TorchScript module ("torchscript"); the OpenVINO artifact holds the IR
-("ir_xml", "ir_bin"). Both hold the last layer's float weights ("fc_weight" (1000, 512) float32, "fc_bias" (1000,)
-float32) so that heads and class activation maps need no runtime introspection. The digest covers metadata and
-parts, so a truncated, altered or swapped file is refused before a runtime parses a single byte of it.
+("ir_xml", "ir_bin"). Both hold the last layer's float weights ("fc_weight" (1000, 512) float32 for ResNet-18,
+"fc_bias" (1000,) float32), and for a classifier with a hidden layer (MobileNetV3) that layer too ("hidden_weight",
+"hidden_bias"), so that heads and class maps need no runtime introspection. The header's "arch" names the network
+(monitor/inference/archs.py); the classifier checks these shapes against it on every load. The digest covers
+metadata and parts, so a truncated, altered or swapped file is refused before a runtime parses a single byte of it.
 
 This module imports neither torch nor OpenVINO: the runtime that reads a part imports itself.
 """
@@ -57,6 +59,9 @@ class ArtifactMeta:
     # artifact names the sha256 of the torch artifact it was converted from, so heads trained on the features of
     # either fit both. "" means the artifact's own sha256.
     backbone: str = ""
+    # Which network (monitor/inference/archs.py): its feature size and classifier shape are checked on every load.
+    # Artifacts made before the choice of backbone hold ResNet-18.
+    arch: str = "resnet18"
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -76,6 +81,23 @@ def fc_parts(weight: np.ndarray, bias: np.ndarray) -> dict[str, bytes]:
     """The last layer as parts: (1000, 512) and (1000,) float32, C order."""
     return {"fc_weight": np.ascontiguousarray(weight, dtype=np.float32).tobytes(),
             "fc_bias": np.ascontiguousarray(bias, dtype=np.float32).tobytes()}
+
+
+def hidden_parts(weight: np.ndarray, bias: np.ndarray) -> dict[str, bytes]:
+    """A classifier's hidden layer (MobileNetV3: (1280, 960) and (1280,)), float32, C order: Grad-CAM's input."""
+    return {"hidden_weight": np.ascontiguousarray(weight, dtype=np.float32).tobytes(),
+            "hidden_bias": np.ascontiguousarray(bias, dtype=np.float32).tobytes()}
+
+
+def hidden_arrays(parts: Mapping[str, bytes], width: int, inputs: int,
+                  path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        weight = np.frombuffer(parts["hidden_weight"], dtype=np.float32).reshape(width, inputs)
+        bias = np.frombuffer(parts["hidden_bias"], dtype=np.float32).reshape(width)
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{path}: the classifier's hidden layer ({width} x {inputs}) is missing or malformed "
+                            f"({e}); {REBUILD_HINT}") from None
+    return weight, bias
 
 
 def fc_arrays(parts: Mapping[str, bytes], classes: int, path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,8 @@ from typing import NamedTuple, Protocol, Sequence
 import numpy as np
 
 from monitor.inference import artifact
+from monitor.inference.archs import ARCHS, ArchSpec, arch_spec
+from monitor.inference.explain import Explainer
 from monitor.inference.preprocess import Crop, prepare_batch
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,9 @@ class Inference:
     """Everything one pass of the network gives for a batch of N frames."""
     probabilities: np.ndarray   # (N, 1000) float32, softmax of the logits
     logits: np.ndarray          # (N, 1000) float32
-    features: np.ndarray        # (N, 512) float32: global-average-pooled layer4 output = the fc layer's input
-    feature_maps: np.ndarray    # (N, 512, 7, 7) float32: layer4 output (dequantized)
+    features: np.ndarray        # (N, D) float32: the pooled last feature maps (ResNet-18 512, ResNet-50 2048,
+                                # MobileNetV3-Large 960: the input of its hidden 1280 layer)
+    feature_maps: np.ndarray    # (N, D, 7, 7) float32: the last feature maps (dequantized)
 
 
 class Backend(Protocol):
@@ -106,7 +109,17 @@ class Classifier:
         # what custom heads are tied to: the same for the torch artifact and the OpenVINO one converted from it
         self.backbone_id = meta.backbone or self.sha256
         self.labels = meta.labels
+        self.arch = _check_arch(self.path, meta)
+        self.feature_dim = self.arch.features
         self.fc_weight, self.fc_bias = artifact.fc_arrays(parts, len(meta.labels), self.path)
+        if self.fc_weight.shape[1] != self.arch.classifier_in:
+            raise artifact.ArtifactError(
+                f"{self.path}: last layer has {self.fc_weight.shape[1]} inputs, but a {self.arch.title} classifier "
+                f"has {self.arch.classifier_in}; {artifact.REBUILD_HINT}")
+        hidden = (artifact.hidden_arrays(parts, self.arch.hidden, self.arch.features, self.path)
+                  if self.arch.hidden else (None, None))
+        # why a class: exact CAM (ResNets) or analytic Grad-CAM through the hidden layer (MobileNetV3)
+        self.explainer = Explainer(self.arch, self.fc_weight, self.fc_bias, *hidden)
         if meta.runtime == "openvino":
             from monitor.inference.openvino_runtime import OpenVinoBackend
             self._backend: Backend = OpenVinoBackend(self.path, meta, parts, threads, cache_dir)
@@ -140,9 +153,14 @@ class Classifier:
         if not len(frames):
             n = len(self.labels)
             return Inference(np.zeros((0, n), np.float32), np.zeros((0, n), np.float32),
-                             np.zeros((0, self.fc_weight.shape[1]), np.float32),
-                             np.zeros((0, self.fc_weight.shape[1], self._size // 32, self._size // 32), np.float32))
+                             np.zeros((0, self.feature_dim), np.float32),
+                             np.zeros((0, self.feature_dim, self._size // 32, self._size // 32), np.float32))
         return self.run(self.prepare(frames, crops))
+
+    def class_maps(self, feature_maps: np.ndarray, classes: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(N, D, H, W) feature maps of one inference, (N,) class per frame -> (N, H, W) float32 maps of where
+        each frame's class comes from (`explainer.method`: exact CAM or Grad-CAM)."""
+        return self.explainer.maps(feature_maps, np.asarray(classes, dtype=np.intp))
 
     def probabilities(self, frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None) -> np.ndarray:
         return self.infer(frames, crops).probabilities
@@ -150,3 +168,11 @@ class Classifier:
     def classify(self, frames: Sequence[np.ndarray], top_k: int = 3,
                  crops: Sequence[Crop] | None = None) -> list[list[Prediction]]:
         return top_k_predictions(self.probabilities(frames, crops), self.labels, top_k)
+
+
+def _check_arch(path: Path, meta: artifact.ArtifactMeta) -> ArchSpec:
+    spec = arch_spec(meta.arch)
+    if spec is None:
+        raise artifact.ArtifactError(f"{path}: holds backbone {meta.arch!r}, which this monitor does not know "
+                                     f"(it runs {', '.join(ARCHS)}); {artifact.REBUILD_HINT}")
+    return spec

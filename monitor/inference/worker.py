@@ -10,7 +10,7 @@ import numpy as np
 
 from monitor.core.region import CENTER, Box, Region, RegionError
 from monitor.inference.classifier import top_k_predictions
-from monitor.inference.heads.cam import activation_maps, pooled_features
+from monitor.inference.heads.cam import pooled_features
 from monitor.inference.results import CustomResult, Result, ResultBoard
 
 if TYPE_CHECKING:
@@ -140,8 +140,9 @@ class InferenceWorker:
         n = len(batch)
         probs = inference.probabilities[:n]
         tops = top_k_predictions(probs, clf.labels, self.top_k)
-        # Why the top class: exact class activation maps, one (512,) x (512, 7, 7) product per frame.
-        heatmaps = activation_maps(inference.feature_maps[:n], clf.fc_weight[[p[0].index for p in tops]])
+        # Why the top class: exact class activation maps (one (D,) x (D, 7, 7) product per frame), or Grad-CAM where
+        # the classifier has a hidden layer (MobileNetV3): monitor/inference/explain.py
+        heatmaps = clf.class_maps(inference.feature_maps[:n], [p[0].index for p in tops])
         customs = self._run_heads(n, jobs, inference, crops)
         done = time.monotonic()
         self.metrics.inference_seconds.observe(done - started)

@@ -121,7 +121,8 @@ class Classification(BaseModel):
     width: int
     height: int
     explanation: Optional[dict] = Field(None, description="with ?explain=true: the top class's activation map "
-                                        "(grid 7x7, 0..1) over box (x, y, w, h as fractions of the image)")
+                                        "(grid 7x7, 0..1) over box (x, y, w, h as fractions of the image); "
+                                        "method: cam (exact, ResNets) or grad-cam (MobileNetV3)")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

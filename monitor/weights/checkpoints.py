@@ -6,16 +6,17 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
 from monitor.core.redact import redact_url
 from monitor.inference.locate import WeightsError
-from monitor.weights import model
+from monitor.weights import backbones, model
 
 
 BASE_URL_ENV = "MONITOR_WEIGHTS_BASE_URL"
@@ -31,6 +32,11 @@ class WeightsDescriptor:
     qconfig_engine: str           # observers it was quantized with ("" for float)
     accuracy_top1: float
     description: str
+    arch: str = "resnet18"        # monitor/weights/backbones.py
+    # The label order of torchvision's ImageNet-1k checkpoints (all three backbones share it): the artifact's
+    # labels come from monitor/core/labels.py imagenet_classes().
+    categories: str = "imagenet-1k"
+    qat: bool = False             # a quantization-aware-training state dict: fuse, prepare_qat, load, convert
 
     @property
     def filename(self) -> str:
@@ -40,7 +46,7 @@ class WeightsDescriptor:
         return f"{base_url.rstrip('/')}/{self.filename}" if base_url else self.url
 
 
-OFFICIAL: dict[str, WeightsDescriptor] = {
+OFFICIAL_BY_ARCH: dict[str, dict[str, WeightsDescriptor]] = {"resnet18": {
     "int8": WeightsDescriptor(
         variant="int8",
         url="https://download.pytorch.org/models/quantized/resnet18_fbgemm_16fa66dd.pth",
@@ -51,7 +57,30 @@ OFFICIAL: dict[str, WeightsDescriptor] = {
         url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
         sha256_prefix="f37072fd", precision="fp32", qconfig_engine="", accuracy_top1=69.758,
         description="torchvision ResNet18_Weights.IMAGENET1K_V1"),
-}
+}, "resnet50": {
+    "int8": WeightsDescriptor(
+        variant="int8", arch="resnet50",
+        url="https://download.pytorch.org/models/quantized/resnet50_fbgemm_bf931d71.pth",
+        sha256_prefix="bf931d71", precision="int8", qconfig_engine="fbgemm", accuracy_top1=75.920,
+        description="torchvision ResNet50_QuantizedWeights.IMAGENET1K_FBGEMM_V1"),
+    "fp32": WeightsDescriptor(
+        variant="fp32", arch="resnet50",
+        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        sha256_prefix="0676ba61", precision="fp32", qconfig_engine="", accuracy_top1=76.130,
+        description="torchvision ResNet50_Weights.IMAGENET1K_V1"),
+}, "mobilenet_v3_large": {
+    "int8": WeightsDescriptor(
+        variant="int8", arch="mobilenet_v3_large", qat=True,
+        url="https://download.pytorch.org/models/quantized/mobilenet_v3_large_qnnpack-5bcacf28.pth",
+        sha256_prefix="5bcacf28", precision="int8", qconfig_engine="qnnpack", accuracy_top1=73.004,
+        description="torchvision MobileNet_V3_Large_QuantizedWeights.IMAGENET1K_QNNPACK_V1 (QAT state dict)"),
+    "fp32": WeightsDescriptor(
+        variant="fp32", arch="mobilenet_v3_large",
+        url="https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+        sha256_prefix="8738ca79", precision="fp32", qconfig_engine="", accuracy_top1=74.042,
+        description="torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1"),
+}}
+OFFICIAL: dict[str, WeightsDescriptor] = OFFICIAL_BY_ARCH["resnet18"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -130,9 +159,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def float_model_from_state_dict(state_dict: dict[str, Any], path: str | Path) -> model.QuantizableResNet:
-    """The FP32 checkpoint (torchvision key layout, strict) in the quantizable form."""
-    net = model.quantizable_resnet18()
+def float_model_from_state_dict(state_dict: dict[str, Any], path: str | Path,
+                                arch: str | None = None) -> torch.nn.Module:
+    """The FP32 checkpoint (torchvision key layout, strict) in the quantizable form of `arch` (default: the
+    backbone its key names belong to, else ResNet-18)."""
+    bb = backbones.backbone(arch or backbones.detect(state_dict))
+    net = bb.quantizable()
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -142,12 +174,48 @@ def float_model_from_state_dict(state_dict: dict[str, Any], path: str | Path) ->
             f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing else "",
             f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
         ])) or str(e).splitlines()[0]
-        raise WeightsError(f"{path}: not a torchvision ResNet-18 ImageNet checkpoint: {detail}") from None
+        raise WeightsError(f"{path}: not a torchvision {bb.spec.title} ImageNet checkpoint: {detail}") from None
     return net.eval()
 
 
-def _int8_from_checkpoint(state_dict: dict[str, Any], path: str | Path, engine: str) -> torch.nn.Module:
+def is_qat_state_dict(state_dict: dict[str, Any]) -> bool:
+    """torchvision's QAT checkpoints (MobileNetV3's) hold fake-quantize modules next to the float weights."""
+    return any(k.endswith("weight_fake_quant.scale") for k in state_dict)
+
+
+def int8_from_qat_state_dict(state_dict: dict[str, Any], make: Callable[[], torch.nn.Module], qconfig_engine: str,
+                             engine: str) -> torch.nn.Module:
+    """torchvision's QAT route (fuse for QAT, prepare_qat, load, convert), but with the classifier kept float as
+    everywhere else here: its fake-quantize entries are dropped and its float weights are the ones trained."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch.ao.quantization as tq
+        torch.backends.quantized.engine = engine
+        net = make()
+        net.train()
+        net.fuse_model(is_qat=True)
+        net.qconfig = tq.get_default_qat_qconfig(qconfig_engine)
+        floats = tuple(getattr(net, "float_modules", ()))
+        for name in floats:
+            net.get_submodule(name).qconfig = None
+        tq.prepare_qat(net, inplace=True)
+        kept = {k: v for k, v in state_dict.items()
+                if not (k.startswith(tuple(f"{n}." for n in floats))
+                        and ("fake_quant" in k or "activation_post_process" in k))}
+        net.load_state_dict(kept, strict=True)
+        net.eval()
+        tq.convert(net, inplace=True)
+    model.assert_quantized(net, fc=False)
+    return net
+
+
+def _int8_from_checkpoint(state_dict: dict[str, Any], path: str | Path, engine: str,
+                          arch: str | None = None) -> torch.nn.Module:
+    bb = backbones.backbone(arch or backbones.detect(state_dict))
     try:
-        return model.int8_from_state_dict(state_dict, engine=engine)
-    except RuntimeError as e:
-        raise WeightsError(f"{path}: not a quantized ResNet-18 state dict: {str(e).splitlines()[0]}") from None
+        if is_qat_state_dict(state_dict):
+            return int8_from_qat_state_dict(state_dict, bb.quantizable, "qnnpack", engine)
+        return model.int8_from_state_dict(state_dict, engine=engine, make=bb.quantizable)
+    except (RuntimeError, AttributeError, KeyError) as e:
+        raise WeightsError(f"{path}: not a quantized {bb.spec.title} state dict: "
+                           f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None

@@ -10,7 +10,7 @@ import torch
 
 from monitor.core.redact import redact_url
 from monitor.inference import artifact
-from monitor.weights import model
+from monitor.weights import backbones, model
 from monitor.weights.build import _frame_batches, _meta, build, calibrated_int8, save_both
 
 
@@ -28,22 +28,25 @@ def synthetic_batches(count: int, batch: int = 8, seed: int = 0) -> Iterable[np.
 
 
 def demo(out: str | Path, seed: int = 0, engine: str | None = None, fit: Sequence[str] = (), frames: int = 300,
-         clusters: int = 6) -> artifact.ArtifactMeta:
-    """A deterministic random-init ResNet-18 in the artifact format, marked untrained. With `fit` (videos,
-    images): its last layer fitted to `clusters` groups of those frames (monitor/weights/fit.py), its FP32
-    checkpoint saved next to `out` as the reference, and calibrated on the same footage."""
+         clusters: int = 6, arch: str = "resnet18", calibration_frames: int | None = None) -> artifact.ArtifactMeta:
+    """A deterministic random-init network (`arch`, default ResNet-18) in the artifact format, marked untrained.
+    With `fit` (videos, images): its last layer fitted to `clusters` groups of those frames
+    (monitor/weights/fit.py), its FP32 checkpoint saved next to `out` as the reference, and calibrated on the same
+    footage (`calibration_frames`, default 200; synthetic: 32)."""
+    arch = backbones.backbone(arch).name
     if fit:
         from monitor.weights import fit as fitted
-        net = demo_float(seed)
+        net = demo_float(seed, arch)
         summary = fitted.fit_last_layer(net, _frame_batches(fit, frames, desc="fitting"), clusters, seed)
         checkpoint = fp32_checkpoint_path(out)
         torch.save(net.state_dict(), checkpoint)
-        return build(checkpoint, out, calibrate=fit, frames=200, engine=engine,
+        return build(checkpoint, out, calibrate=fit, frames=calibration_frames or 200, engine=engine, arch=arch,
                      demo={"seed": seed, "fitted_to": [redact_url(s) for s in fit], **summary})
     engine = engine or model.default_engine()
-    net = calibrated_int8(demo_float(seed), synthetic_batches(32, seed=seed + 1), engine)
-    meta = _meta("resnet18-demo-untrained", "int8", engine, True, {"checkpoint": f"{DEMO_SOURCE}{seed}"},
-                 {"needed": True, "frames": 32, "sources": ["synthetic"]})
+    count = calibration_frames or 32
+    net = calibrated_int8(demo_float(seed, arch), synthetic_batches(count, seed=seed + 1), engine)
+    meta = _meta(f"{arch}-demo-untrained", "int8", engine, True, {"checkpoint": f"{DEMO_SOURCE}{seed}"},
+                 {"needed": True, "frames": count, "sources": ["synthetic"]}, arch)
     save_both(out, net, meta)
     return meta
 
@@ -57,10 +60,11 @@ def fp32_checkpoint_path(out: str | Path) -> Path:
     return Path(out).with_suffix(".fp32.pth")
 
 
-def demo_float(seed: int = 0) -> model.QuantizableResNet:
-    """The demo's float network (deterministic for a seed): the FP32 reference of the demo artifacts."""
+def demo_float(seed: int = 0, arch: str = "resnet18") -> torch.nn.Module:
+    """The demo's float network (deterministic for a seed and backbone): the FP32 reference of the demo
+    artifacts."""
     torch.manual_seed(seed)
-    net = model.quantizable_resnet18()
+    net = backbones.backbone(arch).quantizable()
     reestimate_batchnorm(net, synthetic_batches(64, seed=seed))
     sharpen_logits(net, next(iter(synthetic_batches(16, batch=16, seed=seed + 2))))
     return net.eval()

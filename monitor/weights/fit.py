@@ -14,18 +14,20 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from monitor.weights import model
+from monitor.weights import backbones, model
 from monitor.inference.heads.softmax import fit_softmax
 
 # Other classes keep a fifth of their random weights: present, ranked, but never near the fitted classes' logits.
 OTHER_CLASSES_SCALE = 0.2
 
 
-def pooled_features(net: model.ResNet, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """(N, 512) pooled features of prepared uint8 BGR batches through the float network."""
+def pooled_features(net: torch.nn.Module, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """(N, D) inputs of the last layer for prepared uint8 BGR batches through the float network: the pooled
+    features (ResNet), or MobileNetV3's hidden layer output on them."""
     runtime = model.Runtime(net).eval()
     with torch.inference_mode():
-        return np.concatenate([runtime(torch.from_numpy(b))[1].numpy() for b in batches])
+        return np.concatenate([backbones.last_layer_input(net, runtime(torch.from_numpy(b))[1]).numpy()
+                               for b in batches])
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, min_share: float = 0.04) -> np.ndarray:
@@ -49,7 +51,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, min_share
     return ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
 
 
-def fit_last_layer(net: model.ResNet, batches: Iterable[np.ndarray], clusters: int = 6,
+def fit_last_layer(net: torch.nn.Module, batches: Iterable[np.ndarray], clusters: int = 6,
                    seed: int = 0) -> dict[str, object]:
     """Fit net.fc in place: k clusters of the frames' features, each mapped to the ImageNet class the random
     network already leaned to for it (distinct classes), by a softmax regression. Returns a summary."""

@@ -71,6 +71,10 @@ class QuantizableBasicBlock(BasicBlock):
 
 
 class ResNet(nn.Module):
+    arch = "resnet18"
+    quantized_convs = 20                         # convolutions after fusion: all INT8 once converted
+    float_modules: tuple[str, ...] = ("fc",)     # what quantize(..., quantize_fc=False) keeps float
+
     def __init__(self, block: type[BasicBlock], layers: Iterable[int], num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.inplanes = 64
@@ -183,6 +187,7 @@ def quantize(model: QuantizableResNet, calibrate: Callable[[nn.Module], None], e
     close top classes; it costs 0.5 MMAC per frame, 0.03 % of the network.
     """
     engine = engine or default_engine()
+    convs = sum(type(m) is nn.Conv2d for m in model.modules())   # fusion keeps one convolution per conv
     if engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"quantized engine {engine!r} not supported here ({torch.backends.quantized.supported_engines})")
     torch.backends.quantized.engine = engine
@@ -193,32 +198,38 @@ def quantize(model: QuantizableResNet, calibrate: Callable[[nn.Module], None], e
         warnings.simplefilter("ignore")
         model.qconfig = tq.get_default_qconfig(qconfig_engine or engine)
         if not quantize_fc:
-            model.fc.qconfig = None
+            for name in getattr(model, "float_modules", ("fc",)):
+                model.get_submodule(name).qconfig = None
         tq.prepare(model, inplace=True)
         with torch.inference_mode():
             calibrate(model)
         tq.convert(model, inplace=True)
-    assert_quantized(model, quantize_fc)
+    assert_quantized(model, quantize_fc, convs)
     return model
 
 
-def assert_quantized(model: nn.Module, fc: bool = True) -> None:
+def assert_quantized(model: nn.Module, fc: bool = True, want_convs: int | None = None) -> None:
+    want_convs = want_convs or int(getattr(model, "quantized_convs", 20))
+    # the float classifier's linears (ResNet: fc; MobileNetV3: its hidden layer and its last one)
+    want_linears = sum(isinstance(m, (nn.Linear, QuantizedLinear)) for m in model.modules()) if fc else 0
     convs = sum(isinstance(m, QuantizedConv2d) for m in model.modules())
     linears = sum(isinstance(m, QuantizedLinear) for m in model.modules())
     float_convs = sum(type(m) is nn.Conv2d for m in model.modules())
-    if convs != 20 or linears != int(fc) or float_convs:
+    if convs != want_convs or linears != want_linears or float_convs:
         raise RuntimeError(
-            f"quantization did not convert the model: {convs} quantized convolutions (want 20), "
-            f"{linears} quantized linear (want {int(fc)}), {float_convs} float convolutions left")
+            f"quantization did not convert the model: {convs} quantized convolutions (want {want_convs}), "
+            f"{linears} quantized linear (want {want_linears}), {float_convs} float convolutions left")
 
 
 def is_int8_state_dict(state_dict: dict) -> bool:
     return "quant.scale" in state_dict
 
 
-def int8_from_state_dict(state_dict: dict, engine: str | None = None) -> nn.Module:
-    """Rebuild the quantized model from an INT8 state dict (the official fbgemm checkpoint or our own)."""
-    model = quantizable_resnet18()
+def int8_from_state_dict(state_dict: dict, engine: str | None = None,
+                         make: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Rebuild the quantized model (`make()`: a quantizable network, default ResNet-18) from an INT8 state dict
+    (an official fbgemm checkpoint or our own)."""
+    model = (make or quantizable_resnet18)()
 
     def one_pass(m: nn.Module) -> None:
         # Observers need one forward before convert; the checkpoint then overwrites every scale and weight.

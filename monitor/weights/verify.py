@@ -51,15 +51,15 @@ def float_reference(meta: artifact.ArtifactMeta, folder: Path,
     named in its metadata when it sits next to the artifact. None when there is none (official INT8 file)."""
     if reference:
         path = Path(reference)
-        return float_model_from_state_dict(load_checkpoint(path), path), str(path)
+        return float_model_from_state_dict(load_checkpoint(path), path, meta.arch), str(path)
     checkpoint = str(meta.source.get("checkpoint", ""))
     if checkpoint.startswith(DEMO_SOURCE):
-        return demo_float(int(checkpoint[len(DEMO_SOURCE):])), checkpoint
+        return demo_float(int(checkpoint[len(DEMO_SOURCE):]), meta.arch), checkpoint
     candidate = folder / checkpoint
     if checkpoint and candidate.is_file() and meta.calibration.get("needed"):
         state_dict = load_checkpoint(candidate)
         if not model.is_int8_state_dict(state_dict):
-            return float_model_from_state_dict(state_dict, candidate), str(candidate)
+            return float_model_from_state_dict(state_dict, candidate, meta.arch), str(candidate)
     return None
 
 

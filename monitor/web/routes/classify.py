@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from monitor.inference.classifier import Classifier, Prediction, top_k_predictions
-from monitor.inference.heads.cam import activation_map, normalise
+from monitor.inference.heads.cam import normalise
 from monitor.inference.preprocess import crop_box
 from monitor.web import api, models
 from monitor.web.deps import Server, ServerDep
@@ -109,10 +109,13 @@ def classify_explained(classifier: Classifier, image: Any, top_k: int) -> tuple[
     inf = classifier.infer([image])
     predictions = top_k_predictions(inf.probabilities, classifier.labels, top_k)[0]
     top = predictions[0].index
-    cam = activation_map(inf.feature_maps[0], classifier.fc_weight[top])
+    # exact CAM for a classifier linear on the pooled features (ResNets), Grad-CAM through MobileNetV3's hidden layer
+    cam = classifier.class_maps(inf.feature_maps[:1], [top])[0]
     h, w = image.shape[:2]
     x, y, bw, bh = crop_box(h, w, "center")
-    return predictions, {"label": classifier.labels[top], "index": int(top),
-                         "box": [round(x / w, 5), round(y / h, 5), round(bw / w, 5), round(bh / h, 5)],
-                         "grid": [[round(float(v), 4) for v in row] for row in normalise(cam)],
-                         "map_mean_plus_bias": round(float(cam.mean() + classifier.fc_bias[top]), 5)}
+    explanation = {"label": classifier.labels[top], "index": int(top), "method": classifier.explainer.method,
+                   "box": [round(x / w, 5), round(y / h, 5), round(bw / w, 5), round(bh / h, 5)],
+                   "grid": [[round(float(v), 4) for v in row] for row in normalise(cam)]}
+    if classifier.explainer.method == "cam":
+        explanation["map_mean_plus_bias"] = round(float(cam.mean() + classifier.fc_bias[top]), 5)
+    return predictions, explanation
