@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import cv2
 
 from monitor.bench.common import footage, read_frames
-from monitor.commands.classify import POOL, classify_files, inference_threads
+from monitor.commands.classify import POOL, classify_files
 from monitor.inference.classifier import Classifier
 from monitor.inference.locate import resolve_weights
 from monitor.inference.prefetch import WORKERS
@@ -182,15 +182,13 @@ def bench_batch(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="monitor-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)
         files = write_frames(videos, args.frames, tmp / "frames")
-        clf = Classifier(weights, threads=inference_threads())     # as `monitor classify` loads it now
-        before = Classifier(weights)                                   # and before: the runtime's threads
+        clf = Classifier(weights)                        # as `monitor classify` loads it
         body, ctype = multipart(files)
         daemon = Daemon(weights, clf.threads, len(body), len(files), tmp)
         naive_files = [str(f) for f in files[:args.naive_frames]]
 
         def classify(workers: int, pool: str = "thread") -> Callable[[], int]:
-            model = clf if workers else before
-            return lambda: sum(o.predictions is not None for o in classify_files(model, files, workers=workers,
+            return lambda: sum(o.predictions is not None for o in classify_files(clf, files, workers=workers,
                                                                                    pool=pool))
 
         def naive() -> tuple[float, float]:
@@ -243,7 +241,7 @@ def bench_batch(args: argparse.Namespace) -> int:
         return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
 
     result = {"frames": len(files), "naive_frames": len(naive_files), "rounds": args.rounds,
-              "threads": clf.threads, "threads_before": before.threads,
+              "threads": clf.threads,
               "weights": str(weights), "model": clf.meta.name, "images_per_s": {k: round(v, 1) for k, v in med.items()},
               "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
               "ratios": {"before_vs_naive": round(ratio("before", "naive"), 2),
@@ -260,8 +258,8 @@ def bench_batch(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"monitor bench batch: {len(files)} real frames as JPEG files ({', '.join(v.name for v in videos)}), "
-          f"{clf.meta.name}, {clf.runtime} with {clf.threads} inference threads beside the prefetch ({before.threads} "
-          f"without), {args.rounds} rounds in turns; "
+          f"{clf.meta.name}, {clf.runtime} with {clf.threads} inference threads (the daemon too), {args.rounds} "
+          f"rounds in turns; "
           f"medians (shared machine: compare the ratios)")
     labels = {"naive": f"naive: PIL + FP32 eager, one image at a time ({len(naive_files)} files)",
               "before": "monitor classify DIR before: decode, then classify (no overlap)",

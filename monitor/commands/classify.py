@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -21,13 +20,6 @@ from tqdm import tqdm
 # Loads (read + decode + prepare) run on threads: OpenCV's decoder and resize release the GIL, and a thread
 # needs no start nor a copy of its result (`monitor bench batch` measures threads against processes).
 POOL = "thread"
-
-
-def inference_threads(workers: int = WORKERS) -> int | None:
-    """Inference threads beside a prefetch of `workers` loads: one core is left to the decoding. On 2 cores the
-    network on one thread and the decoding beside it ran 1.2-1.3x the images/s of 2 inference threads with the
-    same prefetch (`monitor bench batch`). None (the runtime's choice) without a prefetch."""
-    return max(1, len(os.sched_getaffinity(0)) - 1) if workers else None
 
 
 def load_file(path: Path, size: int, resize: int) -> tuple[np.ndarray, None]:
@@ -61,7 +53,9 @@ def _columns(text: str) -> int:
 
 def classify_main(paths: Sequence[str], weights: Path, top_k: int = 3, as_json: bool = False,
                   language: str = "en") -> int:
-    clf = Classifier(weights, threads=inference_threads())
+    # The runtime's own threads (all cores): with the prefetch beside them they gave 1.02-1.09x the images/s of
+    # no prefetch, where 1 inference thread + the prefetch gave 0.73-0.76x on a quiet machine (`monitor bench batch`).
+    clf = Classifier(weights)
     if clf.untrained:
         print(f"warning: {weights} is the untrained demo model: its predictions are meaningless", file=sys.stderr)
     errors: list[tuple[str, str]] = []
