@@ -360,10 +360,9 @@ def test_build_refuses_a_checkpoint_of_another_backbone(tmp_path, capsys) -> Non
     assert not (tmp_path / "x.pt").exists()
 
 
-@pytest.mark.slow
 def test_resnet50_int8_artifacts_for_both_runtimes(server, tmp_path, real_frames_few) -> None:
-    """The official ResNet-50 INT8 route end to end (download, both artifacts); costly: trace + OpenVINO
-    conversion of a 53-convolution network."""
+    """The official ResNet-50 INT8 route end to end: download, both artifacts (trace + OpenVINO conversion of a
+    53-convolution network: ~12 s here, under the 40 s that would make it a `slow` test)."""
     path = tmp_path / "r50.pth"
     torch.save(_resnet50_int8().state_dict(), path)
     descriptors = _serve(server, "resnet50", path.read_bytes())
