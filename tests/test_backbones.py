@@ -124,14 +124,16 @@ def torchvision_quantized_resnet50_keys() -> set[str]:
     return keys | {"fc.scale", "fc.zero_point", "fc._packed_params.dtype", "fc._packed_params._packed_params"}
 
 
-def _resnet50_int8() -> torch.nn.Module:
+@pytest.fixture(scope="module")
+def resnet50_int8() -> torch.nn.Module:
+    """ResNet-50 quantized as torchvision's fbgemm checkpoint was (random init, observers fed small images)."""
     torch.manual_seed(0)
     return model.quantize(resnet.quantizable_resnet50(), lambda m: m(torch.randn(2, 3, 64, 64)),
                           qconfig_engine="fbgemm")
 
 
-def test_resnet50_quantized_layout_equals_torchvision_and_reloads() -> None:
-    q = _resnet50_int8()
+def test_resnet50_quantized_layout_equals_torchvision_and_reloads(resnet50_int8) -> None:
+    q = resnet50_int8
     model.assert_quantized(q)                      # 53 INT8 convolutions, none left float
     sd = q.state_dict()
     assert set(sd) == torchvision_quantized_resnet50_keys()
@@ -218,10 +220,14 @@ def mobilenet_fetched(server, tmp_path_factory) -> tuple[Path, dict[str, torch.T
 
 
 @pytest.fixture(scope="module")
-def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The ResNet-18 demo artifact, built once per test process (tests/webapp.py)."""
-    from tests.webapp import demo_weights as build
-    return build(tmp_path_factory.getbasetemp())
+def resnet50_fetched(server, resnet50_int8, tmp_path_factory) -> Path:
+    """The official ResNet-50 INT8 route end to end: download, both artifacts (trace + OpenVINO conversion of a
+    53-convolution network: ~12 s here, under the 40 s that would make it a `slow` test)."""
+    folder = tmp_path_factory.mktemp("resnet50")
+    torch.save(resnet50_int8.state_dict(), folder / "r50.pth")
+    descriptors = _serve(server, "resnet50", (folder / "r50.pth").read_bytes())
+    _, built = weights.fetch("int8", folder / "weights", progress=False, descriptors=descriptors, arch="resnet50")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +287,9 @@ def test_every_load_checks_the_backbone(mobilenet_fetched, tmp_path) -> None:
         assert message in str(err.value) and name in str(err.value)
 
 
-def test_heads_are_bound_to_their_backbone(mobilenet_fetched, demo_weights, real_frames_few, tmp_path) -> None:
+def test_heads_are_bound_to_their_backbone(mobilenet_fetched, resnet50_fetched, real_frames_few, tmp_path) -> None:
     built, _ = mobilenet_fetched
-    clf, resnet18 = Classifier(built), Classifier(demo_weights)
+    clf, other = Classifier(built), Classifier(resnet50_fetched)
     rng = np.random.default_rng(0)
     head = Head("door", ("open", "closed"), rng.normal(size=(2, 960)).astype(np.float32), np.zeros(2, np.float32),
                 {"sha256": clf.backbone_id, "name": clf.meta.name})
@@ -291,17 +297,17 @@ def test_heads_are_bound_to_their_backbone(mobilenet_fetched, demo_weights, real
     loaded = load_head(path, Classifier(built, runtime="torch").backbone_id)
     assert loaded.probabilities(clf.infer(real_frames_few[:2]).features).shape == (2, 2)
     with pytest.raises(HeadError, match="trained on backbone .*mobilenet_v3_large-int8.*retrain"):
-        load_head(path, resnet18.backbone_id)
+        load_head(path, other.backbone_id)
 
 
-def test_explain_route_uses_grad_cam_for_mobilenet(mobilenet_fetched, demo_weights, real_frames_few) -> None:
+def test_explain_route_uses_grad_cam_for_mobilenet(mobilenet_fetched, resnet50_fetched, real_frames_few) -> None:
     from monitor.web.routes.classify import classify_explained
 
     clf = Classifier(mobilenet_fetched[0])
     predictions, explanation = classify_explained(clf, real_frames_few[0], 3)
     assert explanation["method"] == "grad-cam" and "map_mean_plus_bias" not in explanation
     assert explanation["index"] == predictions[0].index and np.array(explanation["grid"]).shape == (7, 7)
-    _, exact = classify_explained(Classifier(demo_weights), real_frames_few[0], 3)
+    _, exact = classify_explained(Classifier(resnet50_fetched), real_frames_few[0], 3)
     assert exact["method"] == "cam" and "map_mean_plus_bias" in exact
 
 
@@ -360,13 +366,9 @@ def test_build_refuses_a_checkpoint_of_another_backbone(tmp_path, capsys) -> Non
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_resnet50_int8_artifacts_for_both_runtimes(server, tmp_path, real_frames_few) -> None:
-    """The official ResNet-50 INT8 route end to end: download, both artifacts (trace + OpenVINO conversion of a
-    53-convolution network: ~12 s here, under the 40 s that would make it a `slow` test)."""
-    path = tmp_path / "r50.pth"
-    torch.save(_resnet50_int8().state_dict(), path)
-    descriptors = _serve(server, "resnet50", path.read_bytes())
-    _, built = weights.fetch("int8", tmp_path / "weights", progress=False, descriptors=descriptors, arch="resnet50")
+def test_resnet50_int8_artifacts_for_both_runtimes(resnet50_fetched, real_frames_few) -> None:
+    built = resnet50_fetched
+    assert built.name == "resnet50-int8.pt"
     pt, ov = Classifier(built, runtime="torch"), Classifier(built, runtime="openvino")
     a, b = pt.infer(real_frames_few), ov.infer(real_frames_few)
     assert pt.meta.arch == ov.meta.arch == "resnet50" and pt.explainer.method == "cam"
