@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import io
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,6 +24,8 @@ from monitor.weights.checkpoints import (OFFICIAL_BY_ARCH, WeightsDescriptor, _i
                                          float_model_from_state_dict, is_qat_state_dict, load_checkpoint,
                                          sha256_file)
 
+
+log = logging.getLogger(__name__)
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": list(model.IMAGENET_MEAN), "std": list(model.IMAGENET_STD),
               "input": "uint8 NHWC BGR", "normalize": "in graph"}
@@ -94,6 +97,13 @@ def build(checkpoint: str | Path, out: str | Path, calibrate: Sequence[str] = ()
             raise WeightsError(f"{checkpoint}: an FP32 checkpoint needs --calibrate PATH (images, a folder, "
                                f"a video file or a camera URL) to quantize")
         net = float_model_from_state_dict(state_dict, checkpoint, arch)
+        if arch == "mobilenet_v3_large":
+            # Post-training quantization loses much of MobileNetV3 (hardswish, squeeze-excitation, depthwise layers;
+            # torchvision ships it quantization-aware trained for that reason): measured on the fitted demo network,
+            # INT8 kept FP32's top-1 on 5-11 % of real frames (README, `monitor bench backbones`).
+            log.warning("%s: post-training INT8 of MobileNetV3 loses accuracy; prefer the official QAT checkpoint "
+                        "(`monitor weights fetch --arch mobilenet_v3_large`) and check with `monitor weights verify "
+                        "--reference %s`", checkpoint, checkpoint)
         started = time.monotonic()
         net = calibrated_int8(net, _frame_batches(calibrate, frames), engine)
         meta = _meta(f"{arch}-demo-fitted" if demo else f"{arch}-int8", "int8", engine, bool(demo), source, {
