@@ -918,7 +918,8 @@ class Config(Section):
         "Alert rules: each turns classification results into events, which are stored and sent to the alert "
         "sinks and MQTT. Absent or empty: no events."))
     custom_classes: List(CustomClassConfig, empty=None) = Field((), description=(
-        "Custom classes: small heads trained on the network's 512 pooled features from your own examples "
+        "Custom classes: small heads trained on the network's pooled features (512 for ResNet-18, 2048 ResNet-50, "
+        "960 MobileNetV3) from your own examples "
         "(`monitor classes train NAME EXAMPLES_DIR`). One network pass serves ImageNet and every head; rules "
         "name their classes <name>:<class>."))
     alerts: AlertsConfig = _section(

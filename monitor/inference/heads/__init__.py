@@ -1,4 +1,5 @@
-"""Custom classes: small linear heads on the backbone's pooled 512-d features (one backbone pass serves all).
+"""Custom classes: small linear heads on the backbone's pooled features (512-d for ResNet-18, 2048 ResNet-50, 960
+MobileNetV3); one backbone pass serves all.
 
     head.py      Head (weights, class names, backbone sha256, training summary), load/save, HeadError
     softmax.py   multinomial logistic regression with L2 in numpy (training)
