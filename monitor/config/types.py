@@ -77,6 +77,16 @@ def _not_from_yaml(cls: type[BaseModel], value: Any, info: ValidationInfo) -> No
         raise problem(f"unknown key (allowed: {', '.join(allowed)})", show_value=False)
 
 
+def _password_from_file(cls: type[BaseModel], value: Any, handler: Any, info: ValidationInfo) -> str:
+    """The hidden `password` of a section with a `password_file` (mqtt, fleet): read from that file; code may pass
+    it directly, a config file may not."""
+    _not_from_yaml(cls, value, info)
+    if value is not NOT_GIVEN:
+        return handler(value)
+    file = info.data.get("password_file")
+    return read_secret(file, "password_file") if file is not None else ""
+
+
 # --- server --------------------------------------------------------------------------------------------------
 
 class AuthConfig(Section):
@@ -818,11 +828,7 @@ class MqttConfig(Section):
     @field_validator("password", mode="wrap")
     @classmethod
     def _read_password(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
-        _not_from_yaml(cls, value, info)
-        if value is not NOT_GIVEN:
-            return handler(value)
-        file = info.data.get("password_file")
-        return read_secret(file, "password_file") if file is not None else ""
+        return _password_from_file(cls, value, handler, info)
 
 
 # --- node and fleet ------------------------------------------------------------------------------------------
@@ -886,11 +892,7 @@ class FleetConfig(Section):
     @field_validator("password", mode="wrap")
     @classmethod
     def _read_password(cls, value: Any, handler: Any, info: ValidationInfo) -> str:
-        _not_from_yaml(cls, value, info)
-        if value is not NOT_GIVEN:
-            return handler(value)
-        file = info.data.get("password_file")
-        return read_secret(file, "password_file") if file is not None else ""
+        return _password_from_file(cls, value, handler, info)
 
 
 class LabelsConfig(Section):
