@@ -100,7 +100,7 @@ class Daemon:
         return MqttBridge(config.mqtt, self.metrics, self.results, lambda: self.cameras, self.worker_pause,
                           paused_state_path(config.events.database),
                           node=config.node.name if config.fleet is not None else None,
-                          language=config.labels.language)
+                          language=config.labels.language, node_name=config.node.name)
 
     def _clips(self, config: Config) -> Any:
         """The clip recorders (monitor/clips), only when a camera records: clips.enabled and backend pyav."""
@@ -159,7 +159,7 @@ class Daemon:
             from monitor.alerts.notify import notify_sinks    # Apprise loads ~190 plugins (0.2 s): only when used
             extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
-                       language=config.labels.language,
+                       language=config.labels.language, node=config.node.name,
                        listeners=listeners, extra=extra, clips=self.clips is not None,
                        clip_followers=("mqtt",))
 

@@ -131,6 +131,7 @@ def test_event_starts_once_reaches_every_sink_ends_and_obeys_cooldown(
         row = d.events.get(first.id)
         body = hook.requests[0]
         assert body["kind"] == "start"
+        assert body["node"] == d.config.node.name and body["node"]      # which daemon sent it (default: host name)
         assert {k: body[k] for k in ("id", "camera", "rule", "label", "ended_at")} == {
             "id": first.id, "camera": "cars", "rule": RULE, "label": footage.label, "ended_at": None}
         assert body["score"] == pytest.approx(first.score, abs=1e-6)

@@ -28,8 +28,8 @@ from testkit.mqtt import Mosquitto, Subscriber
 from testkit.webhook import Receiver
 
 # What the webhook POSTs and the MQTT events topic carries, unchanged by the typed Event.
-WIRE_KEYS = ["id", "camera", "rule", "label", "score", "peak_score", "started_at", "ended_at", "snapshot", "kind",
-             "display"]
+WIRE_KEYS = ["id", "camera", "rule", "label", "score", "peak_score", "started_at", "ended_at", "snapshot",
+             "clip_url", "kind", "display"]
 
 
 def frame() -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import logging
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -142,6 +143,8 @@ def test_every_topic_and_discovery_payload(tmp_path, demo_weights, footage, brok
         assert {"id", "camera", "rule", "label", "score", "peak_score", "started_at", "ended_at",
                 "snapshot"} <= set(e)
         assert (e["camera"], e["rule"], e["label"]) == ("cars", "watch", rule["classes"][0])
+        # node.name, by default the host name (made a valid name)
+        assert e["node"] == re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip(".")
     assert events[0]["id"] == events[1]["id"] and events[1]["ended_at"] >= events[0]["started_at"]
     # snapshot: a JPEG, retained, published before the rule went ON
     snaps = sub.on(f"{prefix}/cars/snapshot")

@@ -171,6 +171,7 @@ def test_events_query_filters_and_snapshot(served: Served, tmp_path: Path) -> No
     assert ids.index(c) < ids.index(b) < ids.index(a)            # newest first
     ev_a = next(e for e in events if e["id"] == a)
     assert ev_a["snapshot_url"] == f"/api/events/{a}/snapshot.jpg" and "snapshot" not in ev_a
+    assert ev_a["node"] and all(e["node"] == ev_a["node"] for e in events)   # node.name of the daemon
     assert str(tmp_path) not in r.body.decode()                  # file paths stay on the server
     ev_b = next(e for e in events if e["id"] == b)
     assert ev_b["ended_at"] == pytest.approx(t0 + 20) and ev_b["peak_score"] == pytest.approx(0.9)

@@ -50,10 +50,11 @@ class Event:
         head, sep, cls = self.label.partition(":")
         return (head, cls) if sep else None
 
-    def payload(self, kind: str, language: str = "en") -> dict[str, Any]:
+    def payload(self, kind: str, language: str = "en", node: str | None = None) -> dict[str, Any]:
         """The event as the webhook POSTs it and the MQTT `events` topic carries it: its fields but NOT_SENT,
         `clip_url` (the server path of its clip once complete, else null), then `kind` ("start" | "end" |
-        "clip": the follow-up when the clip completes after the end)."""
+        "clip": the follow-up when the clip completes after the end), `display`, and `node` (node.name: which daemon
+        of several sent it) when given."""
         doc = {name: getattr(self, name) for name in SENT_FIELDS}
         # the route of monitor/clips/files.clip_url (a later stage, not importable here)
         doc["clip_url"] = (f"/api/events/{self.id}/clip.mp4" if self.clip_state == "complete"
@@ -61,6 +62,8 @@ class Event:
         doc["kind"] = kind
         # last: the label in `language` (labels.language), beside the English label, never instead of it
         doc["display"] = groups.display_name(self.label, language)
+        if node is not None:
+            doc["node"] = node
         return doc
 
 

@@ -290,7 +290,7 @@ class _WebhookSink(_Sink):
 
     def handle(self, d: _Delivery) -> None:
         event = self.owner.with_clip(replace(d.event, snapshot=d.ticket.result(self.owner.snapshot_wait)))
-        body = json.dumps(event.payload(d.kind, self.owner.language), default=str).encode("utf-8")
+        body = json.dumps(event.payload(d.kind, self.owner.language, self.owner.node), default=str).encode("utf-8")
         stop = self.owner._stop
         last_error = ""
         attempts = 0
@@ -440,7 +440,7 @@ class SinkSet:
 
     def __init__(self, cfg: AlertsConfig, metrics: Metrics, store: EventStore | None, *, untrained: bool = False,
                  retry_backoff: float = 0.5, snapshot_wait: float = 2.0, language: str = "en",
-                 listeners: Sequence[tuple[str, EventListener]] = (),
+                 node: str | None = None, listeners: Sequence[tuple[str, EventListener]] = (),
                  extra: Sequence[Callable[[SinkSet, int], _Sink]] = (), clips: bool = False,
                  clip_followers: Sequence[str] = ()) -> None:
         self.cfg = cfg
@@ -449,6 +449,7 @@ class SinkSet:
         self.untrained = untrained
         self.retry_backoff = retry_backoff
         self.language = language        # labels.language: the webhook adds the label's display name in it
+        self.node = node                # node.name: the webhook says which daemon sent the event
         self.snapshot_wait = snapshot_wait
         self._stop = threading.Event()
         self._deadline = float("inf")

@@ -74,14 +74,15 @@ def paused_state_path(events_database: Path) -> Path:
 class MqttBridge:
     def __init__(self, cfg: MqttConfig, metrics: Metrics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], pause: Callable[[frozenset[str]], None],
-                 state_path: Path, language: str = "en", node: str | None = None) -> None:
+                 state_path: Path, language: str = "en", node: str | None = None,
+                 node_name: str | None = None) -> None:
         self.cfg = cfg
         self.language = language          # labels.language: the display names in the label attributes and HA
         self.metrics = metrics
         self.topics = Topics(cfg.topic_prefix, node)    # node: a fleet node's own availability topic
         self.client = MqttClient(cfg, metrics, status_topic=self.topics.status)
         self.publisher = Publisher(self.client, self.topics, results, cameras, cfg.label_keepalive, language=language,
-                                   before_poll=self._round)
+                                   before_poll=self._round, node=node_name)
         self._cameras = cameras
         self._pause = pause
         self.store = PausedStore(state_path)

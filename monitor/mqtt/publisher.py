@@ -45,10 +45,12 @@ class Publisher:
 
     def __init__(self, client: MqttClient, topics: Topics, results: ResultBoard,
                  cameras: Callable[[], Mapping[str, Camera]], keepalive: float,
-                 before_poll: Callable[[], None] | None = None, language: str = "en") -> None:
+                 before_poll: Callable[[], None] | None = None, language: str = "en",
+                 node: str | None = None) -> None:
         self.client = client
         self.names = class_names(language)   # display names: the attributes carry them beside the English label
         self.language = language
+        self.node = node                     # node.name in the events JSON: which daemon of several sent it
         self.topics = topics
         self.results = results
         self.cameras = cameras
@@ -192,7 +194,7 @@ class Publisher:
         if not camera or not rule:
             return
         if kind == "clip":      # the follow-up with the clip's URL: the rule's state is not touched
-            self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language), default=str))
+            self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language, self.node), default=str))
             return
         if kind == "start" and picture is not None and camera in {c for c, _ in self._pairs}:
             # resync=False: Home Assistant coming back finds it on the broker; re-sending tens of kB for each
@@ -209,7 +211,7 @@ class Publisher:
                 self._active.discard((camera, rule))
             if (camera, rule) in self._pairs:     # under the lock: forget() cannot clear it in between
                 self.client.retain(self.topics.rule(camera, rule), "ON" if on else "OFF")
-        self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language), default=str))
+        self.client.publish(self.topics.events, json.dumps(event.payload(kind, self.language, self.node), default=str))
 
     # -- initial and removed states ---------------------------------------------------------------------------
 

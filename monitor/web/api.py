@@ -121,7 +121,7 @@ def fleet_json(fleet: Any) -> dict[str, Any] | None:
             "outbox_lag": round(rep.lag, 3) if rep is not None else 0.0}
 
 
-def event_json(ev: Event, language: str = "en") -> dict[str, Any]:
+def event_json(ev: Event, language: str = "en", node: str | None = None) -> dict[str, Any]:
     """An event of the history for the API (models.Event): the snapshot's file path stays on the server, the
     client gets a URL."""
     doc = dataclasses.asdict(ev)
@@ -130,4 +130,5 @@ def event_json(ev: Event, language: str = "en") -> dict[str, Any]:
     doc["display"] = groups.display_name(ev.label, language)     # beside the English label, never instead
     doc["has_clip"] = ev.clip_state == "complete" and ev.clip is not None
     doc["clip"] = f"/api/events/{ev.id}/clip.mp4" if doc["has_clip"] else None
+    doc["node"] = node
     return doc

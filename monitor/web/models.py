@@ -108,6 +108,7 @@ Event = create_model(
     has_clip=(bool, Field(False, description="a complete, playable video clip of the event exists")),
     clip=(Optional[str], Field(None, description="URL of the event's MP4 clip (/api/events/{id}/clip.mp4) once it "
                                "is complete, else null")),
+    node=(Optional[str], Field(None, description="node.name of the daemon that holds the event")),
 )
 
 

@@ -38,8 +38,8 @@ def events(query: EventsParams, services: ServicesDep) -> JSONResponse:
     except EventStoreError as e:
         log.error("http: /api/events: %s", e)
         raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
-    doc = models.Events(events=[models.Event.model_validate(api.event_json(e, query.lang or services.config.labels.language))
-                                  for e in rows])
+    language, node = query.lang or services.config.labels.language, services.config.node.name
+    doc = models.Events(events=[models.Event.model_validate(api.event_json(e, language, node)) for e in rows])
     return JSONResponse(doc.model_dump(mode="json"), 200, NO_STORE)
 
 
