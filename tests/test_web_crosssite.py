@@ -46,7 +46,7 @@ SAMPLES = ["/openapi.json", "/", "/static/app.js", "/healthz", "/readyz", "/metr
            "/snapshot/cam1.jpg", "/stream/cam1.mjpg", "/api/heads",
            "/api/heads/scene/retrain", "/api/heads/scene/restore", "/api/cameras/cam1/label?head=scene&class=cars",
            "/api/events/1/label?right=true", "/api/cameras/cam1/heatmap?on=true", "/docs", "/docs/assets/swagger-ui.css",
-           "/docs/oauth2-redirect"]
+           "/docs/oauth2-redirect", "/api/fleet"]
 
 
 def _route_of(target: str):
