@@ -110,6 +110,9 @@ def test_home_assistant_shows_every_entity_and_follows_the_daemon(  # noqa: F811
                                                    "camera.monitor_front_snapshot"))
                           and len(shown()) == 11, timeout=60), (shown(), ha.tail())
         lap("every entity shown")
+        # HA writes a sensor's state and its JSON attributes as two updates: wait for the attributes too
+        assert wait_until(lambda: "label" in ha.states()["sensor.monitor_front_label"]["attributes"], timeout=15), \
+            ha.states()["sensor.monitor_front_label"]
         states = ha.states()
         assert not [e for e in states if re.match(r"\w+\.(monitor_)?(front|yard)_.*_2$", e)]
         assert sorted(e for e in states if "front" in e or "yard" in e) == sorted(FRONT + YARD)
