@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from PIL import Image, ImageDraw, ImageFont
 
 from monitor.config.loader import ConfigError, parse_config
 from monitor.core import groups
@@ -16,6 +15,7 @@ from monitor.core.labels import class_names, display_name, imagenet_classes, ima
 from monitor.inference.classifier import Prediction
 from monitor.render import overlay, text
 from monitor.render.overlay import draw_overlay
+from testkit.glyphs import best_match, template
 
 DATA = Path(groups.__file__).resolve().parents[1] / "data"
 LATIN_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -101,21 +101,6 @@ def _predictions() -> list[Prediction]:
     return [Prediction(names[1], 1, 0.7), Prediction(names[2], 2, 0.2)]
 
 
-def _pillow_template(chinese: str, size: int) -> np.ndarray:
-    """The text as Pillow draws it on its own (not through monitor.render.text), cropped to its ink."""
-    font = ImageFont.truetype("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", size, index=2)
-    canvas = Image.new("L", (size * (len(chinese) + 2), size * 2), 0)
-    ImageDraw.Draw(canvas).text((size // 2, size // 2), chinese, font=font, fill=255)
-    mask = np.asarray(canvas)
-    ys, xs = np.nonzero(mask)
-    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-
-
-def _best_match(image: np.ndarray, template: np.ndarray) -> float:
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return float(cv2.matchTemplate(grey, template, cv2.TM_CCOEFF_NORMED).max())
-
-
 def _label_size(width: int) -> int:
     scale = overlay._font_scale(width)
     (_, text_h), baseline = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, scale, max(1, round(scale * 2)))
@@ -128,13 +113,13 @@ def test_overlay_draws_the_chinese_names_pillow_draws() -> None:
     assert not np.array_equal(en, zh)
     size = _label_size(640)
     panel = zh[:120, :320]
-    assert _best_match(panel, _pillow_template("金鱼", size)) > 0.9
-    assert _best_match(panel, _pillow_template("大白鲨", size)) > 0.9
-    assert _best_match(en[:120, :320], _pillow_template("金鱼", size)) < 0.6        # English: no such glyphs
-    assert _best_match(panel, _pillow_template("暹罗猫", size)) < 0.6             # a name not shown
+    assert best_match(panel, template("金鱼", size)) > 0.9
+    assert best_match(panel, template("大白鲨", size)) > 0.9
+    assert best_match(en[:120, :320], template("金鱼", size)) < 0.6        # English: no such glyphs
+    assert best_match(panel, template("暹罗猫", size)) < 0.6             # a name not shown
     banner = zh[360 - overlay.banner_height(640):]
     (_, th), tb = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, overlay._font_scale(640) * 1.2, 3)
-    assert _best_match(banner, _pillow_template("狗", th + tb)) > 0.8              # "事件: 狗"
+    assert best_match(banner, template("狗", th + tb)) > 0.8              # "事件: 狗"
     # the header (ASCII) is drawn by cv2 either way: identical pixels
     assert np.array_equal(en[:20, :200], zh[:20, :200])
 

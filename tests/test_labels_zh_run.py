@@ -13,7 +13,6 @@ from typing import Iterator
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
 from monitor.commands.classify import _columns, format_predictions
 from monitor.config.loader import parse_config
@@ -21,11 +20,11 @@ from monitor.inference.classifier import Prediction
 from monitor.core.labels import imagenet_classes, imagenet_classes_zh
 from monitor.render import overlay
 from testkit.chromium import Browser
+from testkit.glyphs import best_match, template
 from testkit.mqtt import Subscriber
 from testkit.webhook import Receiver
 from tests.webapp import Served, demo_weights, request
 
-NOTO = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"
 
 
 def _still_clip(path: Path, frame: np.ndarray) -> None:
@@ -75,21 +74,6 @@ def _status(port: int, lang: str = "") -> dict:
     return answer.json()
 
 
-def _template(text: str, size: int) -> np.ndarray:
-    """`text` as Pillow draws it on its own (not through monitor.render.text), cropped to its ink."""
-    font = ImageFont.truetype(NOTO, size, index=2)
-    canvas = Image.new("L", (size * (len(text) + 2), size * 2), 0)
-    ImageDraw.Draw(canvas).text((size // 2, size // 2), text, font=font, fill=255)
-    mask = np.asarray(canvas)
-    ys, xs = np.nonzero(mask)
-    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-
-
-def _match(image: np.ndarray, template: np.ndarray) -> float:
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return float(cv2.matchTemplate(grey, template, cv2.TM_CCOEFF_NORMED).max())
-
-
 def test_api_display_names_follow_the_language_and_keep_the_machine_fields(run: dict) -> None:
     port = run["port"]
     zh, en = _status(port), _status(port, "en")
@@ -129,12 +113,12 @@ def test_the_overlay_of_the_live_view_draws_the_chinese_names(run: dict) -> None
     (_, text_h), baseline = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, scale, thick)
     panel = image[: h // 3, : w // 2]
     for name in before:
-        assert _match(panel, _template(name, text_h + baseline)) > 0.8, name
+        assert best_match(panel, template(name, text_h + baseline)) > 0.8, name
     absent = next(n for n in ("暹罗猫", "大白鲨", "金鱼", "鹦鹉螺") if n not in before)
-    assert _match(panel, _template(absent, text_h + baseline)) < 0.6
+    assert best_match(panel, template(absent, text_h + baseline)) < 0.6
     (_, th), tb = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, scale * 1.2, thick + 1)
     banner = image[h - overlay.banner_height(w):]
-    assert _match(banner, _template("事件: 狗", th + tb)) > 0.8          # the event banner
+    assert best_match(banner, template("事件: 狗", th + tb)) > 0.8          # the event banner
 
 
 def test_mqtt_and_home_assistant_and_the_webhook_carry_the_display_name(run: dict) -> None:
@@ -155,7 +139,7 @@ def test_mqtt_and_home_assistant_and_the_webhook_carry_the_display_name(run: dic
     h, w = picture.shape[:2]
     scale = overlay._font_scale(w)
     (_, th), tb = cv2.getTextSize(overlay._METRIC_TEXT, overlay._FONT, scale * 1.2, max(1, round(scale * 2)) + 1)
-    assert _match(picture[h - overlay.banner_height(w):], _template("事件: 狗", th + tb)) > 0.8
+    assert best_match(picture[h - overlay.banner_height(w):], template("事件: 狗", th + tb)) > 0.8
     hook: Receiver = run["hook"]
     assert hook.wait_for(1, timeout=15)
     start = hook.requests[0]

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 import psycopg
 
+from monitor.alerts.event import Event
 from monitor.alerts.events import EventStoreError
 from monitor.clips.files import resolve
 from monitor.clips.manager import clips_folder
@@ -55,6 +56,18 @@ def _fleet_events(query: EventsQuery, services: WebServices) -> JSONResponse:
     return JSONResponse({"events": rows}, 200, NO_STORE)
 
 
+def _event(event_id: int, services: WebServices, what: str) -> Event:
+    """The event a path names: 503 while the history cannot be read, 404 when there is no such event."""
+    try:
+        ev = services.events.get(event_id, strict=True)
+    except EventStoreError as e:
+        log.error("http: %s: %s", what, e)
+        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
+    if ev is None:
+        raise ApiError(404, f"no event {event_id}")
+    return ev
+
+
 @router.get(f"/api/events/{EVENT}/clip.mp4", response_class=FileResponse,
             responses={**models.error_responses(400, 401, 404, 416, 503),
                        206: {"description": "the byte range asked for (Range: bytes=...)"}},
@@ -62,13 +75,7 @@ def _fleet_events(query: EventsQuery, services: WebServices) -> JSONResponse:
 def event_clip(event_id: EventId, services: ServicesDep) -> FileResponse:
     """Starlette's FileResponse answers Range requests itself (206 with Content-Range, 416 past the end,
     multipart for several ranges, Accept-Ranges on every answer), streaming the file in chunks from a thread."""
-    try:
-        ev = services.events.get(event_id, strict=True)
-    except EventStoreError as e:
-        log.error("http: event clip: %s", e)
-        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
-    if ev is None:
-        raise ApiError(404, f"no event {event_id}")
+    ev = _event(event_id, services, "event clip")
     if ev.clip_state != "complete" or not ev.clip:
         raise ApiError(404, f"event {event_id} has no clip" + (f" ({ev.clip_state})" if ev.clip_state != "none" else ""))
     path = resolve(clips_folder(services.config), ev.clip)
@@ -82,13 +89,7 @@ def event_clip(event_id: EventId, services: ServicesDep) -> FileResponse:
             responses=models.error_responses(400, 401, 404, 503),
             summary="The snapshot JPEG saved when the event started")
 def event_snapshot(event_id: EventId, services: ServicesDep) -> Response:
-    try:
-        ev = services.events.get(event_id, strict=True)
-    except EventStoreError as e:
-        log.error("http: event snapshot: %s", e)
-        raise ApiError(503, f"event history unavailable: {e}", {"Retry-After": "5"}) from None
-    if ev is None:
-        raise ApiError(404, f"no event {event_id}")
+    ev = _event(event_id, services, "event snapshot")
     if not ev.snapshot:
         raise ApiError(404, f"event {event_id} has no snapshot")
     path = Path(ev.snapshot)
