@@ -230,14 +230,28 @@ def test_kill_9_moves_the_cameras_within_the_lease_time(cluster: Cluster) -> Non
     def classified_elsewhere(cam: str) -> bool:
         return any((n.metric("monitor_frames_classified_total", cam) or 0) > 0 for n in others)
 
-    took = {}
-    deadline = killed_at + LEASE + 10
+    # The lease moves within the lease time (plus the taker's next heartbeat and a query's latency). Running the
+    # camera then takes an RTSP open and a first sampled frame, which a loaded machine can stretch: that part
+    # has a bound of its own, and the log of the node that should run it says why when it is missed.
+    claimed: dict[str, float] = {}
+    took: dict[str, float] = {}
+    deadline = killed_at + LEASE + 30
     while len(took) < len(moved) and time.monotonic() < deadline:
+        if len(claimed) < len(moved):
+            held = cluster.held()
+            for cam in moved - claimed.keys():
+                if cam in held["n2"] | held["n3"]:
+                    claimed[cam] = time.monotonic() - killed_at
         for cam in moved - took.keys():
             if classified_elsewhere(cam):
                 took[cam] = time.monotonic() - killed_at
         time.sleep(0.2)
-    assert took.keys() == moved, f"not classified elsewhere within {LEASE + 10:g} s: {moved - took.keys()}"
+    holders = {cam: n for n in ("n2", "n3") for cam in cluster.held()[n]}
+    logs = "\n".join(f"--- {holders.get(cam)} (holds {cam}):\n" + "\n".join(
+        cluster.nodes[holders[cam]].proc.lines[-40:]) for cam in moved - took.keys() if cam in holders)
+    assert claimed.keys() == moved, f"leases not taken within {LEASE + 30:g} s: {moved - claimed.keys()}\n{logs}"
+    assert max(claimed.values()) <= LEASE + 2 * HEARTBEAT + 1, claimed
+    assert took.keys() == moved, f"not classified elsewhere within {LEASE + 30:g} s: {moved - took.keys()}\n{logs}"
     # not before the dead node's lease could have run out (it was renewed at most a heartbeat before the kill)
     assert min(took.values()) >= LEASE - HEARTBEAT - 0.5, took
     held = cluster.held()
@@ -247,7 +261,8 @@ def test_kill_9_moves_the_cameras_within_the_lease_time(cluster: Cluster) -> Non
     wait_until(lambda: {c: a for c, (a, _) in cluster.availability()[1].items()} ==
                {c: f"monitor/node/{h}/status" for c, h in cluster.leases().items()}, timeout=10, interval=0.5)
     assert cluster.violations == [], cluster.violations
-    print(f"failover after kill -9: {sorted(round(t, 1) for t in took.values())} s")
+    print(f"failover after kill -9: leases {sorted(round(t, 1) for t in claimed.values())} s, "
+          f"classified {sorted(round(t, 1) for t in took.values())} s")
 
 
 def test_postgres_outage_loses_and_duplicates_no_event(cluster: Cluster) -> None:
@@ -259,7 +274,9 @@ def test_postgres_outage_loses_and_duplicates_no_event(cluster: Cluster) -> None
         # local cameras keep alerting: events committed locally while the database is away
         wait_until(lambda: all(len(n.local_events()) >= before[n.name] + 2 for n in live), timeout=20, interval=0.5)
         assert all(n.metric("monitor_fleet_db_up") == 0 for n in live)
-        assert all((n.metric("monitor_fleet_outbox_pending") or 0) > 0 for n in live)
+        # the gauge follows the outbox at the replicator's next attempt (every heartbeat)
+        wait_until(lambda: all((n.metric("monitor_fleet_outbox_pending") or 0) > 0 for n in live),
+                   timeout=3 * HEARTBEAT + 2, interval=0.3)
         # fenced: no fleet camera runs on a node that cannot renew (before its lease can expire)
         wait_until(lambda: all(n.running() == set() for n in live), timeout=LEASE, interval=0.3)
         time.sleep(max(2.0, OUTAGE - (time.monotonic() - stopped)))

@@ -142,6 +142,7 @@ class Replicator:
         """Send batches until the outbox is empty (or PostgreSQL fails); returns the events written."""
         sent = 0
         batches = 0
+        self.measure()      # the gauges show what waits before a send that may hang up to the pool's timeout
         while not (self._stop.is_set() and limit_batches is None):
             rows = self._conn.execute(
                 f"SELECT o.seq, o.event_id, {', '.join('e.' + c for c in self._columns)} FROM fleet_outbox o "
