@@ -279,9 +279,9 @@ class CameraClipsConfig(Section):
 
 class ClipsConfig(Section):
     enabled: Bool = Field(CLIPS_DEFAULTS["enabled"], description=(
-        "true: every event of a camera with backend: pyav gets a video clip (its packets copied into MP4, no "
-        "re-encoding), from `pre` seconds before it started to `post` after it ended. Cameras with backend: "
-        "opencv never record (OpenCV gives no packets)."))
+        "true: every event of a camera read by PyAV (backend auto or pyav: files and URLs) gets a video clip (its "
+        "packets copied into MP4, no re-encoding), from `pre` seconds before it started to `post` after it ended. "
+        "Cameras with backend: opencv (webcams) never record (OpenCV gives no packets)."))
     path: Optional[FilePath] = Field(None, description=(
         "Folder of the clips (<camera>/<time>-<event id>.mp4). null: `clips` next to events.database."))
     pre: Duration() = Field(CLIPS_DEFAULTS["pre"], description=(
@@ -366,9 +366,11 @@ class CameraConfig(Section):
     decode_threads: Int(0, 16) = Field(1, description=(
         "FFmpeg decoder threads; 0 = FFmpeg's choice (cores + 1). Each thread holds pictures of its own: 1 is "
         "the leanest and, on a few cores shared by many cameras, no slower."))
-    backend: Choice("opencv", "pyav") = Field("opencv", description=(
-        "opencv: cv2.VideoCapture, every kind of source; pyav: files and URLs decoded by PyAV, each used frame "
-        "converted straight to frame_size in one pass, with no full-size BGR copy."))
+    backend: Choice("auto", "opencv", "pyav") = Field("auto", validate_default=True, description=(
+        "auto: pyav for files and URLs, opencv for webcams/devices; pyav: files and URLs demuxed and decoded by "
+        "PyAV (the packets feed event clips, keyframe sampling decodes only what is classified, each used frame "
+        "is converted straight to frame_size); opencv: cv2.VideoCapture, every kind of source, every frame "
+        "decoded, no clips. After loading it is opencv or pyav."))
     sample: Choice("auto", "keyframes", "all") = Field("auto", description=(
         "Which frames are decoded (backend pyav): auto = only the keyframes while the stream's measured keyframe "
         "interval is no longer than 1/fps and nobody watches the live view (a camera sampled at 1 fps with a 1 s "
@@ -390,7 +392,10 @@ class CameraConfig(Section):
     @field_validator("backend")
     @classmethod
     def _pyav_reads_files_and_urls(cls, backend: str, info: ValidationInfo) -> str:
-        if backend == "pyav" and "source" in info.data and source_kind(info.data["source"]) == "device":
+        device = "source" in info.data and source_kind(info.data["source"]) in ("webcam", "device")
+        if backend == "auto":
+            return "opencv" if device or "source" not in info.data else "pyav"
+        if backend == "pyav" and device:
             raise problem("pyav reads files and URLs; a webcam/device needs backend: opencv", show_value=False)
         return backend
 
