@@ -69,7 +69,7 @@ def test_pyav_camera_that_hangs_gives_up_within_its_open_timeout(metrics: Metric
 
 
 @pytest.mark.parametrize("camera, message", [
-    ("{name: a, source: clip.mp4, frame_size: [640, 360]}", "cameras[0].frame_size: needs backend: pyav"),
+    ("{name: a, source: clip.mp4, backend: opencv, frame_size: [640, 360]}", "cameras[0].frame_size: needs backend: pyav"),
     ("{name: a, source: /dev/video0, backend: pyav}", "cameras[0].backend: pyav reads files and URLs"),
     ("{name: a, source: clip.mp4, backend: pyav, crop: [600, 0, 100, 100], frame_size: [640, 360]}",
      "cameras[0].frame_size: crop [600, 0, 100, 100] does not fit the 640x360 frame_size"),

@@ -400,6 +400,7 @@ class Camera:
         if not cap.isOpened():
             # FFmpeg's message may quote the URL: show it without credentials
             why = redact_url(cap.error.replace(str(src.target), src.shown))
+            why = why.removesuffix(f": '{src.shown}'")    # FFmpeg's message ends with the URL we already name
             raise _Failure(f"cannot open {src.shown if src.kind != 'file' else 'file ' + src.shown}: {why}")
         self._note_decoder(cap, hw)
         return cap
