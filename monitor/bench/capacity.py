@@ -185,6 +185,11 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
         "p50_ms": round(_percentile(latencies, 50) * 1000, 1) if latencies else None,
         "p99_ms": round(_percentile(latencies, 99) * 1000, 1) if latencies else None,
         "cpu_cores": round((cpu1 - cpu0) / window, 3),
+        # the worker per batch (issue 22): on a core, runnable waiting for one, blocked (the GIL or a lock)
+        "batches": diff["batches"],
+        **{f"batch_{k}_ms": round(diff[k] / diff["batches"] * 1000, 2) if diff["batches"] else None
+           for k in ("on_cpu", "runnable", "blocked")},
+        "worker_blocked_share": round(diff["blocked"] / window, 3),
         "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
         "load1": round((load0 + os.getloadavg()[0]) / 2, 2),
         "first_result_s": round(first_result, 2),
@@ -309,8 +314,13 @@ def _counts(daemon: Any) -> dict[str, int]:
     def total(name: str) -> int:
         return int(sum(reg.get_sample_value(name, {"camera": n}) or 0 for n in daemon.cameras))
 
+    def worker(state: str) -> float:
+        return reg.get_sample_value("monitor_inference_thread_seconds_total", {"state": state}) or 0.0
+
     statuses = [c.status() for c in daemon.cameras.values()]
-    return {"classified": total("monitor_frames_classified_total"),
+    return {"batches": int(reg.get_sample_value("monitor_batch_size_count") or 0),
+            "on_cpu": worker("on_cpu"), "runnable": worker("runnable"), "blocked": worker("blocked"),
+            "classified": total("monitor_frames_classified_total"),
             "dropped": total("monitor_frames_dropped_total"),
             "failed": total("monitor_frames_failed_total"),
             "grabbed": sum(s["frames"] for s in statuses),
@@ -527,13 +537,16 @@ def _format_row(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.0f}"
     cpu_cam = f"{row['cpu_cores'] / row['cameras']:.3f}" if row["cameras"] else "-"
     verdict = "yes" if row.get("passes") else ("-" if row["cameras"] == 0 else "NO")
+    split = "-" if not row.get("batches") else \
+        f"{row['batch_on_cpu_ms']:.1f}/{row['batch_runnable_ms']:.1f}/{row['batch_blocked_ms']:.1f}"
     return (f"{row['cameras']:>7} | {ratio:>10} | {row['dropped']:>7} | {p50:>6} | {p99:>6} | "
             f"{row['cpu_cores']:>9.2f} | {cpu_cam:>8} | {row['rss_mb']:>7.0f} | {extra:>9} | "
-            f"{row['load1']:>5.1f} | {verdict}")
+            f"{row['load1']:>5.1f} | {split:>16} | {verdict}")
 
 
 HEADER = (f"{'cameras':>7} | {'classified':>10} | {'dropped':>7} | {'p50 ms':>6} | {'p99 ms':>6} | "
-          f"{'CPU cores':>9} | {'CPU/cam':>8} | {'RSS MB':>7} | {'MB/extra':>9} | {'load':>5} | ok")
+          f"{'CPU cores':>9} | {'CPU/cam':>8} | {'RSS MB':>7} | {'MB/extra':>9} | {'load':>5} | "
+          f"{'batch cpu/rq/GIL':>16} | ok")
 
 
 def bench_capacity(args: argparse.Namespace) -> int:
@@ -602,6 +615,8 @@ def bench_capacity(args: argparse.Namespace) -> int:
           f", {'web server on, /metrics scraped every 5 s' if not args.no_web else 'no web server'}, {args.fps:g} fps sampled per "
           f"camera, {args.seconds:g} s window after {args.warmup:g} s warm-up, {os.cpu_count()} cores; "
           f"one daemon process per step; model from {args.weights or config or 'defaults'}", file=out)
+    print("batch cpu/rq/GIL: the inference worker's ms per batch on a core / runnable waiting for a core / blocked "
+          "(waiting for the GIL or a lock)", file=out)
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
                      args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants, gop=args.gop,

@@ -103,6 +103,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("monitor_batch_size", "Frames per inference batch",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=r)
+        # Where the worker's batch time goes (monitor/core/threadclock.py): on_cpu, runnable (waiting for a core)
+        # or blocked (waiting for the GIL or a lock). A busy box shows runnable; capture threads holding the
+        # GIL show blocked.
+        self.inference_thread_seconds = Counter(
+            "monitor_inference_thread_seconds", "Wall time of the inference worker's batches by where it went: "
+            "on_cpu, runnable (waiting for a core), blocked (waiting for the GIL or a lock)", ["state"], registry=r)
         self.custom_class_probability = Gauge(
             "monitor_custom_class_probability", "Probability of each class of a custom head on the newest frame",
             ["camera", "head", "class"], registry=r)

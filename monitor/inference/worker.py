@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from monitor.core.region import CENTER, Box, Region, RegionError
+from monitor.core.threadclock import Stopwatch
 from monitor.inference.classifier import top_k_predictions
 from monitor.inference.heads.cam import pooled_features
 from monitor.inference.results import CustomResult, Result, ResultBoard
@@ -61,6 +62,10 @@ class InferenceWorker:
         self._thread: threading.Thread | None = None
         self._failure_logged: dict[str, tuple[float, int]] = {}   # camera -> (last log time, failures since)
         self._misplaced_logged: dict[tuple[str, str], float] = {}  # (camera, head) -> last log time
+        self._clock = Stopwatch()               # worker thread only: where each batch's wall time went
+        seconds = metrics.inference_thread_seconds
+        self._on_cpu, self._runnable, self._blocked = (seconds.labels(state=s) for s in ("on_cpu", "runnable",
+                                                                                          "blocked"))
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
         """Replace the cameras; once this returns, no result of a camera left out is published any more (a
@@ -122,6 +127,7 @@ class InferenceWorker:
     def _classify(self, batch: list[tuple[Camera, Frame]]) -> None:
         clf = self.classifier
         started = time.monotonic()
+        self._clock.start()
         frames = [f.image for _, f in batch]
         try:
             boxes = [frame_box(f) for _, f in batch]
@@ -145,6 +151,10 @@ class InferenceWorker:
         heatmaps = clf.class_maps(inference.feature_maps[:n], [p[0].index for p in tops])
         customs = self._run_heads(n, jobs, inference, crops)
         done = time.monotonic()
+        split = self._clock.split()
+        self._on_cpu.inc(split.on_cpu)
+        self._runnable.inc(split.runnable)
+        self._blocked.inc(split.blocked)
         self.metrics.inference_seconds.observe(done - started)
         self.metrics.batch_size.observe(len(frames))
         with self._publish_lock:
