@@ -94,8 +94,10 @@ def test_sampled_at_the_keyframe_rate_decodes_only_keyframes(server: RtspServer,
 
 def test_keyframes_needs_pyav(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("cameras:\n  - name: a\n    source: rtsp://127.0.0.1/x\n    sample: keyframes\n"
-                    "watchlist: []\n")
+    path.write_text("cameras:\n  - name: a\n    source: rtsp://127.0.0.1/x\n    backend: opencv\n"
+                    "    sample: keyframes\nwatchlist: []\n")
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert "cameras[0].sample" in str(e.value) and "backend: pyav" in str(e.value), e.value
+    path.write_text(path.read_text().replace("    backend: opencv\n", ""))
+    assert load_config(path).cameras[0].backend == "pyav"       # the default for URLs

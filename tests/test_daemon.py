@@ -77,7 +77,7 @@ def test_file_camera_runs_while_missing_device_and_unreachable_url_are_down(
     statuses = {name: cam.status() for name, cam in d.cameras.items()}
     assert statuses["file"]["state"] == "up" and statuses["file"]["reconnects"] == 0
     assert statuses["usb"]["reason"] == "device /dev/video57 not found"
-    assert statuses["ipcam"]["reason"] == f"cannot open rtsp://***@127.0.0.1:{port}/x"
+    assert statuses["ipcam"]["reason"] == f"cannot open rtsp://***@127.0.0.1:{port}/x: [Errno 111] Connection refused"
     assert statuses["ipcam"]["source"] == f"rtsp://***@127.0.0.1:{port}/x"
     assert (connected(d, "file"), connected(d, "usb"), connected(d, "ipcam")) == (1, 0, 0)
     assert d.status_line().startswith("1/3 cameras up")
