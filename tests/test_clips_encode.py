@@ -150,3 +150,28 @@ def test_a_webcam_records_only_with_clips_encode(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, head + "clips: {enabled: true}\ncameras:\n  - {name: w, source: 0}\n"
                                "  - {name: f, source: " + str(tmp_path / "a.mp4") + "}\n"))
     assert recording(config) == ["f"]
+
+
+def test_the_encoder_queue_is_bounded_drops_are_counted_and_stop_is_prompt() -> None:
+    import numpy as np
+    from monitor.capture.frame_encoder import QUEUE, FrameEncoder
+    from monitor.capture.packet_ring import PacketRing
+
+    metrics = Metrics()
+    ring = PacketRing("cam", pre=2.0, max_bytes=1 << 20)
+    encoder = FrameEncoder("cam", ring, 10.0, "normal",
+                           on_dropped=metrics.clip_encode_dropped.labels(camera="cam").inc)
+    picture = np.zeros((120, 161, 3), np.uint8)     # an odd width: cropped to even for 4:2:0
+    for i in range(QUEUE + 3):                      # not started yet: nothing takes frames off the queue
+        encoder.offer(picture, 100.0 + i * 0.1)
+    assert encoder.dropped == 3
+    assert metrics.registry.get_sample_value("monitor_clip_encode_dropped_total", {"camera": "cam"}) == 3
+    encoder.start()
+    deadline = time.monotonic() + 10
+    while encoder.encoded < QUEUE and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert encoder.encoded == QUEUE and ring.spec is not None and ring.held_seconds() > 0
+    assert ring.spec.key[0][1:4] == ("libx264", 160, 120)
+    started = time.monotonic()
+    encoder.stop()
+    assert time.monotonic() - started < 1.0 and not encoder._thread.is_alive()

@@ -246,12 +246,12 @@ class Camera:
         self._m_connected.set(0)
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.encoder is not None:
-            self.encoder.stop()
             if self._thread.is_alive():
                 log.warning("camera %s: capture still blocked in open/read; it exits when OpenCV returns "
                             "(open_timeout %g s, read_timeout %g s)", self.name, self.cfg.open_timeout,
                             self.cfg.read_timeout)
+        if self.encoder is not None:
+            self.encoder.stop()             # a blocked capture thread offers nothing more: the encoder ends now
 
     def is_alive(self) -> bool:
         """True while the capture thread runs (it may still be finishing a blocked open/read after stop())."""
