@@ -4,7 +4,8 @@ FrameEncoder into its PacketRing, and recorded by the real clip stage (ClipManag
 The camera is a real RTSP stream (testkit/rtsp, GStreamer, car-detection: H.264 768x432 at 12.5 fps, a 4.8 s GOP)
 read through cv2.VideoCapture (`backend: opencv`), the path a webcam takes; this machine has no /dev/video device.
 The clip must be the encoder's, not the source's: h264 yuv420p at the native size, a keyframe every second (so the
-clip starts within ~1 s of `now - pre`, not within the source's 4.8 s GOP), and ffmpeg decodes it to its end.
+clip starts within ~1 s of `now - pre`, not within the source's 4.8 s GOP), ffmpeg decodes it to its end,
+and real headless Chromium plays it and seeks into its pre-roll.
 """
 from __future__ import annotations
 
@@ -92,10 +93,16 @@ def probe(path: Path) -> dict:
     return json.loads(out)
 
 
-def test_an_opencv_camera_records_an_h264_clip_of_pre_event_post(stage: Stage) -> None:
+@pytest.fixture(scope="module")
+def clip(stage: Stage) -> Path:
+    """One event's clip, recorded once for the tests below."""
     ev = record(stage, EVENT)
     assert ev.clip_state == "complete" and ev.clip, ev
-    path = stage.manager.root / ev.clip
+    return stage.manager.root / ev.clip
+
+
+def test_an_opencv_camera_records_an_h264_clip_of_pre_event_post(stage: Stage, clip: Path) -> None:
+    path = clip
     assert playable(path) == ""                 # demuxed to its end
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
                              text=True, timeout=60)
@@ -175,3 +182,69 @@ def test_the_encoder_queue_is_bounded_drops_are_counted_and_stop_is_prompt() -> 
     started = time.monotonic()
     encoder.stop()
     assert time.monotonic() - started < 1.0 and not encoder._thread.is_alive()
+
+
+def test_chromium_plays_the_encoded_clip_and_seeks_into_the_preroll(clip: Path, tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import re
+    import shutil
+    import threading
+
+    from testkit.chromium import Browser
+
+    shutil.copy(clip, tmp_path / "clip.mp4")
+    (tmp_path / "index.html").write_text('<video src="clip.mp4" muted playsinline></video>', encoding="utf-8")
+
+    class Ranges(http.server.SimpleHTTPRequestHandler):
+        """Range requests, as the daemon's clip route answers them: Chromium seeks only in a seekable resource."""
+
+        def do_GET(self) -> None:
+            asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if not self.path.endswith(".mp4") or not asked:
+                return super().do_GET()
+            body = (tmp_path / "clip.mp4").read_bytes()
+            first = int(asked.group(1))
+            last = min(int(asked.group(2) or len(body) - 1), len(body) - 1)
+            self.send_response(206)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+            self.send_header("Content-Length", str(last - first + 1))
+            self.end_headers()
+            self.wfile.write(body[first:last + 1])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Ranges, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with Browser(tmp_path / "profile", flags=("--autoplay-policy=no-user-gesture-required",)) as browser:
+            page = browser.page(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+            result = page.evaluate("""(async () => {
+                const v = document.querySelector('video');
+                const once = (name) => new Promise((ok) => v.addEventListener(name, ok, { once: true }));
+                const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+                try { await v.play(); } catch (e) { return { error: `${e} (media error ${v.error && v.error.code})` }; }
+                if (v.readyState < 2) await once('canplay');
+                const ready = v.readyState, t0 = v.currentTime;
+                await sleep(1200);
+                const t1 = v.currentTime;
+                v.pause();
+                const seek = once('seeked');
+                v.currentTime = %f;
+                await seek;
+                return { ready, t0, t1, seekedTo: v.currentTime, readyAfterSeek: v.readyState, duration: v.duration,
+                         width: v.videoWidth, error: v.error && v.error.message };
+            })()""" % (PRE / 2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["error"] is None, result
+    assert result["ready"] >= 2 and result["width"] == 768, result
+    assert result["t1"] - result["t0"] >= 0.5, result              # it plays
+    assert abs(result["seekedTo"] - PRE / 2) < 0.3 and result["readyAfterSeek"] >= 2, result
+    assert result["duration"] >= PRE + EVENT + POST - 0.5, result
