@@ -103,7 +103,8 @@ class Daemon:
                           language=config.labels.language, node_name=config.node.name)
 
     def _clips(self, config: Config) -> Any:
-        """The clip recorders (monitor/clips), only when a camera records: clips.enabled and backend pyav."""
+        """The clip recorders (monitor/clips), only when a camera records: clips.enabled, and backend pyav or
+        clips.encode."""
         from monitor.clips.manager import ClipManager, recording
         if not recording(config):
             return None

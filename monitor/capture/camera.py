@@ -20,6 +20,7 @@ from monitor.config.types import CameraConfig
 from monitor.core.metrics import Metrics
 from monitor.core.priority import lower_this_thread
 from monitor.capture.buffers import FramePool
+from monitor.capture.frame_encoder import FrameEncoder
 from monitor.capture.motion import MotionGate
 from monitor.capture.pyav_capture import PyAVCapture
 from monitor.capture.packet_ring import PacketRing
@@ -202,21 +203,30 @@ class Camera:
         self._m_reconnects = metrics.camera_reconnects.labels(camera=self.name)
         self._m_last_frame = metrics.camera_last_frame.labels(camera=self.name)
         self._m_connected.set(0)
-        # The clip pre-roll (backend pyav only: OpenCV gives no packets); kept across reconnects, read by the
-        # camera's clip recorder (monitor/clips).
+        # The clip pre-roll; kept across reconnects, read by the camera's clip recorder (monitor/clips). Backend
+        # pyav demuxes packets into it; OpenCV gives none, so with clips.encode the frames are encoded into it.
         clips = cfg.clips
         self.packets: PacketRing | None = None
-        if clips.enabled and cfg.backend == "pyav" and self.source.kind != "device":
+        self.encoder: FrameEncoder | None = None
+        pyav = cfg.backend == "pyav" and self.source.kind != "device"
+        if clips.enabled and (pyav or clips.encode):
             gauge = metrics.clip_preroll_bytes.labels(camera=self.name)
             dropped = metrics.clip_preroll_dropped.labels(camera=self.name)
             self.packets = PacketRing(self.name, clips.pre or 0.0, clips.max_preroll_bytes or 16 * 1024 * 1024,
                                       on_bytes=gauge.set, on_dropped=dropped.inc)
+            if not pyav:
+                self.encoder = FrameEncoder(
+                    self.name, self.packets, clips.encode_fps or 10.0, cfg.capture_priority,
+                    on_encoded=metrics.clip_frames_encoded.labels(camera=self.name).inc,
+                    on_dropped=metrics.clip_encode_dropped.labels(camera=self.name).inc)
 
     # ---------------------------------------------------------------- public API
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"camera {self.name}: already started")
+        if self.encoder is not None:
+            self.encoder.start()
         # A daemon thread: a capture blocked inside OpenCV's open/read cannot be interrupted from outside, and
         # must not keep the process alive; it releases its capture itself once OpenCV returns.
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
@@ -240,6 +250,8 @@ class Camera:
                 log.warning("camera %s: capture still blocked in open/read; it exits when OpenCV returns "
                             "(open_timeout %g s, read_timeout %g s)", self.name, self.cfg.open_timeout,
                             self.cfg.read_timeout)
+        if self.encoder is not None:
+            self.encoder.stop()             # a blocked capture thread offers nothing more: the encoder ends now
 
     def is_alive(self) -> bool:
         """True while the capture thread runs (it may still be finishing a blocked open/read after stop())."""
@@ -491,12 +503,19 @@ class Camera:
         clock = self._file_frames / run.file_fps if self._no_drop else now
         due = self._is_due(clock)
         first = run.up_since is None
-        if not (due or first or self.watched):
+        used = due or first or self.watched
+        encode = self.encoder is not None and self.encoder.wants(now)
+        if not (used or encode):
             self._count(None, False)            # decoded, never converted: nobody would look at it
             return
         image = self._retrieve(cap)
         if image is None:
             raise _Failure("frame grabbed but cannot be converted (retrieve failed)", run.stable(now))
+        if encode:
+            self.encoder.offer(image, now)      # copied: the pooled array is free again
+            if not used:
+                self._count(None, False)        # converted for the clip only: not a newer frame for the page
+                return
         if first:
             run.up_since = now
             self._came_up(image)

@@ -35,8 +35,8 @@ def clips_folder(config: Config) -> Path:
 
 
 def recording(config: Config) -> list[str]:
-    """Cameras that record clips (clips enabled for them, backend pyav)."""
-    return [c.name for c in config.cameras if c.clips.enabled and c.backend == "pyav"]
+    """Cameras that record clips (clips enabled for them; backend pyav, or OpenCV with clips.encode)."""
+    return [c.name for c in config.cameras if c.clips.enabled and (c.backend == "pyav" or c.clips.encode)]
 
 
 @dataclass(frozen=True)

@@ -262,26 +262,31 @@ class ClipsRetainConfig(Section):
 
 
 CLIPS_DEFAULTS = {"enabled": False, "pre": 5.0, "post": 10.0, "max_length": 120.0,
-                  "max_preroll_bytes": 16 * 1024 * 1024}
+                  "max_preroll_bytes": 16 * 1024 * 1024, "encode": False, "encode_fps": 10.0}
 
 
 class CameraClipsConfig(Section):
     """Per camera: each key left out (null) takes the global `clips:` value; after loading every key is set."""
     enabled: Optional[Bool] = Field(None, description=(
-        "Record a clip of each event of this camera (needs backend: pyav). null: clips.enabled."))
+        "Record a clip of each event of this camera (needs backend pyav, or clips.encode). null: clips.enabled."))
     pre: Optional[Duration()] = Field(None, description="Seconds before the event start kept. null: clips.pre.")
     post: Optional[Duration()] = Field(None, description="Seconds after the event end recorded. null: clips.post.")
     max_length: Optional[Duration(allow_zero=False)] = Field(None, description=(
         "Longest clip; a longer event's clip is cut there. null: clips.max_length."))
     max_preroll_bytes: Optional[Size] = Field(None, description=(
         "Most bytes of packets held for the pre-roll. null: clips.max_preroll_bytes."))
+    encode: Optional[Bool] = Field(None, description=(
+        "Cameras read by OpenCV (webcams, backend: opencv): true = record by encoding the frames to H.264 (costs "
+        "CPU). null: clips.encode."))
+    encode_fps: Optional[Number(above=0, high=60)] = Field(None, description=(
+        "Frames per second encoded at most (clips.encode). null: clips.encode_fps."))
 
 
 class ClipsConfig(Section):
     enabled: Bool = Field(CLIPS_DEFAULTS["enabled"], description=(
         "true: every event of a camera read by PyAV (backend auto or pyav: files and URLs) gets a video clip (its "
         "packets copied into MP4, no re-encoding), from `pre` seconds before it started to `post` after it ended. "
-        "Cameras with backend: opencv (webcams) never record (OpenCV gives no packets)."))
+        "Cameras read by OpenCV (webcams, backend: opencv) give no packets: they record only with encode: true."))
     path: Optional[FilePath] = Field(None, description=(
         "Folder of the clips (<camera>/<time>-<event id>.mp4). null: `clips` next to events.database."))
     pre: Duration() = Field(CLIPS_DEFAULTS["pre"], description=(
@@ -296,7 +301,23 @@ class ClipsConfig(Section):
     min_free_bytes: Size = Field(256 * 1024 ** 2, description=(
         "Recording stops (WARNING, monitor_clips_disk_full 1) while the clips folder's disk has less free than "
         "this; classification and events go on, and recording resumes once space frees."))
+    encode: Bool = Field(CLIPS_DEFAULTS["encode"], description=(
+        "true: cameras read by OpenCV (webcams, backend: opencv), which give no packets to copy, record clips by "
+        "encoding their frames to H.264 (libx264 ultrafast, a keyframe every second; browsers play it, unlike a "
+        "webcam's MJPEG). Costs CPU per camera (README, event clips), hence off by default. Cameras read by PyAV "
+        "ignore it (their clips are a stream copy)."))
+    encode_fps: Number(above=0, high=60) = Field(CLIPS_DEFAULTS["encode_fps"], description=(
+        "Frames per second encoded at most (clips.encode): each encoded frame is converted and compressed, so "
+        "the CPU cost grows with it; a source slower than this is encoded at its own rate."))
     retain: ClipsRetainConfig = _section("How long and how many bytes of clips are kept.")
+
+
+def clips_need_packets(source: str) -> str:
+    """The error of clips on a camera read by OpenCV without clips.encode: what to set instead."""
+    if source_kind(source) in ("webcam", "device"):
+        return ("a webcam gives no packets to copy: set clips.encode: true (its frames encoded to H.264, "
+                "costs CPU)")
+    return "needs backend: pyav (a clip copies the packets, which OpenCV does not give) or clips.encode: true"
 
 
 def _source(value: Any, info: ValidationInfo) -> str:
@@ -424,9 +445,9 @@ class CameraConfig(Section):
     @field_validator("clips")
     @classmethod
     def _clips_need_pyav(cls, clips: CameraClipsConfig, info: ValidationInfo) -> CameraClipsConfig:
-        if clips.enabled and info.data.get("backend", "opencv") != "pyav":
-            raise problem("needs backend: pyav (a clip copies the packets, which OpenCV does not give)",
-                          at=("enabled",), show_value=False)
+        # encode left out (null) is decided by the global clips.encode: Config._resolve_camera_clips checks it
+        if clips.enabled and clips.encode is False and info.data.get("backend", "opencv") != "pyav":
+            raise problem(clips_need_packets(info.data.get("source", "")), at=("enabled",), show_value=False)
         return clips
 
     @field_validator("loop")
@@ -957,10 +978,13 @@ class Config(Section):
         """Each camera's clips keys left out take the global values, so a camera's config alone says what it
         records (a reload that changes the global clips restarts the cameras it changes). Set on the fresh
         validated camera models, before anything reads them."""
-        for cam in self.cameras:
+        for i, cam in enumerate(self.cameras):
             own = cam.clips
             merged = {k: getattr(own, k) if getattr(own, k) is not None else getattr(self.clips, k)
                       for k in CLIPS_DEFAULTS}
+            if own.enabled and own.encode is None and not merged["encode"] and cam.backend != "pyav":
+                raise problem(clips_need_packets(cam.source), at=("cameras", i, "clips", "enabled"),
+                              show_value=False)
             if merged != own.model_dump():
                 object.__setattr__(cam, "clips", CameraClipsConfig.model_construct(**merged))
         return self

@@ -131,6 +131,12 @@ class Metrics:
         self.clip_preroll_dropped = Counter(
             "monitor_clip_preroll_dropped_bytes", "Pre-roll packets dropped over max_preroll_bytes", ["camera"],
             registry=r)
+        self.clip_frames_encoded = Counter(
+            "monitor_clip_frames_encoded", "Frames encoded to H.264 for clips (clips.encode, cameras read by OpenCV)",
+            ["camera"], registry=r)
+        self.clip_encode_dropped = Counter(
+            "monitor_clip_encode_dropped", "Frames the clip encoder could not keep up with (queue full), not encoded",
+            ["camera"], registry=r)
         # web
         self.stream_viewers = Gauge("monitor_stream_viewers", "Clients watching the MJPEG stream", ["camera"],
                                     registry=r)
@@ -184,7 +190,7 @@ class Metrics:
                           self.frames_skipped_still, self.camera_connected, self.camera_reconnects,
                           self.camera_last_frame, self.stream_viewers, self.stream_frames_skipped,
                           self.camera_paused, self.clips_written, self.clips_failed, self.clip_preroll_bytes,
-                          self.clip_preroll_dropped):
+                          self.clip_preroll_dropped, self.clip_frames_encoded, self.clip_encode_dropped):
             try:
                 collector.remove(camera)
             except KeyError:
