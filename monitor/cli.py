@@ -181,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
     p.add_argument("--decode-threads", default="1", metavar="N,N,...",
                    help="camera decode_threads to compare (0 = FFmpeg's choice; default 1)")
-    p.add_argument("--capture", default="opencv", metavar="opencv,pyav:WxH",
-                   help="camera capture to compare: opencv, pyav (full size) or pyav:960x540 (backend pyav with "
-                        "that frame_size); pyav+all / pyav+keyframes: sample all / keyframes (pyav's default is auto: "
-                        "keyframes only when 1/fps >= the GOP); pyav+clips: event clips recorded")
+    p.add_argument("--capture", default="pyav", metavar="pyav,opencv:WxH",
+                   help="camera capture to compare (default pyav, the daemon's for URLs): opencv, pyav (full size) or "
+                        "pyav:960x540 (backend pyav with that frame_size); pyav+all / pyav+keyframes: sample all / "
+                        "keyframes (pyav's default is auto: keyframes only when 1/fps >= the GOP); pyav+clips: event "
+                        "clips recorded; pyav+pytimeout: reads bounded by PyAV's own timeout (its Python interrupt "
+                        "callback, the GIL on every socket read) instead of FFmpeg's")
     p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
                    help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
     p.add_argument("--capture-priority", default="default", metavar="low,idle,normal",

@@ -148,7 +148,7 @@ def test_rtsp_camera_reconnects_after_server_restart(rtsp_server: Callable[..., 
 def test_silent_rtsp_stream_is_reopened_after_stale_after(rtsp_server: Callable[..., RtspServer], metrics: Metrics,
                                                           cameras: list[Camera], backend: str) -> None:
     """The server freezes (SIGSTOP): the TCP connection stays open, but no frame comes (read timeouts: OpenCV's
-    CAP_PROP_READ_TIMEOUT_MSEC, PyAV's interrupt callback)."""
+    CAP_PROP_READ_TIMEOUT_MSEC, FFmpeg's socket timeout for PyAV)."""
     server = rtsp_server(["car-detection"], minutes=1)
     cam = start(cameras, CameraConfig(name="frozen", source=server.url("car-detection"), fps=0, open_timeout=3, read_timeout=30,
                                       stale_after=2, backoff_max=1, backend=backend), metrics)

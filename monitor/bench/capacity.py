@@ -65,14 +65,14 @@ class Variant(NamedTuple):
     """One daemon setting compared at every step. None: the daemon's default."""
     decode_threads: int = 1
     malloc: str = "tuned"
-    capture: str = "opencv"
+    capture: str = "pyav"
     capture_priority: str | None = None
     model_threads: int | None = None
 
     @property
     def label(self) -> str:
         return (f"decode_threads {self.decode_threads or 'auto'}, malloc {self.malloc}"
-                + (f", {self.capture}" if self.capture != "opencv" else "")
+                + f", {self.capture}"
                 + (f", capture_priority {self.capture_priority}" if self.capture_priority else "")
                 + (f", model threads {self.model_threads}" if self.model_threads is not None else ""))
 
@@ -103,6 +103,9 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     from monitor.core import memory
     if variant.malloc == "arenas":
         memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
+    if "+pytimeout" in variant.capture:     # reads bounded by PyAV's Python interrupt callback (before issue 22)
+        from monitor.capture import pyav_capture
+        pyav_capture.READ_TIMEOUT_IN_FFMPEG = False
 
     from monitor.config.types import (CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, RuleConfig,
                                       ServerConfig)
@@ -209,11 +212,12 @@ def capture_options(capture: str) -> dict[str, Any]:
     """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields;
     "pyav+clips[:WxH]": the same with event clips on (5 s pre-roll), every camera recording (see run_step);
     "pyav+all" / "pyav+keyframes": camera `sample:` all (every frame decoded) / keyframes (the default is auto:
-    keyframes only when 1/fps >= the GOP)."""
+    keyframes only when 1/fps >= the GOP); "pyav+pytimeout": reads bounded by PyAV's own timeout (its interrupt
+    callback takes the GIL on every socket read) instead of FFmpeg's socket timeout (set in run_step)."""
     backend, _, size = capture.partition(":")
     backend, *extras = backend.split("+")
     if backend not in ("opencv", "pyav") or (size and backend != "pyav") or (extras and backend != "pyav") or any(
-            e not in ("clips", "all", "keyframes") for e in extras) or ({"all", "keyframes"} <= set(extras)):
+            e not in ("clips", "all", "keyframes", "pytimeout") for e in extras) or ({"all", "keyframes"} <= set(extras)):
         raise ValueError(capture)
     options: dict[str, Any] = {"backend": backend}
     if "clips" in extras:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from monitor.capture.packet_ring import PacketRing
 
 log = logging.getLogger(__name__)
+
+READ_TIMEOUT_IN_FFMPEG = True       # False: PyAV's own read timeout (the bench's A/B of issue 22, pyav+pytimeout)
 _quiet_lock = threading.Lock()
 _quiet_done = False
 
@@ -70,10 +72,22 @@ class PyAVCapture:
         self._skipping = False
         self._key_times: deque[float] = deque(maxlen=9)    # stream seconds of the last keyframes
         self.consumed = 0           # video packets read for the picture grab() returned (a file's pace counts them)
-        options = {"rtsp_transport": "tcp"} if rtsp_tcp and target.lower().startswith(("rtsp://", "rtsps://")) else {}
+        rtsp = target.lower().startswith(("rtsp://", "rtsps://"))
+        options = {"rtsp_transport": "tcp"} if rtsp_tcp and rtsp else {}
+        timeouts: tuple[float, float | None] = (open_timeout, read_timeout)
+        if READ_TIMEOUT_IN_FFMPEG and "://" in target:
+            # PyAV's timeout works through FFmpeg's interrupt callback, which PyAV implements in Python: it takes
+            # the GIL on every call, and FFmpeg calls it on every socket read. With 16 cameras that is thousands
+            # of GIL acquisitions a second by capture threads running at SCHED_IDLE; one that is descheduled while
+            # holding the GIL stalls the inference worker (measured: monitor_inference_thread_seconds_total
+            # {state="blocked"}, README capacity). So PyAV's timeout covers only the open, and reads are bounded
+            # by FFmpeg's own socket timeout (C, no GIL): rtsp's `timeout`, every other protocol's `rw_timeout`,
+            # in microseconds.
+            micros = str(max(1, int(read_timeout * 1_000_000)))
+            options["timeout" if rtsp else "rw_timeout"] = micros
+            timeouts = (open_timeout, None)
         try:
-            # timeout=(open, read): FFmpeg's interrupt callback ends a blocking open or read after that long.
-            self._container = av.open(target, options=options, timeout=(open_timeout, read_timeout))
+            self._container = av.open(target, options=options, timeout=timeouts)
             self._stream = self._container.streams.video[0]
         except (av.error.FFmpegError, IndexError, OSError) as e:
             self.error = self._redact(str(e)) if not isinstance(e, IndexError) else "no video stream"
