@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+I420_IN_PLACE = True                # False: every conversion through PyAV's reformat() (the bench's A/B, pyav+sws)
 READ_TIMEOUT_IN_FFMPEG = True       # False: PyAV's own read timeout (the bench's A/B of issue 22, pyav+pytimeout)
 _quiet_lock = threading.Lock()
 _quiet_done = False
@@ -60,6 +61,7 @@ class PyAVCapture:
         # on every call, and each starts a thread per core (the threads=1 below) that 16 cameras would
         # multiply into 32 threads waking for every conversion.
         self._reformatter = av.video.reformatter.VideoReformatter()
+        self._i420: np.ndarray | None = None    # full-size conversions: the planes gathered for cv2 (reused)
         self._frame: Any = None
         self._container: Any = None
         self._decoded: Any = None
@@ -174,14 +176,42 @@ class PyAVCapture:
 
     def retrieve(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
         """The grabbed picture as BGR at `size` (or its own size), written into `image` when the shape fits."""
-        if self._frame is None:
+        frame = self._frame
+        if frame is None:
             return False, None
-        width, height = self._size or (self._frame.width, self._frame.height)
-        converted = self._reformatter.reformat(self._frame, width, height, "bgr24", threads=1).to_ndarray()
+        width, height = self._size or (frame.width, frame.height)
+        if (I420_IN_PLACE and (width, height) == (frame.width, frame.height) and frame.format.name == "yuv420p"
+                and not (width % 2 or height % 2)):
+            return True, self._i420_to_bgr(frame, image)
+        converted = self._reformatter.reformat(frame, width, height, "bgr24", threads=1).to_ndarray()
         if image is not None and image.shape == converted.shape:
             np.copyto(image, converted)
             return True, image
         return True, np.ascontiguousarray(converted)
+
+    def _i420_to_bgr(self, frame: Any, image: np.ndarray | None) -> np.ndarray:
+        """A full-size yuv420p picture to BGR, into `image` when it fits, with no allocation.
+
+        Why not swscale here: PyAV's reformat() allocates a new picture for every conversion, and its release
+        (free, munmap of a 6 MB block, with the GIL held in PyAV's dealloc) plus the copy out of it were the
+        largest GIL holders of the capture threads at 16 x 1080p (py-spy --gil, README capacity). The three planes
+        are copied into one reused I420 buffer (numpy copies without the GIL) and OpenCV converts it straight into
+        the camera's pooled array (cv2 releases the GIL), with the BT.601 limited-range conversion that swscale
+        and OpenCV's own capture use for untagged streams."""
+        width, height = frame.width, frame.height
+        if self._i420 is None or self._i420.shape != (height * 3 // 2, width):
+            self._i420 = np.empty((height * 3 // 2, width), np.uint8)
+        flat = self._i420.reshape(-1)
+        luma, chroma = width * height, (width // 2) * (height // 2)
+        targets = (flat[:luma].reshape(height, width),
+                   flat[luma:luma + chroma].reshape(height // 2, width // 2),
+                   flat[luma + chroma:].reshape(height // 2, width // 2))
+        for plane, target in zip(frame.planes, targets):
+            rows, cols = target.shape
+            np.copyto(target, np.ndarray((rows, cols), np.uint8, buffer=plane, strides=(plane.line_size, 1)))
+        if image is not None and image.shape == (height, width, 3):
+            return cv2.cvtColor(self._i420, cv2.COLOR_YUV2BGR_I420, dst=image)
+        return cv2.cvtColor(self._i420, cv2.COLOR_YUV2BGR_I420)
 
     def get(self, prop: int) -> float:
         if self._decoded is None:
