@@ -75,6 +75,7 @@ class Daemon:
                                          "snapshots": self.config.alerts.snapshots})
         self.results = ResultBoard()
         self.mqtt: Any = self._mqtt(config)
+        self._had_clips = False     # a clip stage ran in this process: an event's end may find its clip
         self.clips: Any = self._clips(config)
         self.sinks = self._sinks(config)
         # background: event commits off the inference thread (a locked database must not stall classification)
@@ -110,6 +111,7 @@ class Daemon:
         if not recording(config):
             return None
         clips = ClipManager(config, self.events, self.metrics, lambda: self.cameras)
+        self._had_clips = True
         # a clip done after its event's end: a follow-up to the current sinks
         clips.add_listener(lambda event: self.sinks.emit_clip(event))
         return clips
@@ -165,7 +167,8 @@ class Daemon:
             extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
                        language=config.labels.language, node=config.node.name,
-                       listeners=listeners, extra=extra, clips=self.clips is not None,
+                       # after clips went off by a reload, the ends of events still open carry their clip
+                       listeners=listeners, extra=extra, clips=self._had_clips,
                        clip_followers=("mqtt",))
 
     def _camera(self, cfg: Any) -> Camera:

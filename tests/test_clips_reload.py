@@ -177,7 +177,11 @@ def test_a_reload_turning_clips_off_mid_clip_leaves_it_playable_and_no_thread(
     else:
         assert row.clip is None
     assert list(root.glob("cam/*.part")) == []
+    # the event, still open, ends after the reload: its end message carries the clip it has (or none)
     end_event(rig, ev)
+    assert wait_until(lambda: any(d.get("id") == ev.id and d["kind"] == "end" for d in rig.hook.requests), 10)
+    end = [d for d in rig.hook.requests if d.get("id") == ev.id and d["kind"] == "end"][-1]
+    assert end["clip_url"] == (f"/api/events/{ev.id}/clip.mp4" if row.clip_state == "complete" else None), end
     later = end_event(rig, start_event(rig))
     assert wait_until(lambda: len([d for d in rig.hook.requests if d.get("id") == later.id]) == 2, 10)
     assert app.events.get(later.id).clip_state == "none"
