@@ -304,18 +304,12 @@ class Daemon:
         _stop_cameras([self.cameras[name] for name in changed], RELOAD_CAMERAS_STOP)
         for name in retuned:
             self.cameras[name].retune_clips(new_cams[name])
-        # Clips turned on: the stage starts before the sink set that feeds it is built; turned off: the sink set
-        # without it replaces the old one, which drains into it, and then it stops (its recorders finish).
         was_recording = recording(old) if self.clips is not None else []
-        retiring = started = None
-        if not self._stopping and self.clips is None and recording(new):
-            started = self.clips = self._clips(new)
-            started.start()
-        elif not self._stopping and self.clips is not None and not recording(new):
-            retiring, self.clips = self.clips, None
+        started, retiring = self._switch_clips(new)
         try:
-            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed or started or retiring:
-                self._reload_alerts(old, new, removed, rebuild=bool(started or retiring))
+            came_or_went = started is not None or retiring is not None
+            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed or came_or_went:
+                self._reload_alerts(old, new, removed, rebuild=came_or_went)
         finally:    # whatever happened to the alerts, the cameras the worker let go of are replaced
             if not self._stopping:
                 self._replace_cameras(new_cams, changed, removed)
@@ -336,6 +330,26 @@ class Daemon:
                 self.mqtt.update(list(self.cameras), new.watchlist, self.heads)
             log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
                      time.monotonic() - t0)
+
+    def _switch_clips(self, new: Config) -> tuple[Any, Any]:
+        """Clips turned on: the stage (started, returned first) starts before the sink set that feeds it is built.
+        Turned off: it leaves self.clips (returned second); the sink set built without it replaces the old one,
+        which drains into it, and then the caller stops it (its recorders finish their clips)."""
+        if self._stopping:
+            return None, None
+        if self.clips is None and recording(new):
+            try:
+                started = self._clips(new)
+                started.start()
+            except OSError as e:    # e.g. the clips folder cannot be made: the rest of the reload goes on
+                log.error("reload: clips not started: %s", e)
+                return None, None
+            self.clips = started
+            return started, None
+        if self.clips is not None and not recording(new):
+            retiring, self.clips = self.clips, None
+            return None, retiring
+        return None, None
 
     def _replace_cameras(self, new_cams: dict[str, Any], changed: list[str], removed: list[str]) -> None:
         cameras = {name: self.cameras[name] if name in self.cameras and name not in changed else self._camera(cfg)
