@@ -185,3 +185,25 @@ def test_a_reload_turning_clips_off_mid_clip_leaves_it_playable_and_no_thread(
     later = end_event(rig, start_event(rig))
     assert wait_until(lambda: len([d for d in rig.hook.requests if d.get("id") == later.id]) == 2, 10)
     assert app.events.get(later.id).clip_state == "none"
+
+
+def test_which_clip_keys_restart_a_camera_and_the_on_off_lines(tmp_path: Path) -> None:
+    from monitor.clips.stage import on_off_line, restart_view
+
+    def cams(clips: dict[str, Any], own: dict[str, Any] | None = None) -> list[Any]:
+        return parse_config({"model": {"weights": str(tmp_path / "w.pt")}, "clips": clips,
+                             "cameras": [{"name": "a", "source": "rtsp://127.0.0.1:1/a", "backend": "pyav",
+                                          "clips": own or {}},
+                                         {"name": "b", "source": "rtsp://127.0.0.1:1/b", "backend": "pyav"}],
+                             "events": {"database": str(tmp_path / "e.db")}}, tmp_path).cameras
+    base = cams({"enabled": True, "pre": 2, "post": 1, "max_length": 60})
+    live = cams({"enabled": True, "pre": 4, "post": 3, "max_length": 30, "max_preroll_bytes": "1MB"})
+    assert base[0] != live[0] and restart_view(base[0]) == restart_view(live[0])
+    for other in (cams({"enabled": False, "pre": 2, "post": 1, "max_length": 60}),
+                  cams({"enabled": True, "pre": 2, "post": 1, "max_length": 60}, own={"enabled": False})):
+        assert restart_view(base[0]) != restart_view(other[0]), "turning clips on/off must restart the camera"
+    assert restart_view(None) is None
+    assert on_off_line([], ["a", "b"]) == "clips: on for cameras a, b"
+    assert on_off_line(["a", "b"], ["a"]) == "clips: on for cameras a; off for b"
+    assert on_off_line(["a"], []) == "clips: off"
+    assert on_off_line(["a"], ["a"]) is None
