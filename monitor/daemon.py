@@ -32,6 +32,8 @@ from monitor.core.versions import package_version
 from monitor.alerts.sinks import SinkSet
 from monitor.inference.worker import InferenceWorker
 from monitor.fleet.database import FleetError
+from monitor.clips.manager import recording
+from monitor.clips.stage import on_off_line, restart_view, settings_line
 
 if TYPE_CHECKING:
     from monitor.web.server import WebServer
@@ -45,6 +47,7 @@ PRUNE_EVERY = 3600.0     # seconds between retention passes
 RELOAD_CAMERAS_STOP = 2.0   # seconds shared by all cameras a reload stops (a hung one is left to finish alone)
 RELOAD_SINKS_STOP = 2.0     # seconds a replaced sink set may spend delivering what it had queued
 RELOAD_JOIN = 3.0           # seconds a stop waits for a reload still running
+RELOAD_CLIPS_STOP = 2.0     # seconds a reload turning clips off gives the recorders to finish their clips
 
 
 class Daemon:
@@ -72,10 +75,9 @@ class Daemon:
                                          "snapshots": self.config.alerts.snapshots})
         self.results = ResultBoard()
         self.mqtt: Any = self._mqtt(config)
+        self._had_clips = False     # a clip stage ran in this process: an event's end may find its clip
         self.clips: Any = self._clips(config)
         self.sinks = self._sinks(config)
-        if self.clips is not None:      # a clip done after its event's end: a follow-up to the current sinks
-            self.clips.add_listener(lambda event: self.sinks.emit_clip(event))
         # background: event commits off the inference thread (a locked database must not stall classification)
         self.alerts = AlertEngine(config.watchlist, self.events, self.sinks, self.metrics, background=True)
         self.worker = InferenceWorker(self.classifier, self.results, self.alerts, self.metrics,
@@ -105,10 +107,14 @@ class Daemon:
     def _clips(self, config: Config) -> Any:
         """The clip recorders (monitor/clips), only when a camera records: clips.enabled, and backend pyav or
         clips.encode."""
-        from monitor.clips.manager import ClipManager, recording
+        from monitor.clips.manager import ClipManager
         if not recording(config):
             return None
-        return ClipManager(config, self.events, self.metrics, lambda: self.cameras)
+        clips = ClipManager(config, self.events, self.metrics, lambda: self.cameras)
+        self._had_clips = True
+        # a clip done after its event's end: a follow-up to the current sinks
+        clips.add_listener(lambda event: self.sinks.emit_clip(event))
+        return clips
 
     def _fleet(self, config: Config) -> Any:
         """The fleet stage (monitor/fleet): the database checked now (FleetError: one line), its outbox triggers
@@ -161,7 +167,8 @@ class Daemon:
             extra = notify_sinks(config.alerts.notify, getattr(getattr(config, "node", None), "public_url", None))
         return SinkSet(config.alerts, self.metrics, self.events, untrained=self.classifier.untrained,
                        language=config.labels.language, node=config.node.name,
-                       listeners=listeners, extra=extra, clips=self.clips is not None,
+                       # after clips went off by a reload, the ends of events still open carry their clip
+                       listeners=listeners, extra=extra, clips=self._had_clips,
                        clip_followers=("mqtt",))
 
     def _camera(self, cfg: Any) -> Camera:
@@ -274,6 +281,10 @@ class Daemon:
                 log.warning("reload: changes under %r need a restart; keeping the running %s settings", key, key)
         new = new.model_copy(update={"server": server, "model": old.model, "events": old.events,
                                      "mqtt": old.mqtt})
+        if self.clips is not None and new.clips.path != old.clips.path:
+            # the running recorders write there and the web serves the rows' clips from there
+            log.warning("reload: a change of clips.path needs a restart; keeping %s", self.clips.root)
+            new = new.model_copy(update={"clips": new.clips.model_copy(update={"path": old.clips.path})})
         setup_logging(new.logging.level, new.logging.format)
         if (new.custom_classes, new.watchlist) != (old.custom_classes, old.watchlist):
             heads = load_heads(new, self.classifier.backbone_id)     # raises before anything changed
@@ -283,25 +294,62 @@ class Daemon:
             self.custom.replace_heads(heads, examples_dirs(new), new.watchlist)
         old_cams = {c.name: c for c in old.cameras} | self._fleet_cams     # the fleet's stay as they are
         new_cams = {c.name: c for c in new.cameras} | self._fleet_cams
-        changed = [name for name in self.cameras if new_cams.get(name) != old_cams.get(name)]
+        # clip keys that apply live (pre, post, max_length, pre-roll bytes) restart no camera: clips/stage.py
+        changed = [name for name in self.cameras
+                   if restart_view(new_cams.get(name)) != restart_view(old_cams.get(name))]
+        retuned = [name for name in self.cameras if name not in changed and new_cams.get(name) != old_cams.get(name)]
         removed = [name for name in changed if name not in new_cams]
         # The worker lets go of them first: after set_cameras() none of their results is published any more.
         self.worker.set_cameras([c for name, c in self.cameras.items() if name not in changed])
         _stop_cameras([self.cameras[name] for name in changed], RELOAD_CAMERAS_STOP)
+        for name in retuned:
+            self.cameras[name].retune_clips(new_cams[name])
+        was_recording = recording(old) if self.clips is not None else []
+        started, retiring = self._switch_clips(new)
         try:
-            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed:
-                self._reload_alerts(old, new, removed)
+            came_or_went = started is not None or retiring is not None
+            if (new.alerts, new.watchlist) != (old.alerts, old.watchlist) or removed or came_or_went:
+                self._reload_alerts(old, new, removed, rebuild=came_or_went)
         finally:    # whatever happened to the alerts, the cameras the worker let go of are replaced
             if not self._stopping:
                 self._replace_cameras(new_cams, changed, removed)
+            if retiring is not None:
+                retiring.stop(timeout=RELOAD_CLIPS_STOP)
+        line = on_off_line(was_recording, recording(new) if self.clips is not None else [])
+        if line:
+            log.info("%s", line)
         if not self._stopping:
             self.config = new
             if self.clips is not None:
                 self.clips.update(new)
+                if started is None:
+                    line = settings_line(old, new, [n for n in was_recording if n in recording(new)])
+                    if line:
+                        log.info("%s", line)
             if self.mqtt is not None:
                 self.mqtt.update(list(self.cameras), new.watchlist, self.heads)
             log.info("reloaded config: %d cameras, %d rules (%.1f s)", len(self.cameras), len(new.watchlist),
                      time.monotonic() - t0)
+
+    def _switch_clips(self, new: Config) -> tuple[Any, Any]:
+        """Clips turned on: the stage (started, returned first) starts before the sink set that feeds it is built.
+        Turned off: it leaves self.clips (returned second); the sink set built without it replaces the old one,
+        which drains into it, and then the caller stops it (its recorders finish their clips)."""
+        if self._stopping:
+            return None, None
+        if self.clips is None and recording(new):
+            try:
+                started = self._clips(new)
+                started.start()
+            except OSError as e:    # e.g. the clips folder cannot be made: the rest of the reload goes on
+                log.error("reload: clips not started: %s", e)
+                return None, None
+            self.clips = started
+            return started, None
+        if self.clips is not None and not recording(new):
+            retiring, self.clips = self.clips, None
+            return None, retiring
+        return None, None
 
     def _replace_cameras(self, new_cams: dict[str, Any], changed: list[str], removed: list[str]) -> None:
         cameras = {name: self.cameras[name] if name in self.cameras and name not in changed else self._camera(cfg)
@@ -315,8 +363,9 @@ class Daemon:
             self.results.drop(name)
             self.metrics.remove_camera(name)
 
-    def _reload_alerts(self, old: Config, new: Config, removed: list[str]) -> None:
-        old_sinks = self.sinks if new.alerts != old.alerts and not self._stopping else None
+    def _reload_alerts(self, old: Config, new: Config, removed: list[str], rebuild: bool = False) -> None:
+        """rebuild: the clip stage came or went, so the sink set's listeners change even if alerts did not."""
+        old_sinks = self.sinks if (new.alerts != old.alerts or rebuild) and not self._stopping else None
         if old_sinks is not None:
             self.sinks = self._sinks(new)
             self.sinks.take_over(old_sinks)

@@ -160,6 +160,18 @@ def test_sighup_keeps_running_config_when_broken_and_applies_valid_one(
     assert not any(re.search(r"camera cars: up", line) for line in m.lines[reloaded:]), \
         "the unchanged camera was restarted"
 
+    # clips turned on by a SIGHUP (the daemon started without them), then off by another
+    doc["clips"] = {"enabled": True, "pre": 1, "post": 0.5}
+    write_config(cfg, doc)
+    m.send(signal.SIGHUP)
+    on = m.wait_line(r"clips: on for cameras cars, bottles$", 10, start=reloaded + 1)
+    on = m.wait_line(r"reloaded config: 2 cameras", 10, start=on)
+    doc["clips"]["enabled"] = False
+    write_config(cfg, doc)
+    m.send(signal.SIGHUP)
+    off = m.wait_line(r"clips: off$", 10, start=on + 1)
+    m.wait_line(r"reloaded config: 2 cameras", 10, start=off)
+
     m.send(signal.SIGTERM)
     assert m.wait(10) == 0, m.text
     assert "Traceback" not in m.text

@@ -232,6 +232,13 @@ class Camera:
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
 
+    def retune_clips(self, cfg: CameraConfig) -> None:
+        """A reload changed only clip keys that apply live (monitor/clips/stage.py): the pre-roll ring takes its
+        new bounds at its next packet; post and max_length are read by the recorder itself."""
+        self.cfg = cfg
+        if self.packets is not None:
+            self.packets.retune(cfg.clips.pre or 0.0, cfg.clips.max_preroll_bytes or 16 * 1024 * 1024)
+
     def request_stop(self) -> None:
         """Signal the thread without waiting (the daemon signals every camera first, then joins each)."""
         self._stop.set()

@@ -239,6 +239,12 @@ class PacketRing:
             if tap in self._taps:
                 self._taps.remove(tap)
 
+    def retune(self, pre: float, max_bytes: int) -> None:
+        """New bounds from a reload (clips.pre, clips.max_preroll_bytes): applied from the next packet pushed."""
+        with self._lock:
+            self.pre = float(pre)
+            self.max_bytes = int(max_bytes)
+
     def held_bytes(self) -> int:
         return self._bytes
 

@@ -76,8 +76,9 @@ class ClipManager:
         self._thread = threading.Thread(target=self._retention_loop, name="clips-retention", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """After the sinks: the events' ends reached the recorders; their clips are finished now."""
+    def stop(self, timeout: float = 3.0) -> bool:
+        """After the sinks: the events' ends reached the recorders; their clips are finished now (complete as far
+        as they got, or failed). Also a reload turning clips off. False: a thread still runs past `timeout`."""
         deadline = time.monotonic() + timeout
         self._stop.set()
         self._poke.set()
@@ -85,13 +86,21 @@ class ClipManager:
             recorders = list(self._recorders.values())
             self._recorders.clear()
         for rec in recorders:
+            rec.request_stop()          # all at once: they finish their clips in parallel
+        for rec in recorders:
             rec.stop(max(0.1, deadline - time.monotonic()))
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
+        busy = [r.camera for r in recorders if r.is_alive()]
+        if busy or (self._thread is not None and self._thread.is_alive()):
+            log.warning("clips: still finishing after %.1f s: %s", timeout, ", ".join(busy) or "retention")
+            return False
+        return True
 
     def update(self, config: Config) -> None:
         """Start recorders of cameras that record now, stop those of cameras that no longer do (reload)."""
         self.config = config
+        self.disk.min_free = config.clips.min_free_bytes
         wanted = set(recording(config))
         with self._lock:
             gone = [self._recorders.pop(n) for n in list(self._recorders) if n not in wanted]
@@ -103,6 +112,7 @@ class ClipManager:
                     rec.start()
         for rec in gone:
             rec.stop(1.0)
+        self._poke.set()                # a changed retain applies now, not at the next pass
 
     def on_event(self, kind: str, event: Event, picture: object = None) -> None:
         """SinkSet listener: an event started or ended."""

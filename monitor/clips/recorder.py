@@ -102,6 +102,12 @@ class ClipRecorder:
         self._thread = threading.Thread(target=self._run, name=f"clips-{self.camera}", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 3.0) -> None:
         """End the loop; a clip being recorded is finished (complete, as far as it got) first."""
         self._stop.set()
