@@ -30,7 +30,7 @@ from monitor.bench.common import footage, read_frames
 from monitor.commands.classify import POOL, classify_files
 from monitor.inference.classifier import Classifier
 from monitor.inference.locate import resolve_weights
-from monitor.inference.prefetch import WORKERS
+from monitor.inference.prefetch import STREAMS, WORKERS
 
 JPEG_QUALITY = 90
 
@@ -182,7 +182,7 @@ def bench_batch(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="monitor-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)
         files = write_frames(videos, args.frames, tmp / "frames")
-        clf = Classifier(weights)                        # as `monitor classify` loads it
+        clf = Classifier(weights, streams=STREAMS)       # as `monitor classify` loads it
         body, ctype = multipart(files)
         daemon = Daemon(weights, clf.threads, len(body), len(files), tmp)
         naive_files = [str(f) for f in files[:args.naive_frames]]

@@ -30,7 +30,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from monitor.inference.prefetch import BATCH, classify_ahead
+from monitor.inference.prefetch import BATCH, STREAMS, classify_ahead
 from monitor.web import api, models
 from monitor.web.batch import ZIP_TYPES, BatchError, BatchFile, BatchLine, BatchResult, BatchSummary, Limits, \
     batch_files
@@ -187,7 +187,9 @@ class _Batch:
     def _produce(self) -> None:
         t0 = time.monotonic()
         services = self.web.services
-        classifier = services.classifier
+        # the daemon's artifact compiled for throughput (made on the first batch, kept): the next batch starts
+        # while one runs, as in `monitor classify DIR`; the cameras keep the one-stream classifier
+        classifier = services.classifier.pipelined(STREAMS)
         counts = [0, 0]
         try:
             load = functools.partial(_load, self.web, self.gone)
@@ -215,7 +217,7 @@ class _Batch:
                 outcomes.close()                  # cancels the loads ahead, waits for those running
             self._put(_line(BatchSummary(files=len(self.files), classified=counts[0], errors=counts[1],
                                          seconds=round(time.monotonic() - t0, 3),
-                                         model=models.Model(**api.model_json(classifier)))))
+                                         model=models.Model(**api.model_json(services.classifier)))))
         except Exception as e:
             log.error("http: batch classification failed after %d files", sum(counts), exc_info=e)
         finally:
