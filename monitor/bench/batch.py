@@ -6,7 +6,9 @@ decoded on a thread pool, or a process pool, while the network runs), and POST /
 
 The variants take turns, round after round (the machine is shared: compare ratios of the same round). The naive
 path runs in a process of its own: torch's thread pool spinning after a call would slow the runtime that runs
-next in the same process, a cost neither `monitor classify` nor the daemon pays.
+next in the same process, a cost neither `monitor classify` nor the daemon pays. The classifier is the one
+`monitor classify` loads (STREAMS OpenVINO streams); the daemon's batch route runs on the same kind
+(Classifier.pipelined), built on its first batch (the warm-up post below).
 """
 from __future__ import annotations
 
@@ -262,7 +264,7 @@ def bench_batch(args: argparse.Namespace) -> int:
           f"rounds in turns; "
           f"medians (shared machine: compare the ratios)")
     labels = {"naive": f"naive: PIL + FP32 eager, one image at a time ({len(naive_files)} files)",
-              "before": "monitor classify DIR before: decode, then classify (no overlap)",
+              "before": "monitor classify DIR without prefetch: loaded just before its batch",
               "threads": f"monitor classify DIR, prefetch on {WORKERS} threads",
               "processes": f"monitor classify DIR, prefetch on {WORKERS} processes",
               "route": "POST /api/classify/batch (daemon process, NDJSON read to the end)"}
