@@ -6,7 +6,9 @@ decoded on a thread pool, or a process pool, while the network runs), and POST /
 
 The variants take turns, round after round (the machine is shared: compare ratios of the same round). The naive
 path runs in a process of its own: torch's thread pool spinning after a call would slow the runtime that runs
-next in the same process, a cost neither `monitor classify` nor the daemon pays.
+next in the same process, a cost neither `monitor classify` nor the daemon pays. The classifier is the one
+`monitor classify` loads (STREAMS OpenVINO streams); the daemon's batch route runs on the same kind
+(Classifier.pipelined), built on its first batch (the warm-up post below).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from monitor.bench.common import footage, read_frames
 from monitor.commands.classify import POOL, classify_files
 from monitor.inference.classifier import Classifier
 from monitor.inference.locate import resolve_weights
-from monitor.inference.prefetch import WORKERS
+from monitor.inference.prefetch import STREAMS, WORKERS
 
 JPEG_QUALITY = 90
 
@@ -182,7 +184,7 @@ def bench_batch(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="monitor-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)
         files = write_frames(videos, args.frames, tmp / "frames")
-        clf = Classifier(weights)                        # as `monitor classify` loads it
+        clf = Classifier(weights, streams=STREAMS)       # as `monitor classify` loads it
         body, ctype = multipart(files)
         daemon = Daemon(weights, clf.threads, len(body), len(files), tmp)
         naive_files = [str(f) for f in files[:args.naive_frames]]
@@ -262,7 +264,7 @@ def bench_batch(args: argparse.Namespace) -> int:
           f"rounds in turns; "
           f"medians (shared machine: compare the ratios)")
     labels = {"naive": f"naive: PIL + FP32 eager, one image at a time ({len(naive_files)} files)",
-              "before": "monitor classify DIR before: decode, then classify (no overlap)",
+              "before": "monitor classify DIR without prefetch: loaded just before its batch",
               "threads": f"monitor classify DIR, prefetch on {WORKERS} threads",
               "processes": f"monitor classify DIR, prefetch on {WORKERS} processes",
               "route": "POST /api/classify/batch (daemon process, NDJSON read to the end)"}

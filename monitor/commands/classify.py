@@ -12,7 +12,7 @@ import numpy as np
 
 from monitor.core.labels import class_names
 from monitor.inference.classifier import Classifier, Prediction
-from monitor.inference.prefetch import BATCH, WORKERS, Outcome, classify_ahead
+from monitor.inference.prefetch import BATCH, STREAMS, WORKERS, Outcome, classify_ahead
 from monitor.inference.preprocess import prepare_batch
 from monitor.capture.frames import IMAGE_SUFFIXES, expand_paths, read_image
 from tqdm import tqdm
@@ -55,7 +55,7 @@ def classify_main(paths: Sequence[str], weights: Path, top_k: int = 3, as_json: 
                   language: str = "en") -> int:
     # The runtime's own threads (all cores): with the prefetch beside them they gave 1.02-1.09x the images/s of
     # no prefetch, where 1 inference thread + the prefetch gave 0.73-0.76x on a quiet machine (`monitor bench batch`).
-    clf = Classifier(weights)
+    clf = Classifier(weights, streams=STREAMS)
     if clf.untrained:
         print(f"warning: {weights} is the untrained demo model: its predictions are meaningless", file=sys.stderr)
     errors: list[tuple[str, str]] = []

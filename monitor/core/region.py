@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
+from monitor.core.resample import center_box
+
 Box = tuple[int, int, int, int]     # x, y, width, height in pixels of one frame
 
 # "center": the ImageNet convention, a shorter side resized to 256 then a centre crop of 224, i.e. the centred
@@ -47,8 +49,7 @@ class Region:
         if self.kind == "full":
             return 0, 0, width, height
         if self.kind == "center":
-            side = max(1, round(min(width, height) * center_share))
-            return (width - side) // 2, (height - side) // 2, side, side
+            return center_box(width, height, center_share)
         assert self.box is not None
         x, y, w, h = self.box
         if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:

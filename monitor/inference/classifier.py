@@ -99,7 +99,7 @@ class Classifier:
     """A loaded artifact. Thread-safe: one inference at a time, so callers never oversubscribe the cores."""
 
     def __init__(self, weights: str | Path, threads: int | None = None, runtime: str = "auto",
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, streams: int = 1) -> None:
         self.path = select_artifact(weights, runtime)
         meta, parts, self.sha256 = artifact.read(self.path)
         if runtime != "auto" and meta.runtime != runtime:
@@ -122,7 +122,7 @@ class Classifier:
         self.explainer = Explainer(self.arch, self.fc_weight, self.fc_bias, *hidden)
         if meta.runtime == "openvino":
             from monitor.inference.openvino_runtime import OpenVinoBackend
-            self._backend: Backend = OpenVinoBackend(self.path, meta, parts, threads, cache_dir)
+            self._backend: Backend = OpenVinoBackend(self.path, meta, parts, threads, cache_dir, streams=streams)
         elif meta.runtime == "torch":
             from monitor.inference.torch_runtime import TorchBackend
             self._backend = TorchBackend(self.path, meta, parts, threads)
@@ -131,9 +131,27 @@ class Classifier:
         del parts
         self.runtime = self._backend.name
         self.threads = self._backend.threads
+        # inferences at once for start()/finish() (OpenVINO THROUGHPUT streams); 1: the torch runtime, or the
+        # daemon's one-stream LATENCY compile
+        self.streams = int(getattr(self._backend, "streams", 1))
         self._size = int(meta.preprocess.get("crop", 224))
         self._resize = int(meta.preprocess.get("resize", 256))
         self._lock = threading.Lock()
+        self._cache_dir = cache_dir
+        self._pipelined: dict[int, Classifier] = {}
+
+    def pipelined(self, streams: int) -> Classifier:
+        """A Classifier of the same artifact with `streams` inferences at once for start()/finish() (OpenVINO
+        THROUGHPUT), made on first use and kept: what a batch of images runs on in a daemon whose own classifier
+        keeps one stream for the cameras' latency. Itself for the torch runtime or streams <= 1."""
+        if streams <= 1 or self.runtime != "openvino" or self.streams == streams:
+            return self
+        with self._lock:
+            sibling = self._pipelined.get(streams)
+            if sibling is None:
+                sibling = Classifier(self.path, self.threads, self.runtime, self._cache_dir, streams=streams)
+                self._pipelined[streams] = sibling
+            return sibling
 
     @property
     def untrained(self) -> bool:
@@ -147,6 +165,22 @@ class Classifier:
         """One inference on a prepared batch."""
         with self._lock:
             logits, features, maps = self._backend.run(batch)
+        return Inference(probabilities=softmax(logits.copy()), logits=logits, features=features, feature_maps=maps)
+
+    def start(self, batch: np.ndarray) -> "Pending":
+        """Start one inference on a prepared batch: with several streams it runs while the caller goes on, at
+        most self.streams at once (finish() the oldest first); with one stream it runs here, under the lock, as
+        run() does. Meant for one caller that pipelines batches (monitor classify DIR); the lock's one inference
+        at a time holds for run() only."""
+        if self.streams > 1:
+            return Pending(self, self._backend.start(batch))          # type: ignore[attr-defined]
+        return Pending(self, None, self.run(batch))
+
+    def finish(self, pending: "Pending") -> Inference:
+        """The Inference of a started batch (waits for it)."""
+        if pending.inference is not None:
+            return pending.inference
+        logits, features, maps = self._backend.finish(pending.handle)  # type: ignore[attr-defined]
         return Inference(probabilities=softmax(logits.copy()), logits=logits, features=features, feature_maps=maps)
 
     def infer(self, frames: Sequence[np.ndarray], crops: Sequence[Crop] | None = None) -> Inference:
@@ -168,6 +202,14 @@ class Classifier:
     def classify(self, frames: Sequence[np.ndarray], top_k: int = 3,
                  crops: Sequence[Crop] | None = None) -> list[list[Prediction]]:
         return top_k_predictions(self.probabilities(frames, crops), self.labels, top_k)
+
+
+@dataclass
+class Pending:
+    """A batch given to Classifier.start(): its runtime request while it runs, or its Inference already."""
+    classifier: Classifier
+    handle: object
+    inference: Inference | None = None
 
 
 def _check_arch(path: Path, meta: artifact.ArtifactMeta) -> ArchSpec:

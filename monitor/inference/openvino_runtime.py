@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +30,16 @@ def default_cache_dir(artifact_path: Path) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
-def compile_config(threads: int | None, cache_dir: Path | None, precision: str = "f32") -> dict[str, str]:
+def compile_config(threads: int | None, cache_dir: Path | None, precision: str = "f32",
+                   streams: int = 1) -> dict[str, str]:
     # f32: the few float ops around the INT8 convolutions (normalisation, outputs) stay exact; OpenVINO would
     # run them in bf16 on this CPU by default. LATENCY: one stream, all threads on one inference at a time.
+    # streams > 1 (THROUGHPUT, for a folder): that many inferences at once, the threads shared among them; on 2
+    # cores, 2 streams of 1 thread cost 10-13% less CPU per image than 1 stream of 2 threads at batch 8 (no
+    # barrier between the two threads to wait at, which the decodes beside them make them do).
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=str(int(streams)))
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(int(threads))
     if cache_dir is not None:
@@ -46,7 +53,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, path: str | Path, meta: ArtifactMeta, parts: dict[str, bytes], threads: int | None,
-                 cache_dir: str | Path | None = None, precision: str = "f32") -> None:
+                 cache_dir: str | Path | None = None, precision: str = "f32", streams: int = 1) -> None:
         import openvino as ov
 
         path = Path(path)
@@ -63,10 +70,13 @@ class OpenVinoBackend:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ArtifactError(f"{path}: OpenVINO IR does not load: {first}") from None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(path)
-        self.config = compile_config(threads, self.cache_dir, precision)
+        self.config = compile_config(threads, self.cache_dir, precision, streams)
         self._compiled = core.compile_model(model, "CPU", self.config)
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.streams = max(1, int(self._compiled.get_property("NUM_STREAMS")))
         self._request = self._compiled.create_infer_request()
+        # one more request per stream beyond the first, for start()/finish(): inferences that run at once
+        self._free = [self._compiled.create_infer_request() for _ in range(self.streams)] if self.streams > 1 else []
         names = [o.get_any_name() for o in self._compiled.outputs]
         try:
             self._outputs = [names.index(n) for n in meta.outputs]
@@ -76,5 +86,23 @@ class OpenVinoBackend:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, size, size, 3) uint8 -> logits (N, 1000), features (N, 512), feature maps (N, 512, 7, 7)."""
         self._request.infer({0: batch})
-        logits, features, maps = (self._request.get_output_tensor(i).data.copy() for i in self._outputs)
+        return self._copy(self._request)
+
+    def start(self, batch: np.ndarray) -> Any:
+        """Start an inference on one of the streams (the batch is copied into the request) and return at once;
+        finish() its handle for the outputs. At most self.streams started and not finished."""
+        request = self._free.pop()
+        request.start_async({0: batch})
+        return request
+
+    def finish(self, request: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The outputs of a started inference, as run() gives them (waits for it)."""
+        try:
+            request.wait()
+            return self._copy(request)
+        finally:
+            self._free.append(request)
+
+    def _copy(self, request: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, features, maps = (request.get_output_tensor(i).data.copy() for i in self._outputs)
         return logits, features, maps

@@ -6,7 +6,11 @@ descriptor that was stdout (stdout itself goes to /dev/null, so that no library'
 answers; stderr too, so that a hostile file cannot fill the journal with libjpeg/libpng/libtiff warnings).
 
 Once cv2 is imported it writes READY. Request: REQUEST header (magic, data length, imread flag, classify side,
-CPU seconds, address-space bytes), then the data. Answer: ANSWER header (status, payload length), then the
+CPU seconds, address-space bytes, network input size and resize, 0 for the decoded picture), then the data.
+With an input size, the worker also makes the network's input (shorter side to `resize`, centre crop `size`:
+monitor/core/resample.py, the package's one definition, loaded by path) and answers that picture (150 KB for
+224x224) instead of the decoded one: the batch route's decodes then pipe 7x less back and the resize runs here,
+beside the network, not in the daemon. Answer: ANSWER header (status, payload length), then the
 payload: for OK, IMAGE (height, width, channels) and the uint8 pixels; for FAILED, a UTF-8 message. Before
 each decode the process limits itself: RLIMIT_CPU a second past the parent's limit (the parent measures and
 kills first, to the tick; this is the floor if the parent cannot) and RLIMIT_AS to what the decode was charged
@@ -21,7 +25,7 @@ import resource
 import struct
 import sys
 
-REQUEST = struct.Struct("<IQiIdQ")
+REQUEST = struct.Struct("<IQiIdQII")
 ANSWER = struct.Struct("<BQ")
 IMAGE = struct.Struct("<III")
 MAGIC = 0x4D444543                # "CEDM"
@@ -114,6 +118,18 @@ def decode(cv2, np, data: bytes, flag: int, side: int):  # noqa: ANN001 (modules
     return np.ascontiguousarray(image)
 
 
+def _resample():  # noqa: ANN202 (a module loaded by path)
+    """monitor/core/resample.py, loaded by its path (this process does not import the package)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", "resample.py")
+    spec = importlib.util.spec_from_file_location("monitor_core_resample", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _first_video_frame(cv2, data: bytes):  # noqa: ANN001
     # Some OpenCV builds lack a GIF decoder in imdecode; FFmpeg reads GIFs as one-frame videos. The same as
     # capture/frames.py's helper, kept here because this process is started by path with `python -I` and imports
@@ -142,12 +158,13 @@ def main() -> int:
     import numpy as np
     import cv2
     cv2.setNumThreads(0)          # one decode is one thread: the CPU limit is the decode's, and no thread stacks
+    resample = _resample()
     _write_all(answers, READY)
     while True:
         head = _read_exact(0, REQUEST.size)
         if head is None:
             return 0              # the parent closed the pipe: stop
-        magic, length, flag, side, cpu_seconds, address_space = REQUEST.unpack(head)
+        magic, length, flag, side, cpu_seconds, address_space, size, resize = REQUEST.unpack(head)
         if magic != MAGIC:
             return 2
         _reset_peak()             # (here, not after answering: the parent reads the peak once it has the answer)
@@ -157,6 +174,8 @@ def main() -> int:
         _limit(cpu_seconds, address_space)
         try:
             result = decode(cv2, np, data, flag, side)
+            if size and not isinstance(result, str):
+                result = resample.center_prepared(result, size, resize)
         except MemoryError:
             result = "the decoder ran out of its memory allowance"
         finally:

@@ -175,14 +175,15 @@ class DecoderPool:
             return sorted(w.pid for w in self._all)
 
     def decode(self, data: bytes, flag: int, side: int, memory: int, deadline: float,
-               cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+               cancelled: Callable[[], bool] | None = None, prepare: tuple[int, int] | None = None) -> np.ndarray:
         """The BGR picture of `data` decoded with cv2.imdecode(flag), scaled to at most `side` on its short side,
         in a worker allowed `memory` bytes more than it holds and self.cpu_seconds of CPU, killed at `deadline`
-        (time.monotonic()) or as soon as `cancelled()` is true. Raises DecodeError."""
+        (time.monotonic()) or as soon as `cancelled()` is true. With prepare=(size, resize), the network's input
+        made from that picture in the worker (monitor.core.resample.center_prepared) instead. Raises DecodeError."""
         worker = self._take(deadline)
         outcome = "crashed"
         try:
-            image, outcome = self._run(worker, data, flag, side, memory, deadline, cancelled)
+            image, outcome = self._run(worker, data, flag, side, memory, deadline, cancelled, prepare or (0, 0))
             return image
         except DecodeError as e:
             outcome = e.kind
@@ -277,7 +278,7 @@ class DecoderPool:
     # -- one decode --------------------------------------------------------------------------------------------
 
     def _run(self, worker: _Worker, data: bytes, flag: int, side: int, memory: int, deadline: float,
-             cancelled: Callable[[], bool] | None) -> tuple[np.ndarray, str]:
+             cancelled: Callable[[], bool] | None, prepare: tuple[int, int]) -> tuple[np.ndarray, str]:
         t0 = time.monotonic()
         if not worker.ready:
             self._wait_ready(worker, min(deadline, t0 + START_TIMEOUT), cancelled)
@@ -291,7 +292,7 @@ class DecoderPool:
 
         try:
             _send(worker.requests, protocol.REQUEST.pack(protocol.MAGIC, len(data), flag, side, self.cpu_seconds,
-                                                         memory), data)
+                                                         memory, *prepare), data)
         except OSError:
             stats("crashed", 0)
             raise self._died(worker) from None

@@ -199,13 +199,14 @@ class PixelBudget:
 
 
 def checked_decode(data: bytes, name: str, budget: PixelBudget, decoders: DecoderPool, deadline: float,
-                   cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+                   cancelled: Callable[[], bool] | None = None,
+                   prepare: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an uploaded image after sizing and costing it from its header: 415 when its format cannot be sized
     (or it is not an image), 413 when it promises more pixels, or needs more memory, than the budget; 422 when
     its structure would make decoding cost out of proportion (thousands of scans, pages, inflated text) or the
     decode runs past its CPU time; 503 when the budget or the decoders stay busy. ClientGone when `cancelled()`
     turns true during the decode. Returns the image scaled down to CLASSIFY_SIDE (short side) and its (width,
-    height) as uploaded."""
+    height) as uploaded; with prepare=(size, resize), the network's input made from it in the decoder process."""
     if not data:
         raise ApiError(415, f"{name}: empty, not an image")
     header = image_header(data)
@@ -234,7 +235,7 @@ def checked_decode(data: bytes, name: str, budget: PixelBudget, decoders: Decode
         raise ApiError(503, "too many large uploads being decoded, try again", {"Retry-After": "2"})
     try:
         flag = _REDUCED[reduction] if reduction else cv2.IMREAD_COLOR
-        image = decoders.decode(data, flag, CLASSIFY_SIDE, address_space(need), deadline, cancelled)
+        image = decoders.decode(data, flag, CLASSIFY_SIDE, address_space(need), deadline, cancelled, prepare)
     except DecodeError as e:
         raise _refusal(e, name, header) from None
     finally:

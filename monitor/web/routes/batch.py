@@ -4,8 +4,9 @@ NDJSON line per file in the request's order as soon as its batch is classified, 
 The body is bounded like a single upload's (its size by server.batch_max_bytes, its arrival by the upload
 deadline, its memory by the upload memory budget) and takes one of the upload slots for the whole batch. Each
 file goes through the single upload's checks (monitor.web.upload.checked_decode: header sizing, the pixel
-budget, a decode in a decoder process bounded in CPU time) on a prefetch of DECODERS loads while the network
-runs on the previous batch of up to BATCH (monitor.inference.prefetch). A file's refusal is its own line;
+budget, a decode in a decoder process bounded in CPU time, which also makes the network's input there) on a
+prefetch of DECODERS loads while the network runs on the previous batch of up to BATCH
+(monitor.inference.prefetch). A file's refusal is its own line;
 request-wide limits (monitor.web.batch) are answered with their status before the stream starts.
 
 The work runs on one thread-pool thread that hands lines to the response through a bounded queue (a client
@@ -29,7 +30,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from monitor.inference.prefetch import BATCH, classify_ahead
+from monitor.inference.prefetch import BATCH, STREAMS, classify_ahead
 from monitor.web import api, models
 from monitor.web.batch import ZIP_TYPES, BatchError, BatchFile, BatchLine, BatchResult, BatchSummary, Limits, \
     batch_files
@@ -186,7 +187,9 @@ class _Batch:
     def _produce(self) -> None:
         t0 = time.monotonic()
         services = self.web.services
-        classifier = services.classifier
+        # the daemon's artifact compiled for throughput (made on the first batch, kept): the next batch starts
+        # while one runs, as in `monitor classify DIR`; the cameras keep the one-stream classifier
+        classifier = services.classifier.pipelined(STREAMS)
         counts = [0, 0]
         try:
             load = functools.partial(_load, self.web, self.gone)
@@ -214,7 +217,7 @@ class _Batch:
                 outcomes.close()                  # cancels the loads ahead, waits for those running
             self._put(_line(BatchSummary(files=len(self.files), classified=counts[0], errors=counts[1],
                                          seconds=round(time.monotonic() - t0, 3),
-                                         model=models.Model(**api.model_json(classifier)))))
+                                         model=models.Model(**api.model_json(services.classifier)))))
         except Exception as e:
             log.error("http: batch classification failed after %d files", sum(counts), exc_info=e)
         finally:
@@ -251,10 +254,14 @@ def _load(web: Server, gone: threading.Event, file: BatchFile) -> tuple[np.ndarr
     if gone.is_set():
         raise ClientGone()
     data = file.read()
-    image, size = checked_decode(data, repr(file.name), web.pixels, web.decoders,
-                                 time.monotonic() + web.upload_timeout, gone.is_set)
+    preprocess = web.services.classifier.meta.preprocess
+    # the network's input is made in the decoder process: 150 KB back through the pipe instead of the picture,
+    # and the resize runs there (beside the network) instead of in the daemon
+    prepared, size = checked_decode(data, repr(file.name), web.pixels, web.decoders,
+                                    time.monotonic() + web.upload_timeout, gone.is_set,
+                                    prepare=(int(preprocess.get("crop", 224)), int(preprocess.get("resize", 256))))
     del data
-    return web.services.classifier.prepare([image])[0], size
+    return prepared, size
 
 
 def _refusal(error: Exception | None, name: str) -> tuple[int, str]:
