@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --transcode: a keyframe every S seconds (default 2)")
     p.add_argument("--codec", default="h264", metavar="h264,hevc",
                    help="with --transcode: the codecs to serve, each measured at every step (default h264)")
+    p.add_argument("--sessions-per-server", type=int, default=0, metavar="N",
+                   help="serve the cameras from several RTSP server processes, N cameras each (default: one server; "
+                        "one GStreamer test server does not keep up with 64 sessions of 1080p)")
     p.add_argument("--no-web", action="store_true",
                    help="start the daemon without its HTTP server (by default it runs as deployed: web server on, "
                         "/metrics scraped every 5 s)")

@@ -484,6 +484,9 @@ def run_main(config_path: str, weights: str | None = None) -> int:
     return 0
 
 
+BATCH_CLASSIFIER_IDLE = 120.0      # seconds without a batch before its throughput-compiled copy is released
+
+
 def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, config_path: str) -> None:
     """The main thread: watchdog pings while heartbeats are fresh, status, retention, reloads."""
     interval = watchdog_interval()
@@ -514,6 +517,7 @@ def _supervise(daemon: Daemon, signals: _Signals, notifier: SystemdNotifier, con
                          daemon.config.events.retention / 86400)
         if now >= next_trim:
             next_trim = now + TRIM_EVERY
+            daemon.classifier.drop_idle_pipelined(BATCH_CLASSIFIER_IDLE)
             trim()      # free heap pages back to the system: see monitor/core/memory.py (issue 24)
         status = daemon.status_line()
         if daemon.healthy():

@@ -56,6 +56,10 @@ def test_two_streams_answer_as_one(demo_weights: Path, folder: list[Path]) -> No
     a = list(classify_files(one, folder, top_k=5))
     b = list(classify_files(two, folder, top_k=5))
     assert [o.item for o in b] == folder
+    # an idle daemon gives the copy's memory back; a batch still holding it keeps it
+    assert one.drop_idle_pipelined(3600) == 0 and one.pipelined(2) is two
+    assert one.drop_idle_pipelined(0) == 1 and two.streams == 2
+    assert one.pipelined(2) is not two and one.drop_idle_pipelined(0) == 1
     assert [o.error is None for o in b] == [o.error is None for o in a] == [f.name not in ("broken.jpg",
                                                                                             "missing.jpg")
                                                                            for f in folder]

@@ -412,6 +412,35 @@ class _Server:
                 self.proc.wait(5)
 
 
+class _Servers:
+    """The step's RTSP servers: one, or one per `per_server` cameras (--sessions-per-server). One GStreamer test
+    server refused or garbled most of 64 simultaneous 1080p sessions; several processes share them out."""
+
+    def __init__(self, serve: Path, videos: list[Path], minutes: float, folder: Path, cameras: int,
+                 per_server: int = 0) -> None:
+        count = 1 if per_server <= 0 else max(1, math.ceil(cameras / per_server))
+        self.per_server = per_server if per_server > 0 else max(1, cameras)
+        self.videos = videos
+        self.servers: list[_Server] = []
+        try:
+            for i in range(count):
+                sub = folder / f"server-{i}" if count > 1 else folder
+                sub.mkdir(exist_ok=True)
+                self.servers.append(_Server(serve, videos, minutes, sub))
+        except BaseException:
+            self.stop()
+            raise
+
+    def urls(self, cameras: int) -> list[str]:
+        """Camera i's URL: its server by blocks of per_server, the videos in turn."""
+        return [f"rtsp://127.0.0.1:{self.servers[min(i // self.per_server, len(self.servers) - 1)].port}/"
+                f"{self.videos[i % len(self.videos)].stem}" for i in range(cameras)]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "monitor.bench.capacity", "--child", json.dumps(spec)],
                           capture_output=True, text=True, timeout=spec["seconds"] + spec["warmup"] + 180)
@@ -431,7 +460,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
                  progress: Any = None, breakdown_cameras: int = 0,
                  variants: Sequence[Variant] = (Variant(),), gop: float = 2.0,
-                 codecs: Sequence[str] = ("h264",), web: bool = True) -> dict[str, Any]:
+                 codecs: Sequence[str] = ("h264",), web: bool = True, per_server: int = 0) -> dict[str, Any]:
     """variants (x codecs, with a transcode): each run at every step; interleaved per step so that a change of load
     on the machine hits every one alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
@@ -454,11 +483,11 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
             served = served_by[codec]
             sub = folder / f"step-{len(rows) + len(breakdown)}"
             sub.mkdir()
-            server = _Server(serve, served, minutes, sub) if n else None
+            server = _Servers(serve, served, minutes, sub, n, per_server) if n else None
             try:
-                urls = [f"rtsp://127.0.0.1:{server.port}/{v.stem}" for v in served] if server else []
+                urls = server.urls(n) if server else []
                 if mode is None:
-                    spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps, "seconds": seconds,
+                    spec = {"urls": urls, "fps": fps, "seconds": seconds,
                             "warmup": warmup, "config": config, "weights": weights, "variant": list(variant),
                             "web": web}
                     row = _run_child(spec)
@@ -468,12 +497,11 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                         # under load): the daemon is fine, the step is not a measurement. One retry, fresh server.
                         server.stop()
                         (sub / "retry").mkdir()
-                        server = _Server(serve, served, minutes, sub / "retry")
+                        server = _Servers(serve, served, minutes, sub / "retry", n, per_server)
                         if progress is not None:
                             print(f"{n:>7} | retrying with a fresh RTSP server: {row['error']}", file=progress,
                                   flush=True)
-                        spec["urls"] = [f"rtsp://127.0.0.1:{server.port}/{served[i % len(served)].stem}"
-                                        for i in range(n)]
+                        spec["urls"] = server.urls(n)
                         first_error = row["error"]
                         row = _run_child(spec)
                         row["retried_after"] = first_error
@@ -486,7 +514,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                         print(_format_row(row, same) + (f" | {row['variant']}" if len(arms) > 1 else ""),
                               file=progress, flush=True)
                     continue
-                spec = {"urls": [urls[i % len(urls)] for i in range(n)], "fps": fps,
+                spec = {"urls": urls, "fps": fps,
                         "seconds": min(seconds, 15.0), "warmup": 0.0, "decode": mode,
                         "decode_threads": variant.decode_threads}
                 row = _run_child(spec)
@@ -624,7 +652,7 @@ def bench_capacity(args: argparse.Namespace) -> int:
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
                      args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants, gop=args.gop,
-                     codecs=codecs, web=not args.no_web)
+                     codecs=codecs, web=not args.no_web, per_server=args.sessions_per_server)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol, Sequence
@@ -139,11 +140,13 @@ class Classifier:
         self._lock = threading.Lock()
         self._cache_dir = cache_dir
         self._pipelined: dict[int, Classifier] = {}
+        self._pipelined_used: dict[int, float] = {}     # streams -> time.monotonic() it was last asked for
 
     def pipelined(self, streams: int) -> Classifier:
         """A Classifier of the same artifact with `streams` inferences at once for start()/finish() (OpenVINO
-        THROUGHPUT), made on first use and kept: what a batch of images runs on in a daemon whose own classifier
-        keeps one stream for the cameras' latency. Itself for the torch runtime or streams <= 1."""
+        THROUGHPUT), made on first use and kept until drop_idle_pipelined(): what a batch of images runs on in a
+        daemon whose own classifier keeps one stream for the cameras' latency. Itself for the torch runtime or
+        streams <= 1."""
         if streams <= 1 or self.runtime != "openvino" or self.streams == streams:
             return self
         with self._lock:
@@ -151,7 +154,21 @@ class Classifier:
             if sibling is None:
                 sibling = Classifier(self.path, self.threads, self.runtime, self._cache_dir, streams=streams)
                 self._pipelined[streams] = sibling
+            self._pipelined_used[streams] = time.monotonic()
             return sibling
+
+    def drop_idle_pipelined(self, idle_for: float) -> int:
+        """Forget the pipelined copies not asked for in `idle_for` seconds: a compiled copy holds ~36 MB, and a
+        daemon that classified one batch should not keep it for months (the next batch compiles it again, ~0.2 s
+        from OpenVINO's cache). A batch still running holds its own reference. Returns how many were dropped."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [n for n, used in self._pipelined_used.items() if now - used >= idle_for]
+            for n in idle:
+                del self._pipelined[n], self._pipelined_used[n]
+        if idle:
+            log.info("batch classifier: released after %.0f s unused (compiled again on the next batch)", idle_for)
+        return len(idle)
 
     @property
     def untrained(self) -> bool:
