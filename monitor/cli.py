@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --transcode: a keyframe every S seconds (default 2)")
     p.add_argument("--codec", default="h264", metavar="h264,hevc",
                    help="with --transcode: the codecs to serve, each measured at every step (default h264)")
+    p.add_argument("--phases", type=int, default=1, metavar="K",
+                   help="with --transcode: K transcodes per video whose keyframes are spread over the GOP, taken by "
+                        "the cameras in turn (independent cameras do not send their keyframes at the same moment; "
+                        "default 1: all at once, the worst case)")
     p.add_argument("--sessions-per-server", type=int, default=0, metavar="N",
                    help="serve the cameras from several RTSP server processes, N cameras each (default: one server; "
                         "one GStreamer test server does not keep up with 64 sessions of 1080p)")
@@ -188,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera capture to compare (default pyav, the daemon's for URLs): opencv, pyav (full size) or "
                         "pyav:960x540 (backend pyav with that frame_size); pyav+all / pyav+keyframes: sample all / "
                         "keyframes (pyav's default is auto: keyframes only when 1/fps >= the GOP); pyav+clips: event "
-                        "clips recorded; pyav+pytimeout: reads bounded by PyAV's own timeout (its Python interrupt "
-                        "callback, the GIL on every socket read) instead of FFmpeg's")
+                        "clips recorded (every camera always in an event); pyav+ring: clips on, no event (pre-roll only); pyav+feedall: keyframe sampling feeds every packet to the decoder; "
+                        "pyav+pytimeout: reads bounded by PyAV's own timeout (its Python interrupt callback, the GIL "
+                        "on every socket read) instead of FFmpeg's")
     p.add_argument("--malloc", default="tuned", metavar="tuned,arenas",
                    help="malloc settings to compare: tuned (the daemon's) or arenas (arena cap only, the old one)")
     p.add_argument("--capture-priority", default="default", metavar="low,idle,normal",

@@ -103,9 +103,11 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
     from monitor.core import memory
     if variant.malloc == "arenas":
         memory.MMAP_THRESHOLD = 0           # the daemon's tune_malloc() then only caps the arenas (as before)
+    from monitor.capture import pyav_capture
     if "+pytimeout" in variant.capture:     # reads bounded by PyAV's Python interrupt callback (before issue 22)
-        from monitor.capture import pyav_capture
         pyav_capture.READ_TIMEOUT_IN_FFMPEG = False
+    if "+feedall" in variant.capture:       # keyframe sampling hands every packet to the decoder (before)
+        pyav_capture.FEED_KEYFRAMES_ONLY = False
 
     from monitor.config.types import (CameraConfig, Config, EventsConfig, LoggingConfig, ModelConfig, RuleConfig,
                                       ServerConfig)
@@ -211,16 +213,18 @@ def run_step(urls: list[str], fps: float, seconds: float, warmup: float, config_
 def capture_options(capture: str) -> dict[str, Any]:
     """--capture values: "opencv", "pyav" (full size) or "pyav:WxH" (frame_size) -> CameraConfig fields;
     "pyav+clips[:WxH]": the same with event clips on (5 s pre-roll), every camera recording (see run_step);
+    "pyav+ring": clips on but no event, so only the pre-roll rings are kept (the cost of clips between events);
     "pyav+all" / "pyav+keyframes": camera `sample:` all (every frame decoded) / keyframes (the default is auto:
     keyframes only when 1/fps >= the GOP); "pyav+pytimeout": reads bounded by PyAV's own timeout (its interrupt
-    callback takes the GIL on every socket read) instead of FFmpeg's socket timeout (set in run_step)."""
+    callback takes the GIL on every socket read) instead of FFmpeg's socket timeout; "pyav+feedall": keyframe sampling
+    still hands every packet to the decoder (both set in run_step)."""
     backend, _, size = capture.partition(":")
     backend, *extras = backend.split("+")
     if backend not in ("opencv", "pyav") or (size and backend != "pyav") or (extras and backend != "pyav") or any(
-            e not in ("clips", "all", "keyframes", "pytimeout") for e in extras) or ({"all", "keyframes"} <= set(extras)):
+            e not in ("clips", "ring", "all", "keyframes", "pytimeout", "feedall") for e in extras) or ({"all", "keyframes"} <= set(extras)):
         raise ValueError(capture)
     options: dict[str, Any] = {"backend": backend}
-    if "clips" in extras:
+    if "clips" in extras or "ring" in extras:
         from monitor.config.types import CameraClipsConfig
         options["clips"] = CameraClipsConfig(enabled=True, pre=5.0, post=10.0, max_length=600.0)
     for sample in ("all", "keyframes"):
@@ -350,9 +354,11 @@ def _child_main() -> int:
 CODECS = ("h264", "hevc")
 
 
-def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: str = "h264") -> Path:
+def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: str = "h264",
+               phase: float = 0.0) -> Path:
     """WIDTHxHEIGHT@FPS: H.264 or H.265 as IP cameras send it (no B-frames, a keyframe every `gop` seconds, no
-    scene-cut keyframes), in a temp folder."""
+    scene-cut keyframes), in a temp folder. phase > 0: the keyframes fall at phase + k * gop seconds (after the
+    first picture's), so cameras served from different phases do not all send their keyframe at once."""
     try:
         size, rate = spec.split("@")
         width, height = (int(v) for v in size.lower().split("x"))
@@ -361,7 +367,8 @@ def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: st
         raise SystemExit(f"monitor bench capacity: --transcode {spec!r}: expected WIDTHxHEIGHT@FPS, e.g. "
                          f"1920x1080@25") from None
     keyint = max(1, round(gop * fps))
-    out = folder / f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}.mp4"
+    out = folder / f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}{f'-phase{phase:g}' if phase else ''}.mp4"
+    forced = ["-force_key_frames", f"expr:gte(t,n_forced*{gop:g}+{phase:g})"] if phase else []
     if codec == "hevc":
         encoder = ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
                    "-x265-params", f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:log-level=error"]
@@ -369,9 +376,9 @@ def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: st
         encoder = ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
                    "-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0"]
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-an",
-           "-vf", f"scale={width}:{height},fps={fps:g}", *encoder, "-pix_fmt", "yuv420p", str(out)]
-    print(f"transcoding {video.name} to {codec} {width}x{height} at {fps:g} fps, a keyframe every {gop:g} s "
-          f"(temporary) ...", file=sys.stderr, flush=True)
+           "-vf", f"scale={width}:{height},fps={fps:g}", *encoder, *forced, "-pix_fmt", "yuv420p", str(out)]
+    print(f"transcoding {video.name} to {codec} {width}x{height} at {fps:g} fps, a keyframe every {gop:g} s"
+          f"{f' from {phase:g} s' if phase else ''} (temporary) ...", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"monitor bench capacity: ffmpeg failed on {video}: {done.stderr.strip()[-500:]}")
@@ -460,13 +467,16 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                  serve: Path, transcode: str | None, config: str | None, weights: str | None,
                  progress: Any = None, breakdown_cameras: int = 0,
                  variants: Sequence[Variant] = (Variant(),), gop: float = 2.0,
-                 codecs: Sequence[str] = ("h264",), web: bool = True, per_server: int = 0) -> dict[str, Any]:
+                 codecs: Sequence[str] = ("h264",), web: bool = True, per_server: int = 0,
+                 phases: int = 1) -> dict[str, Any]:
     """variants (x codecs, with a transcode): each run at every step; interleaved per step so that a change of load
     on the machine hits every one alike."""
     with tempfile.TemporaryDirectory(prefix="monitor-bench-capacity.") as tmp:
         folder = Path(tmp)
-        served_by = {c: [_transcode(v, transcode, folder, gop, c) for v in videos] if transcode else list(videos)
-                     for c in codecs}
+        # phases > 1: each video in that many transcodes whose keyframes are spread over the GOP (cameras take
+        # them in turn), as independent cameras send them; with one, every camera's keyframe arrives at once.
+        served_by = {c: [_transcode(v, transcode, folder, gop, c, gop * k / phases) for k in range(phases)
+                         for v in videos] if transcode else list(videos) for c in codecs}
         arms = [(c, v, (f"{c}, " if len(codecs) > 1 else "") + v.label) for c in codecs for v in variants]
         # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
         # sessions cannot leave the next one a server in a bad state. Long enough for a step and its start-up.
@@ -595,6 +605,8 @@ def bench_capacity(args: argparse.Namespace) -> int:
         raise SystemExit(f"monitor bench capacity: --codec {args.codec!r}: expected h264 and/or hevc")
     if (codecs != ["h264"] or args.gop != 2.0) and not args.transcode:
         raise SystemExit("monitor bench capacity: --codec and --gop shape the transcode: pass --transcode WxH@FPS")
+    if args.phases < 1 or (args.phases > 1 and not args.transcode):
+        raise SystemExit("monitor bench capacity: --phases K needs K >= 1 and --transcode (it shapes the transcodes)")
     if args.gop <= 0:
         raise SystemExit("monitor bench capacity: --gop must be > 0 seconds")
     videos = [Path(s).resolve() for s in args.sources]
@@ -652,7 +664,8 @@ def bench_capacity(args: argparse.Namespace) -> int:
     print(HEADER, file=out, flush=True)
     r = run_capacity(videos, steps, args.fps, args.seconds, args.warmup, serve, args.transcode, config,
                      args.weights, progress=out, breakdown_cameras=args.breakdown, variants=variants, gop=args.gop,
-                     codecs=codecs, web=not args.no_web, per_server=args.sessions_per_server)
+                     codecs=codecs, web=not args.no_web, per_server=args.sessions_per_server,
+                     phases=args.phases)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

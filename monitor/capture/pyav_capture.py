@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 I420_IN_PLACE = True                # False: every conversion through PyAV's reformat() (the bench's A/B, pyav+sws)
-READ_TIMEOUT_IN_FFMPEG = True       # False: PyAV's own read timeout (the bench's A/B of issue 22, pyav+pytimeout)
+READ_TIMEOUT_IN_FFMPEG = True
+FEED_KEYFRAMES_ONLY = True          # False: every packet handed to the decoder while skipping (bench, pyav+feedall)       # False: PyAV's own read timeout (the bench's A/B of issue 22, pyav+pytimeout)
 _quiet_lock = threading.Lock()
 _quiet_done = False
 
@@ -98,6 +99,7 @@ class PyAVCapture:
         # Frame threads each hold pictures of their own (see CameraConfig.decode_threads).
         self._stream.thread_count = max(0, int(threads))
         self._stream.thread_type = "FRAME" if threads != 1 else "SLICE"
+        self._single_thread = threads == 1
         self._decoded = self._frames()
 
     def _frames(self) -> Any:
@@ -132,6 +134,12 @@ class PyAVCapture:
                     # B-frames).
                     self._skipping = self.keyframes_only
                     codec.skip_frame = "NONKEY" if self._skipping else "DEFAULT"
+            elif self._skipping and FEED_KEYFRAMES_ONLY and packet.size and self._single_thread \
+                    and not codec.has_b_frames:
+                # Keyframes only, a stream without reordering and a decoder without frame threads (neither holds
+                # pictures back): FFmpeg would parse this packet and drop it. Not handing it over saves a decode
+                # call per packet, each a GIL release and re-take on this thread (64 cameras: 1,500 a second).
+                continue
             for frame in video.decode(packet):
                 self.consumed, consumed = consumed, 0
                 yield frame
