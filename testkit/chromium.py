@@ -303,6 +303,35 @@ class Page:
             raise ChromiumError(f"no element {selector!r}")
         self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(p) for p in paths]})
 
+    def play_and_seek(self, video: str, seek_to: float, watch_ms: int = 1500) -> dict[str, Any]:
+        """Play the <video> that the CSS selector names (muted: autoplay), watch it for `watch_ms`, pause, seek
+        to `seek_to` seconds. Returns readyState before and after the seek (ready, readyAfterSeek), currentTime at
+        the start and end of the watch (t0, t1), seekedTo, duration, videoWidth as width, and error (None, or what
+        play() threw with what the server answers a browser's Range request for the source)."""
+        return self.evaluate("""(async () => {
+            const v = document.querySelector(%s);
+            const once = (name) => new Promise((ok) => v.addEventListener(name, ok, { once: true }));
+            const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+            v.muted = true;
+            try {
+                await v.play();
+            } catch (e) {
+                const r = await fetch(v.currentSrc || v.src, { headers: { Range: 'bytes=0-' } });
+                return { error: `${e} (media error ${v.error && v.error.code}; GET Range bytes=0- -> ${r.status} `
+                    + `${r.headers.get('content-type')} ${r.headers.get('content-range')})` };
+            }
+            if (v.readyState < 2) await once('canplay');
+            const ready = v.readyState, t0 = v.currentTime;
+            await sleep(%d);
+            const t1 = v.currentTime;
+            v.pause();
+            const seek = once('seeked');
+            v.currentTime = %f;
+            await seek;
+            return { ready, t0, t1, seekedTo: v.currentTime, readyAfterSeek: v.readyState, duration: v.duration,
+                     width: v.videoWidth, error: v.error && v.error.message };
+        })()""" % (json.dumps(video), watch_ms, seek_to))
+
     def screenshot(self) -> bytes:
         """PNG of the viewport."""
         return base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])

@@ -124,29 +124,7 @@ def test_webhook_and_mqtt_carry_the_clip_url_in_a_follow_up_and_the_page_plays_t
             page.evaluate("fetch('/api/events?limit=12').then((r) => r.text())"), page.errors())
         assert page.evaluate(f"document.querySelector('{selector} video.clip').getAttribute('src')") == url
         assert page.wait(f"document.querySelector('{selector} img.thumb')?.naturalWidth > 0", 10)
-        result = page.evaluate("""(async () => {
-            const v = document.querySelector('%s video.clip');
-            const once = (name) => new Promise((ok) => v.addEventListener(name, ok, { once: true }));
-            const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-            v.muted = true;
-            try {
-                await v.play();
-            } catch (e) {     // why: what the server answered the browser's own kind of request
-                const r = await fetch(v.src, { headers: { Range: 'bytes=0-' } });
-                return { error: `${e} (media error ${v.error && v.error.code}; GET Range bytes=0- -> ${r.status} `
-                    + `${r.headers.get('content-type')} ${r.headers.get('content-range')})` };
-            }
-            if (v.readyState < 2) await once('canplay');
-            const ready = v.readyState, t0 = v.currentTime;
-            await sleep(1500);
-            const t1 = v.currentTime;
-            v.pause();
-            const seek = once('seeked');
-            v.currentTime = %f;
-            await seek;
-            return { ready, t0, t1, seekedTo: v.currentTime, readyAfterSeek: v.readyState, duration: v.duration,
-                     error: v.error && v.error.message };
-        })()""" % (selector, PRE / 2))
+        result = page.play_and_seek(f"{selector} video.clip", PRE / 2)
         assert result["error"] is None, result
         assert result["ready"] >= 2, result
         assert result["t1"] - result["t0"] >= 0.5, result                  # it plays

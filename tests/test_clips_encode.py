@@ -224,22 +224,7 @@ def test_chromium_plays_the_encoded_clip_and_seeks_into_the_preroll(clip: Path, 
     try:
         with Browser(tmp_path / "profile", flags=("--autoplay-policy=no-user-gesture-required",)) as browser:
             page = browser.page(f"http://127.0.0.1:{server.server_address[1]}/index.html")
-            result = page.evaluate("""(async () => {
-                const v = document.querySelector('video');
-                const once = (name) => new Promise((ok) => v.addEventListener(name, ok, { once: true }));
-                const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-                try { await v.play(); } catch (e) { return { error: `${e} (media error ${v.error && v.error.code})` }; }
-                if (v.readyState < 2) await once('canplay');
-                const ready = v.readyState, t0 = v.currentTime;
-                await sleep(1200);
-                const t1 = v.currentTime;
-                v.pause();
-                const seek = once('seeked');
-                v.currentTime = %f;
-                await seek;
-                return { ready, t0, t1, seekedTo: v.currentTime, readyAfterSeek: v.readyState, duration: v.duration,
-                         width: v.videoWidth, error: v.error && v.error.message };
-            })()""" % (PRE / 2))
+            result = page.play_and_seek("video", PRE / 2, watch_ms=1200)
     finally:
         server.shutdown()
         server.server_close()
