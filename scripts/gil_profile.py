@@ -10,7 +10,7 @@ change of load hits all alike:
   sws       PyAV conversions through reformat() (pyav_capture.I420_IN_PLACE = False, before issue 22)
   pytimeout reads bounded by PyAV's Python interrupt callback (pyav_capture.READ_TIMEOUT_IN_FFMPEG = False)
 
-    .venv/bin/python scripts/gil_profile.py --rtsp-serve ../shared/tools/rtsp_serve.py \
+    .venv/bin/python scripts/gil_profile.py --rtsp-serve ../shared/tools/rtsp_serve.py --weights /tmp/bw/demo.pt \
         ../shared/data/videos/car-detection.mp4 --cameras 16 --fps 5 --variants new,sws --rounds 2
 
 Needs py-spy (`.venv/bin/pip install py-spy`; a measuring tool, not a dependency of the package or its tests),
@@ -65,18 +65,33 @@ def gil_shares(raw: Path, seconds: float) -> dict[str, float]:
     return {name: n / (RATE * seconds) for name, n in held.most_common()}
 
 
+def wait_up(port: int, daemon: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and daemon.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the daemon did not answer on port {port}:\n{log.read_text(errors='replace')[-2000:]}")
+
+
 def run_one(variant: str, url: str, cameras: int, fps: float, warmup: float, seconds: float, spy: str,
-            folder: Path) -> dict[str, object]:
+            folder: Path, weights: Path) -> dict[str, object]:
     port = free_port()
     config = folder / f"{variant}.yaml"
     config.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1", "port": port}, "logging": {"level": "warning"},
+        "model": {"weights": str(weights)},
         "events": {"database": str(folder / f"{variant}.db")},
         "cameras": [{"name": f"c{i:02d}", "source": url, "fps": fps, "open_timeout": 60} for i in range(cameras)]}))
     code = (f"import sys; from monitor.capture import pyav_capture\n{VARIANTS[variant]}\n"
             f"from monitor.cli import main; sys.exit(main(['run', '-c', {str(config)!r}]))")
-    daemon = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = folder / f"{variant}.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
     try:
+        wait_up(port, daemon, log)
         time.sleep(warmup)
         before = metric_sums(port)
         raw = folder / f"{variant}.raw"
@@ -94,6 +109,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("video", type=Path)
     ap.add_argument("--rtsp-serve", type=Path, required=True)
+    ap.add_argument("--weights", type=Path, default=Path("weights/resnet18-int8.pt"),
+                    help="runtime artifact (default: what `monitor weights fetch|demo` writes)")
     ap.add_argument("--cameras", type=int, default=16)
     ap.add_argument("--fps", type=float, default=5.0)
     ap.add_argument("--variants", default="new,sws")
@@ -127,7 +144,8 @@ def main() -> int:
                   f"{args.warmup:g} s; counters over the same window")
             for r in range(args.rounds):
                 for variant in variants:
-                    row = run_one(variant, url, args.cameras, args.fps, args.warmup, args.seconds, spy, folder)
+                    row = run_one(variant, url, args.cameras, args.fps, args.warmup, args.seconds, spy, folder,
+                                  args.weights.resolve())
                     gil = row["gil"]
                     assert isinstance(gil, dict)
                     print(f"round {r + 1} {variant:>9}: GIL held {sum(gil.values()):.1%} ("
