@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-I420_IN_PLACE = True                # False: every conversion through PyAV's reformat() (the bench's A/B, pyav+sws)
-READ_TIMEOUT_IN_FFMPEG = True
-FEED_KEYFRAMES_ONLY = True          # False: every packet handed to the decoder while skipping (bench, pyav+feedall)       # False: PyAV's own read timeout (the bench's A/B of issue 22, pyav+pytimeout)
+# Switches for the A/B measurements of issue 22 (the daemon never changes them):
+I420_IN_PLACE = True            # False: every conversion through PyAV's reformat() (scripts/gil_profile.py, sws)
+READ_TIMEOUT_IN_FFMPEG = True   # False: PyAV's own read timeout (bench capacity pyav+pytimeout, gil_profile)
+FEED_KEYFRAMES_ONLY = True      # False: every packet handed to the decoder while skipping (bench, pyav+feedall)
 _quiet_lock = threading.Lock()
 _quiet_done = False
 
