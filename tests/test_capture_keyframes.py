@@ -101,3 +101,51 @@ def test_keyframes_needs_pyav(tmp_path: Path) -> None:
     assert "cameras[0].sample" in str(e.value) and "backend: pyav" in str(e.value), e.value
     path.write_text(path.read_text().replace("    backend: opencv\n", ""))
     assert load_config(path).cameras[0].backend == "pyav"       # the default for URLs
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_keyframe_decoder_skips_deblocking_and_hands_back_every_frame(codec: str, tmp_path: Path) -> None:
+    """PyAVCapture on a real file (320x180, 1 s GOP, deblocking on; H.264 with B-frames): every frame, then
+    keyframes only, then every frame again. Against a plain decode of the same file: the keyframes-only pictures
+    are the file's keyframes, decoded without the loop filter (close to the deblocked ones, not equal to them all);
+    every other picture is bit-identical, none is lost at either switch (the B-frames the full decoder still held
+    are handed over), and none after the way back drifts."""
+    import av
+    import numpy as np
+
+    from monitor.capture.pyav_capture import PyAVCapture
+    clip = tmp_path / f"deblock-{codec}.mp4"
+    encoder = (["-c:v", "libx264", "-bf", "2"] if codec == "h264"
+               else ["-c:v", "libx265", "-x265-params", "log-level=error:bframes=2"])
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(VIDEOS / "car-detection.mp4"), "-t", "8", "-vf",
+                    f"scale=320:180,fps={FPS_IN}", *encoder, "-preset", "veryfast", "-g", str(FPS_IN),
+                    "-keyint_min", str(FPS_IN), "-sc_threshold", "0", "-an", str(clip)], check=True, timeout=120)
+    reference: dict[int, np.ndarray] = {}
+    keyframes: set[int] = set()
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            reference[frame.pts] = frame.to_ndarray(format="gray")
+            if frame.key_frame:
+                keyframes.add(frame.pts)
+    order = sorted(reference)
+
+    cap = PyAVCapture(str(clip), 5.0, 5.0)
+    got: list[tuple[int, bool, np.ndarray]] = []
+    while cap.grab():
+        got.append((cap._frame.pts, cap.skipping, cap._frame.to_ndarray(format="gray")))
+        keyframe_grabs = sum(1 for _, skipping, _ in got if skipping)
+        cap.keyframes_only = len(got) >= 30 and keyframe_grabs < 3
+    cap.release()
+
+    skipped = [(pts, picture) for pts, skipping, picture in got if skipping]
+    keys = sorted(keyframes)
+    first, last = keys.index(skipped[0][0]), keys.index(skipped[-1][0])
+    assert [pts for pts, _ in skipped] == keys[first:last + 1] and len(skipped) >= 3, [pts for pts, _ in skipped]
+    psnr = [10 * np.log10(255 ** 2 / max(1e-9, float(((picture.astype(float) - reference[pts]) ** 2).mean())))
+            for pts, picture in skipped]
+    assert min(psnr) > 35 and any(p < 99 for p in psnr), psnr       # deblocking skipped, and harmless
+    full = [(pts, picture) for pts, skipping, picture in got if not skipping]
+    assert last + 1 < len(keys), "the clip ended before the way back"
+    expected = [pts for pts in order if pts < keys[first] or pts >= keys[last + 1]]
+    assert [pts for pts, _ in full] == expected
+    assert all(np.array_equal(picture, reference[pts]) for pts, picture in full)

@@ -257,9 +257,19 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, deco
         # mode "pyav-all" / "pyav-keyframes": PyAV demux + decode as a `backend: pyav` camera does, every frame
         # or only the keyframes (sample: keyframes). Decoding only: the conversion of the sampled frames is the
         # same work either way.
-        from monitor.capture.pyav_capture import PyAVCapture
-        cap = PyAVCapture(url, 20.0, 10.0, decode_threads)
-        cap.keyframes_only = mode == "pyav-keyframes"
+        import monitor.capture.pyav_capture as pyav_capture
+        pyav_capture.SKIP_LOOP_FILTER = mode != "pyav-keyframes-deblock"
+        cap = pyav_capture.PyAVCapture(url, 20.0, 10.0, decode_threads)
+        cap.keyframes_only = mode.startswith("pyav-keyframes")
+        if mode == "pyav-demux":
+            # receive + demux alone, what keyframe sampling keeps (clips need every packet): the part of the
+            # other two modes that is not decoding
+            for _ in cap._container.demux(cap._stream):
+                grabbed[i] += 1
+                if stop.is_set():
+                    break
+            cap.release()
+            return
         while not stop.is_set():
             if not cap.grab():
                 errors.append(f"grab failed on {url}: {cap.error}")
@@ -302,10 +312,29 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, deco
         t.join(15)
     n = max(len(urls), 1)
     return {"cameras": len(urls), "mode": mode, "rss_mb": round(rss, 1),
-            "cpu_cores_per_camera": round(cpu / window / n, 3),
+            "cpu_cores_per_camera": round(cpu / window / n, 5),
             "decode_threads": decode_threads,
             "per_camera_mb": round((rss - rss0) / n, 1), "grabbed_fps_per_camera": round(count / window / n, 1),
             "errors": errors[:3]}
+
+
+def _keyframe_ratios(breakdown: list[dict[str, Any]]) -> list[str]:
+    """Keyframes only against every frame, per codec and decoder thread count, from the same run's breakdown: the
+    captures' whole CPU, and their decode CPU (the demux-only mode's CPU subtracted from both)."""
+    lines = []
+    for key in dict.fromkeys((r["codec"], r["decode_threads"]) for r in breakdown):
+        cpu = {r["mode"]: r["cpu_cores_per_camera"] for r in breakdown
+               if (r["codec"], r["decode_threads"]) == key and "error" not in r and not r["errors"]}
+        if not {"pyav-demux", "pyav-all", "pyav-keyframes"} <= cpu.keys() or not cpu["pyav-keyframes"]:
+            continue
+        demux = cpu["pyav-demux"]
+        for mode in ("pyav-keyframes", "pyav-keyframes-deblock"):
+            if mode in cpu and cpu[mode] > demux:
+                lines.append(f"{key[0]}: keyframes only{' (deblocked)' if mode.endswith('deblock') else ''} against "
+                             f"every frame: {cpu['pyav-all'] / cpu[mode]:.1f}x less capture CPU, "
+                             f"{(cpu['pyav-all'] - demux) / (cpu[mode] - demux):.1f}x less decode CPU "
+                             f"(receive + demux, {demux:.4f} cores per camera, subtracted)")
+    return lines
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -488,7 +517,8 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
         # The bare captures once per decoder thread count compared (the other settings do not matter to them).
         jobs += [(breakdown_cameras, m, Variant(t), c, c) for c in codecs
                  for t in dict.fromkeys(v.decode_threads for v in variants)
-                 for m in ("grab", "retrieve", "read", "pyav-all", "pyav-keyframes") if breakdown_cameras]
+                 for m in ("grab", "retrieve", "read", "pyav-demux", "pyav-all", "pyav-keyframes",
+                           "pyav-keyframes-deblock") if breakdown_cameras]
         for n, mode, variant, codec, label in jobs:
             served = served_by[codec]
             sub = folder / f"step-{len(rows) + len(breakdown)}"
@@ -533,17 +563,22 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                 if progress is not None and "error" not in row:
                     what = {"grab": "grab() only", "read": "read() every frame (before)",
                             "retrieve": f"grab() + retrieve() at {fps:g} fps into one array (now)",
+                            "pyav-demux": "receive + demux only, no decoding",
                             "pyav-all": "demux + decode of every frame",
-                            "pyav-keyframes": "demux + decode of the keyframes only"}[mode]
+                            "pyav-keyframes": "demux + decode of the keyframes only (no deblocking)",
+                            "pyav-keyframes-deblock": "demux + decode of the keyframes only, deblocked"}[mode]
                     print(f"{codec + ': ' if len(codecs) > 1 else ''}"
                           f"{'PyAV' if mode.startswith('pyav') else 'OpenCV'} alone, decode_threads {variant.decode_threads or 'auto'}, {row['cameras']} captures, {what}: "
                           f"{row['per_camera_mb']} MB and "
-                          f"{row['cpu_cores_per_camera']:.3f} cores per camera ({row['grabbed_fps_per_camera']} fps "
+                          f"{row['cpu_cores_per_camera']:.4f} cores per camera ({row['grabbed_fps_per_camera']} fps "
                           f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
                           flush=True)
             finally:
                 if server is not None:
                     server.stop()
+    if progress is not None:
+        for line in _keyframe_ratios(breakdown):
+            print(line, file=progress, flush=True)
     summary = []
     for codec, variant, label in arms:
         mine = [r for r in rows if r["variant"] == label and "error" not in r]
