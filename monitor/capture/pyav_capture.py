@@ -75,7 +75,7 @@ class PyAVCapture:
         # still demuxed either way: the clip pre-roll and the keyframe interval below need them.
         self.keyframes_only = False
         self._skipping = False
-        self._key_decoder: Any = None
+        self._decoder: Any = None       # the picture decoder of the current mode (see _new_decoder)
         self._key_times: deque[float] = deque(maxlen=9)    # stream seconds of the last keyframes
         self.consumed = 0           # video packets read for the picture grab() returned (a file's pace counts them)
         rtsp = target.lower().startswith(("rtsp://", "rtsps://"))
@@ -119,7 +119,9 @@ class PyAVCapture:
         ring = self._ring
         video = self._stream
         index = video.index
-        decoder = self._keyframe_decoder() if self._skipping else video.codec_context    # a rewind keeps the mode
+        if self._decoder is None:
+            self._decoder = self._new_decoder(self._skipping)
+        decoder = self._decoder                 # a rewind keeps the mode
         streams = (video, audio) if audio is not None else (video,)
         consumed = 0
         for packet in self._container.demux(streams):
@@ -138,7 +140,7 @@ class PyAVCapture:
                     for frame in self._drain(decoder):
                         yield frame
                     self._skipping = wanted
-                    decoder = self._keyframe_decoder() if self._skipping else video.codec_context
+                    decoder = self._decoder = self._new_decoder(wanted)     # the other one's pictures are freed
             elif self._skipping and FEED_KEYFRAMES_ONLY and packet.size and self._single_thread \
                     and not video.codec_context.has_b_frames:
                 # Keyframes only, a stream without reordering and a decoder without frame threads (neither holds
@@ -157,24 +159,30 @@ class PyAVCapture:
         decoder.flush_buffers()
         return frames
 
-    def _keyframe_decoder(self) -> Any:
-        """The decoder of keyframe sampling: FFmpeg's own skip (`skip_frame` NONKEY: other packets are parsed, not
-        decoded, and a B-frame stream's reordering still works), and no deblocking (`skip_loop_filter`), which
-        is about a quarter of an I-frame's decode (README, keyframe sampling). Skipping it is safe only here:
-        no decoded picture is ever a reference for another, since every other picture is skipped, and at this
-        size the blocking it leaves is below what the frame_size scaling and the network's 224x224 input keep
-        (PSNR 54-58 dB against the deblocked picture on 1080p H.264 and H.265). A context of its own because
-        FFmpeg reads that option only when a decoder opens."""
-        if self._key_decoder is None:
-            source = self._stream.codec_context
-            decoder = self._av.CodecContext.create(source.name, "r")
-            decoder.extradata = source.extradata
-            decoder.thread_count = source.thread_count
-            decoder.thread_type = source.thread_type
+    def _new_decoder(self, keyframes_only: bool) -> Any:
+        """A picture decoder for the stream, made from its parameters: one per mode, since FFmpeg reads
+        `skip_loop_filter` only when a decoder opens, and only the current one is kept (a 1080p decoder holds
+        several MB of pictures; 64 cameras with two each measured +430 MB).
+
+        Keyframes only: FFmpeg's own skip (`skip_frame` NONKEY: other packets are parsed, not decoded, and a
+        B-frame stream's reordering still works), and no deblocking (`skip_loop_filter`), about a fifth of an
+        I-frame's decode (README, keyframe sampling). Skipping it is safe only there: no decoded picture is ever
+        a reference for another, since every other picture is skipped, and at this size the blocking it leaves
+        is below what the frame_size scaling and the network's 224x224 input keep (PSNR 54-58 dB against the
+        deblocked picture on 1080p H.264 and H.265)."""
+        source = self._stream.codec_context
+        decoder = self._av.CodecContext.create(source.name, "r")
+        decoder.extradata = source.extradata
+        if source.width and source.height:          # raw and some intra codecs carry no size of their own
+            decoder.width, decoder.height = source.width, source.height
+        if source.pix_fmt:
+            decoder.pix_fmt = source.pix_fmt
+        decoder.thread_count = source.thread_count
+        decoder.thread_type = source.thread_type
+        if keyframes_only:
             decoder.options = {"skip_loop_filter": "all"} if SKIP_LOOP_FILTER else {}
             decoder.skip_frame = "NONKEY"
-            self._key_decoder = decoder
-        return self._key_decoder
+        return decoder
 
     def _note_keyframe(self, packet: Any) -> None:
         if packet.pts is not None and packet.time_base is not None:
@@ -272,8 +280,8 @@ class PyAVCapture:
         if self._ring is not None:
             self._ring.discontinuity()
         self._key_times.clear()                 # a rewound file's timestamps start again
-        if self._key_decoder is not None and self._key_decoder.is_open:
-            self._key_decoder.flush_buffers()   # seek() flushes the stream's own decoder only
+        if self._decoder is not None and self._decoder.is_open:
+            self._decoder.flush_buffers()       # seek() flushes only the stream's own decoder, not used here
         self._decoded = self._demux_and_decode(
             self._container.streams.audio[0] if self._ring is not None and self._container.streams.audio else None)
         return True
@@ -281,7 +289,7 @@ class PyAVCapture:
     def release(self) -> None:
         self._frame = None
         self._decoded = None
-        self._key_decoder = None
+        self._decoder = None
         if self._container is not None:
             try:
                 self._container.close()
