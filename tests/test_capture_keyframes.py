@@ -149,3 +149,39 @@ def test_keyframe_decoder_skips_deblocking_and_hands_back_every_frame(codec: str
     expected = [pts for pts in order if pts < keys[first] or pts >= keys[last + 1]]
     assert [pts for pts, _ in full] == expected
     assert all(np.array_equal(picture, reference[pts]) for pts, picture in full)
+
+
+def test_hevc_camera_sampled_at_keyframes_records_a_clip_with_its_preroll(server: RtspServer,
+                                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """H.265 end to end through the real daemon: a camera decoding keyframes only (1 fps, 1 s GOP) still keeps
+    every packet in its pre-roll, and an event's clip is a stream copy of the camera's HEVC (same codec and size),
+    pre + event + post long within a GOP, that ffmpeg decodes to the end without an error."""
+    from monitor.config.loader import parse_config
+    from tests.test_clips import POST, PRE, probe, record
+    from tests.webapp import Served, demo_weights
+    from testkit.clips import playable
+
+    tmp = tmp_path_factory.mktemp("hevc-clips")
+    cfg = parse_config({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "model": {"weights": str(demo_weights(tmp_path_factory.getbasetemp())), "threads": 1},
+        "cameras": [{"name": "cam", "source": server.url("gop1-hevc"), "fps": 1}],     # backend auto: PyAV
+        "clips": {"enabled": True, "pre": PRE, "post": POST, "min_free_bytes": 1,
+                  "retain": {"days": 7, "max_bytes": None}},
+        "events": {"database": str(tmp / "events.db")},
+    }, tmp)
+    with Served(cfg, wait=["cam"]) as served:
+        cam = served.app.cameras["cam"]
+        assert wait_until(lambda: cam.status()["decoding"] == "keyframes" and cam.packets.held_seconds() >= PRE,
+                          20), (cam.status(), cam.packets.held_seconds())
+        event = record(served, 2.0)
+    assert event.clip_state == "complete" and event.clip, event
+    path = served.app.clips.root / event.clip
+    clip, source = probe(str(path)), probe(server.url("gop1-hevc"))
+    assert clip["streams"][0]["codec_name"] == "hevc" and clip["streams"][0] == source["streams"][0], (clip, source)
+    duration = float(clip["format"]["duration"])
+    assert PRE + 2.0 + POST - 0.5 <= duration <= PRE + 2.0 + POST + 1.0 + 0.5, duration
+    assert playable(path) == ""
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                             text=True, timeout=60)
+    assert decoded.returncode == 0 and not decoded.stderr.strip(), decoded.stderr
