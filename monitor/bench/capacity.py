@@ -401,7 +401,9 @@ def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: st
     out = folder / f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}{f'-phase{phase:g}' if phase else ''}.mp4"
     forced = ["-force_key_frames", f"expr:gte(t,n_forced*{gop:g}+{phase:g})"] if phase else []
     if codec == "hevc":
-        encoder = ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
+        # -forced-idr: without it x265 makes a forced keyframe a non-IDR picture that the MP4 does not mark as a
+        # keyframe, and every phase's keyframes stayed at 0, 1, 2 s (checked with ffprobe)
+        encoder = ["-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1", "-forced-idr", "1",
                    "-x265-params", f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:log-level=error"]
     else:
         encoder = ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
