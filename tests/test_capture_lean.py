@@ -210,16 +210,26 @@ def test_decode_threads_reach_ffmpeg(videos_dir: Path, metrics: Metrics, cameras
     assert _ffmpeg_frame_threads() - before == 3
     three.stop()
     assert wait_until(lambda: _ffmpeg_frame_threads() == before, 10)
-    # The default (1) decodes on the capture thread itself: no frame threads, no pictures of their own.
-    one = start(cameras, CameraConfig(name="one", source=source, fps=1, loop=True), metrics)
-    assert one.cfg.decode_threads == 1
+    # decode_threads 1 decodes on the capture thread itself: no frame threads, no pictures of their own.
+    one = start(cameras, CameraConfig(name="one", source=source, fps=1, loop=True, decode_threads=1), metrics)
     assert wait_until(lambda: one.status()["frames"] > 5, 10), one.status()
+    assert _ffmpeg_frame_threads() == before
+    one.stop()
+    # The default: PyAV decoding every frame (this file's 4.8 s GOP is longer than 1/fps) on 2 frame threads;
+    # OpenCV on the capture thread.
+    default = start(cameras, CameraConfig(name="default", source=source, fps=1, loop=True), metrics)
+    assert default.cfg.decode_threads is None and default.status()["decoding"] == "all"
+    assert wait_until(lambda: _ffmpeg_frame_threads() - before == 2, 10)
+    default.stop()
+    assert wait_until(lambda: _ffmpeg_frame_threads() == before, 10)
+    lean = start(cameras, CameraConfig(name="lean", source=source, fps=1, loop=True, backend="opencv"), metrics)
+    assert wait_until(lambda: lean.status()["frames"] > 5, 10), lean.status()
     assert _ffmpeg_frame_threads() == before
 
 
 def test_decode_threads_config_values() -> None:
     cfg = parse_config({"cameras": [{"name": "a", "source": "0", "decode_threads": 0}, {"name": "b", "source": "1"}]})
-    assert [c.decode_threads for c in cfg.cameras] == [0, 1]
+    assert [c.decode_threads for c in cfg.cameras] == [0, None]
     with pytest.raises(ConfigError) as e:
         parse_config({"cameras": [{"name": "a", "source": "0", "decode_threads": -1}]})
     assert any(m.startswith("cameras[0].decode_threads:") for m in e.value.errors), e.value.errors

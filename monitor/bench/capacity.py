@@ -61,9 +61,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def _threads_label(threads: int | None) -> str:
+    return "default" if threads is None else "auto" if threads == 0 else str(threads)
+
+
 class Variant(NamedTuple):
     """One daemon setting compared at every step. None: the daemon's default."""
-    decode_threads: int = 1
+    decode_threads: int | None = None
     malloc: str = "tuned"
     capture: str = "pyav"
     capture_priority: str | None = None
@@ -71,7 +75,7 @@ class Variant(NamedTuple):
 
     @property
     def label(self) -> str:
-        return (f"decode_threads {self.decode_threads or 'auto'}, malloc {self.malloc}"
+        return (f"decode_threads {_threads_label(self.decode_threads)}, malloc {self.malloc}"
                 + f", {self.capture}"
                 + (f", capture_priority {self.capture_priority}" if self.capture_priority else "")
                 + (f", model threads {self.model_threads}" if self.model_threads is not None else ""))
@@ -236,7 +240,8 @@ def capture_options(capture: str) -> dict[str, Any]:
     return options
 
 
-def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, decode_threads: int = 1) -> dict[str, Any]:
+def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str,
+                    decode_threads: int | None = None) -> dict[str, Any]:
     """In the child, without the daemon: OpenCV captures opened as Camera opens them. mode "grab": grab() every
     frame; "retrieve": grab() every frame and retrieve() `fps` frames per second into one reused array (what the
     camera does); "read": read() every frame (what it did before). The floor under the daemon's figures."""
@@ -283,7 +288,8 @@ def run_decode_step(urls: list[str], fps: float, seconds: float, mode: str, deco
             return
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 20000,
                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000,
-                                                     cv2.CAP_PROP_N_THREADS, decode_threads])
+                                                     cv2.CAP_PROP_N_THREADS,
+                                                     1 if decode_threads is None else decode_threads])
         buf: np.ndarray | None = None
         next_at = time.monotonic()
         while not stop.is_set():
@@ -370,7 +376,7 @@ def _child_main() -> int:
     spec = json.loads(sys.argv[2])
     if "decode" in spec:
         result = run_decode_step(spec["urls"], spec["fps"], spec["seconds"], spec["decode"],
-                                 spec.get("decode_threads", 1))
+                                 spec.get("decode_threads"))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     result = run_step(spec["urls"], spec["fps"], spec["seconds"], spec["warmup"], spec.get("config"),
@@ -572,7 +578,7 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
                             "pyav-keyframes": "demux + decode of the keyframes only (no deblocking)",
                             "pyav-keyframes-deblock": "demux + decode of the keyframes only, deblocked"}[mode]
                     print(f"{codec + ': ' if len(codecs) > 1 else ''}"
-                          f"{'PyAV' if mode.startswith('pyav') else 'OpenCV'} alone, decode_threads {variant.decode_threads or 'auto'}, {row['cameras']} captures, {what}: "
+                          f"{'PyAV' if mode.startswith('pyav') else 'OpenCV'} alone, decode_threads {_threads_label(variant.decode_threads)}, {row['cameras']} captures, {what}: "
                           f"{row['per_camera_mb']} MB and "
                           f"{row['cpu_cores_per_camera']:.4f} cores per camera ({row['grabbed_fps_per_camera']} fps "
                           f"grabbed){' errors: ' + '; '.join(row['errors']) if row['errors'] else ''}", file=progress,
@@ -667,12 +673,12 @@ def bench_capacity(args: argparse.Namespace) -> int:
         raise SystemExit(f"monitor bench capacity: no weights at {weights}: pass --weights FILE (or create it with "
                          f"`monitor weights demo --out {weights}`: same speed as trained weights)")
     try:
-        threads = [int(t) for t in args.decode_threads.split(",")]
+        threads = [None if t.strip() == "default" else int(t) for t in args.decode_threads.split(",")]
         mallocs = [m.strip() for m in args.malloc.split(",")]
     except ValueError:
-        raise SystemExit(f"monitor bench capacity: --decode-threads {args.decode_threads!r}: expected e.g. 1,2,0") from None
-    if any(not 0 <= t <= 16 for t in threads) or any(m not in ("tuned", "arenas") for m in mallocs):
-        raise SystemExit("monitor bench capacity: --decode-threads takes 0..16 (0 = FFmpeg's choice), --malloc "
+        raise SystemExit(f"monitor bench capacity: --decode-threads {args.decode_threads!r}: expected e.g. default,1,2,0") from None
+    if any(t is not None and not 0 <= t <= 16 for t in threads) or any(m not in ("tuned", "arenas") for m in mallocs):
+        raise SystemExit("monitor bench capacity: --decode-threads takes default or 0..16 (0 = FFmpeg's choice), --malloc "
                          "tuned and/or arenas")
     captures = [c.strip() for c in args.capture.split(",")]
     try:

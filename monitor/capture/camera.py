@@ -378,7 +378,7 @@ class Camera:
             # holds pictures of its own, +7 MB per 1080p camera with 2 threads, and adds a frame of latency. One
             # thread per camera (the default) decodes a 1080p25 stream with ~0.06 cores; many cameras on few
             # cores gain nothing from more (README, capacity: decode threads).
-            params += [cv2.CAP_PROP_N_THREADS, self.cfg.decode_threads]
+            params += [cv2.CAP_PROP_N_THREADS, 1 if self.cfg.decode_threads is None else self.cfg.decode_threads]
             # ANY: OpenCV tries VAAPI, D3D11, MFX ... and decodes in software when none initialises.
             params += [cv2.CAP_PROP_HW_ACCELERATION,
                        cv2.VIDEO_ACCELERATION_ANY if hw else cv2.VIDEO_ACCELERATION_NONE]
