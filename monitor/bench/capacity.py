@@ -391,8 +391,22 @@ def _child_main() -> int:
 CODECS = ("h264", "hevc")
 
 
+LOOP_FREE_START_S = 45.0        # a phased step's start-up (64 cameras: about 20 s to every first result), with room
+
+
+def _loops_for(video: Path, seconds: float) -> int:
+    """How many plays of `video` last `seconds` (ffprobe's duration)."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                            str(video)], capture_output=True, text=True)
+    try:
+        return max(1, math.ceil(seconds / float(probe.stdout.strip())))
+    except ValueError:
+        raise SystemExit(f"monitor bench capacity: ffprobe could not read the duration of {video}: "
+                         f"{probe.stderr.strip()[-300:]}") from None
+
+
 def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: str = "h264",
-               phase: float = 0.0) -> Path:
+               phase: float = 0.0, loops: int = 1) -> Path:
     """WIDTHxHEIGHT@FPS: H.264 or H.265 as IP cameras send it (no B-frames, a keyframe every `gop` seconds, no
     scene-cut keyframes), in a temp folder. phase > 0: the keyframes fall at phase + k * gop seconds (after the
     first picture's), so cameras served from different phases do not all send their keyframe at once."""
@@ -404,7 +418,8 @@ def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: st
         raise SystemExit(f"monitor bench capacity: --transcode {spec!r}: expected WIDTHxHEIGHT@FPS, e.g. "
                          f"1920x1080@25") from None
     keyint = max(1, round(gop * fps))
-    out = folder / f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}{f'-phase{phase:g}' if phase else ''}.mp4"
+    out = folder / (f"{video.stem}-{width}x{height}-{codec}-gop{gop:g}{f'-phase{phase:g}' if phase else ''}"
+                    f"{f'-x{loops}' if loops > 1 else ''}.mp4")
     forced = ["-force_key_frames", f"expr:gte(t,n_forced*{gop:g}+{phase:g})"] if phase else []
     if codec == "hevc":
         # -forced-idr: without it x265 makes a forced keyframe a non-IDR picture that the MP4 does not mark as a
@@ -414,10 +429,11 @@ def _transcode(video: Path, spec: str, folder: Path, gop: float = 2.0, codec: st
     else:
         encoder = ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
                    "-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0"]
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-an",
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(video), "-an",
            "-vf", f"scale={width}:{height},fps={fps:g}", *encoder, *forced, "-pix_fmt", "yuv420p", str(out)]
     print(f"transcoding {video.name} to {codec} {width}x{height} at {fps:g} fps, a keyframe every {gop:g} s"
-          f"{f' from {phase:g} s' if phase else ''} (temporary) ...", file=sys.stderr, flush=True)
+          f"{f' from {phase:g} s' if phase else ''}{f', the video played {loops} times' if loops > 1 else ''} "
+          f"(temporary) ...", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"monitor bench capacity: ffmpeg failed on {video}: {done.stderr.strip()[-500:]}")
@@ -514,7 +530,12 @@ def run_capacity(videos: list[Path], steps: list[int], fps: float, seconds: floa
         folder = Path(tmp)
         # phases > 1: each video in that many transcodes whose keyframes are spread over the GOP (cameras take
         # them in turn), as independent cameras send them; with one, every camera's keyframe arrives at once.
-        served_by = {c: [_transcode(v, transcode, folder, gop, c, gop * k / phases) for k in range(phases)
+        # Each phase's transcode also lasts a whole step (the video looped before encoding): the test server
+        # loops a file by playing it again from its first picture, a keyframe in every phase's file, so at each
+        # loop all the phases' keyframes fell together once (a traced 64-camera run: one burst of 320 ms
+        # latencies 30 s after the start, the whole of its p99), which independent cameras never do.
+        loops = {v: _loops_for(v, warmup + seconds + LOOP_FREE_START_S) if phases > 1 else 1 for v in videos}
+        served_by = {c: [_transcode(v, transcode, folder, gop, c, gop * k / phases, loops[v]) for k in range(phases)
                          for v in videos] if transcode else list(videos) for c in codecs}
         arms = [(c, v, (f"{c}, " if len(codecs) > 1 else "") + v.label) for c in codecs for v in variants]
         # A fresh server per step: every step starts at the beginning of the (looped) files, and one step's
