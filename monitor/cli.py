@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", type=int, default=0, metavar="N",
                    help="also measure N bare OpenCV captures (grab only; grab + retrieve): the memory floor")
     p.add_argument("--decode-threads", default="default", metavar="N,N,...",
-                   help="camera decode_threads to compare: default (the daemon's: PyAV 2 frame threads decoding every "
-                        "frame, 1 for keyframes; OpenCV 1), or 0..16 (0 = FFmpeg's choice)")
+                   help="camera decode_threads to compare: default (the daemon's: 1; PyAV keyframes-only decoding 1 "
+                        "whatever is set), or 0..16 (0 = FFmpeg's choice)")
     p.add_argument("--capture", default="pyav", metavar="pyav,opencv:WxH",
                    help="camera capture to compare (default pyav, the daemon's for URLs): opencv, pyav (full size) or "
                         "pyav:960x540 (backend pyav with that frame_size); pyav+all / pyav+keyframes: sample all / "

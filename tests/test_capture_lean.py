@@ -215,16 +215,14 @@ def test_decode_threads_reach_ffmpeg(videos_dir: Path, metrics: Metrics, cameras
     assert wait_until(lambda: one.status()["frames"] > 5, 10), one.status()
     assert _ffmpeg_frame_threads() == before
     one.stop()
-    # The default: PyAV decoding every frame (this file's 4.8 s GOP is longer than 1/fps) on 2 frame threads;
-    # OpenCV on the capture thread.
-    default = start(cameras, CameraConfig(name="default", source=source, fps=1, loop=True), metrics)
-    assert default.cfg.decode_threads is None and default.status()["decoding"] == "all"
-    assert wait_until(lambda: _ffmpeg_frame_threads() - before == 2, 10)
-    default.stop()
-    assert wait_until(lambda: _ffmpeg_frame_threads() == before, 10)
-    lean = start(cameras, CameraConfig(name="lean", source=source, fps=1, loop=True, backend="opencv"), metrics)
-    assert wait_until(lambda: lean.status()["frames"] > 5, 10), lean.status()
-    assert _ffmpeg_frame_threads() == before
+    # The default (unset): the same, PyAV and OpenCV.
+    for backend in ("pyav", "opencv"):
+        default = start(cameras, CameraConfig(name=f"default-{backend}", source=source, fps=1, loop=True,
+                                              backend=backend), metrics)
+        assert default.cfg.decode_threads is None
+        assert wait_until(lambda: default.status()["frames"] > 5, 10), default.status()
+        assert _ffmpeg_frame_threads() == before
+        default.stop()
 
 
 def test_decode_threads_config_values() -> None:

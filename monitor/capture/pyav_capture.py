@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 I420_IN_PLACE = True            # False: every conversion through PyAV's reformat() (scripts/gil_profile.py, sws)
 READ_TIMEOUT_IN_FFMPEG = True   # False: PyAV's own read timeout (bench capacity pyav+pytimeout, gil_profile)
 FEED_KEYFRAMES_ONLY = True      # False: every packet handed to the decoder while skipping (bench, pyav+feedall)
-DEFAULT_FRAME_THREADS = 2      # see _decoder_threads
+DEFAULT_FRAME_THREADS = 1      # see _decoder_threads
 SKIP_LOOP_FILTER = True         # False: keyframes decoded with deblocking (bench capacity's pyav-keyframes-deblock)
 _quiet_lock = threading.Lock()
 _quiet_done = False
@@ -184,11 +184,13 @@ class PyAVCapture:
         return decoder
 
     def _decoder_threads(self, keyframes_only: bool) -> int:
-        """FFmpeg decoder threads for a mode (frame threads each hold pictures of their own). By default every
-        frame is decoded on DEFAULT_FRAME_THREADS frame threads: the capture thread only hands packets over and
-        holds the GIL less, which at 16 x 1080p25 on 2 cores classified 0.97-0.99 of the due frames instead of
-        0.87-0.89, p99 233-304 ms instead of 447-466, for +5 MB per camera (README capacity). Keyframes only, one
-        picture a GOP: frame threads have nothing to overlap, so 1 thread, on the capture thread itself."""
+        """FFmpeg decoder threads for a mode (frame threads each hold pictures of their own). 2 frame threads for
+        every-frame decoding measured better at 16 x 1080p25 on 2 cores (0.97-0.99 of the due frames classified
+        instead of 0.87-0.89, README capacity) but are not the default: FFmpeg's frame-threaded decoder drops
+        undecodable packets without an error, and a source sending garbage after a good RTSP set-up then kept
+        the capture inside av_read_frame for ever instead of failing at the first packet
+        (tests/test_faults_stream.py). `decode_threads: 2` opts in. Keyframes only, one picture a GOP: frame
+        threads have nothing to overlap, so 1 thread unless set."""
         if self._threads is not None:
             return max(0, int(self._threads))
         return 1 if keyframes_only else DEFAULT_FRAME_THREADS

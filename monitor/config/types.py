@@ -385,10 +385,11 @@ class CameraConfig(Section):
         "none: software decoding; auto: a hardware decoder when the backend finds one, else software (logged "
         "once; the status shows which). Webcams and devices always decode in software."))
     decode_threads: Optional[Int(0, 16)] = Field(None, description=(
-        "FFmpeg decoder threads; 0 = FFmpeg's choice (cores + 1). Unset (the default): PyAV decodes every frame "
-        "with 2 frame threads and keyframes only with 1; OpenCV uses 1. Each thread holds pictures of its own; "
-        "with PyAV, 2 frame threads hand the decoding off the capture thread, which then holds the GIL less "
-        "(16 x 1080p25: 0.97 of the due frames classified instead of 0.87, README capacity)."))
+        "FFmpeg decoder threads; 0 = FFmpeg's choice (cores + 1). Unset (the default): 1, on the capture thread. "
+        "Each thread holds pictures of its own. With PyAV, 2 frame threads hand every-frame decoding off the "
+        "capture thread, which then holds the GIL less (16 x 1080p25: 0.97 of the due frames classified instead "
+        "of 0.87, README capacity), but a stream of undecodable data is then no longer refused at its first "
+        "packet. Keyframes-only decoding uses 1 unless set."))
     backend: Choice("auto", "opencv", "pyav") = Field("auto", validate_default=True, description=(
         "auto: pyav for files and URLs, opencv for webcams/devices; pyav: files and URLs demuxed and decoded by "
         "PyAV (the packets feed event clips, keyframe sampling decodes only what is classified, each used frame "
