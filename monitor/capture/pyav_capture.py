@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 I420_IN_PLACE = True            # False: every conversion through PyAV's reformat() (scripts/gil_profile.py, sws)
 READ_TIMEOUT_IN_FFMPEG = True   # False: PyAV's own read timeout (bench capacity pyav+pytimeout, gil_profile)
 FEED_KEYFRAMES_ONLY = True      # False: every packet handed to the decoder while skipping (bench, pyav+feedall)
-DEFAULT_FRAME_THREADS = 1      # see _decoder_threads
 SKIP_LOOP_FILTER = True         # False: keyframes decoded with deblocking (bench capacity's pyav-keyframes-deblock)
 _quiet_lock = threading.Lock()
 _quiet_done = False
@@ -100,7 +99,13 @@ class PyAVCapture:
             self.error = self._redact(str(e)) if not isinstance(e, IndexError) else "no video stream"
             self.release()
             return
-        self._threads = threads
+        # FFmpeg decoder threads, both modes (frame threads each hold pictures of their own). Unset: 1, on this
+        # thread. 2 frame threads for every-frame decoding measured better at 16 x 1080p25 on 2 cores (0.97-0.99
+        # of the due frames classified instead of 0.87-0.89, README capacity) but are not the default: FFmpeg's
+        # frame-threaded decoder drops undecodable packets without an error, and a source sending garbage after
+        # a good RTSP set-up then kept the capture inside av_read_frame for ever instead of failing at the first
+        # packet (tests/test_faults_stream.py). `decode_threads: 2` opts in.
+        self._threads = 1 if threads is None else max(0, int(threads))
         self._decoded = self._frames()
 
     def _frames(self) -> Any:
@@ -139,7 +144,7 @@ class PyAVCapture:
                         yield frame
                     self._skipping = wanted
                     decoder = self._decoder = self._new_decoder(wanted)     # the other one's pictures are freed
-            elif self._skipping and FEED_KEYFRAMES_ONLY and packet.size and self._decoder_threads(True) == 1 \
+            elif self._skipping and FEED_KEYFRAMES_ONLY and packet.size and self._threads == 1 \
                     and not video.codec_context.has_b_frames:
                 # Keyframes only, a stream without reordering and a decoder without frame threads (neither holds
                 # pictures back): FFmpeg would parse this packet and drop it. Not handing it over saves a decode
@@ -175,25 +180,12 @@ class PyAVCapture:
             decoder.width, decoder.height = source.width, source.height
         if source.pix_fmt:
             decoder.pix_fmt = source.pix_fmt
-        threads = self._decoder_threads(keyframes_only)
-        decoder.thread_count = threads
-        decoder.thread_type = "SLICE" if threads == 1 else "FRAME"
+        decoder.thread_count = self._threads
+        decoder.thread_type = "SLICE" if self._threads == 1 else "FRAME"
         if keyframes_only:
             decoder.options = {"skip_loop_filter": "all"} if SKIP_LOOP_FILTER else {}
             decoder.skip_frame = "NONKEY"
         return decoder
-
-    def _decoder_threads(self, keyframes_only: bool) -> int:
-        """FFmpeg decoder threads for a mode (frame threads each hold pictures of their own). 2 frame threads for
-        every-frame decoding measured better at 16 x 1080p25 on 2 cores (0.97-0.99 of the due frames classified
-        instead of 0.87-0.89, README capacity) but are not the default: FFmpeg's frame-threaded decoder drops
-        undecodable packets without an error, and a source sending garbage after a good RTSP set-up then kept
-        the capture inside av_read_frame for ever instead of failing at the first packet
-        (tests/test_faults_stream.py). `decode_threads: 2` opts in. Keyframes only, one picture a GOP: frame
-        threads have nothing to overlap, so 1 thread unless set."""
-        if self._threads is not None:
-            return max(0, int(self._threads))
-        return 1 if keyframes_only else DEFAULT_FRAME_THREADS
 
     def _note_keyframe(self, packet: Any) -> None:
         if packet.pts is not None and packet.time_base is not None:
